@@ -1,0 +1,410 @@
+"""The reference guest daemon: one selector loop, no threads.
+
+Theory of operation
+-------------------
+The loop owns four things and nothing blocks it:
+
+* the **port** (:mod:`guestha_guest.port`): bytes to and from the host;
+* the **connection** (:class:`~guestha_guest.protocol.Connection`): lines
+  into messages, with resynchronisation;
+* the **heartbeat** (:class:`~guestha_guest.protocol.heartbeat.
+  GuestHeartbeat`): registration and challenge answers;
+* **health**: hook scripts run as child processes
+  (:class:`~guestha_guest.health.HookRunner`) and applications on the local
+  API socket (:class:`~guestha_guest.appapi.AppServer`).  Both are polled
+  and cached, so a challenge is answered at once from the last results: a
+  hung hook or application makes the guest *unhealthy*, never late.
+
+The daemon synchronises whenever it opens the port, whenever traffic shows
+a host has (re)appeared, and whenever a sync goes unanswered (with
+back-off).  A host that starts over (a restarted agent) invites it with
+``not_registered`` and it registers again; a host that stops challenging is
+noticed by the heartbeat's silence watchdog.  On SIGTERM it sends ``exit``
+so that stopping the daemon on purpose is not a fault.
+"""
+
+import base64
+import logging
+import selectors
+import signal
+import socket
+import time
+
+from guestha_guest import port as port_mod
+from guestha_guest import protocol as p
+from guestha_guest.protocol import heartbeat as hb
+
+LOG = logging.getLogger(__name__)
+
+#: Seconds to wait for a sync_ack before syncing again, doubling up to
+#: SYNC_RETRY_MAX.
+SYNC_RETRY = 1.0
+SYNC_RETRY_MAX = 30.0
+#: Server-group requests remembered to route the host's answers back.
+MAX_PENDING = 256
+
+
+class RateLimitedLog(object):
+    """At most ``burst`` messages per ``period`` seconds per key, so a host
+    (or a broken peer) cannot flood the guest's journal."""
+
+    def __init__(self, logger, burst=5, period=60.0, clock=time.monotonic):
+        self._log = logger
+        self._burst = burst
+        self._period = period
+        self._clock = clock
+        self._seen = {}
+
+    def warning(self, key, fmt, *args):
+        now = self._clock()
+        start, count = self._seen.get(key, (now, 0))
+        if now - start > self._period:
+            start, count = now, 0
+        count += 1
+        self._seen[key] = (start, count)
+        if count <= self._burst:
+            self._log.warning(fmt, *args)
+        elif count == self._burst + 1:
+            self._log.warning("%s: further messages suppressed for %d s",
+                              key, self._period)
+
+
+class ReplyBudget(object):
+    """A token bucket: at most ``rate`` error replies a second, bursts of
+    ``burst``, so a broken host cannot make us flood the channel back."""
+
+    def __init__(self, rate=2.0, burst=10.0):
+        self._rate = rate
+        self._burst = burst
+        self._tokens = burst
+        self._stamp = None
+
+    def allow(self, now):
+        if self._stamp is not None:
+            self._tokens = min(self._burst, self._tokens
+                               + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+class GuestDaemon(object):
+    """The guest daemon.
+
+    :param port_spec: the port's device path, or ``unix-listen:PATH``.
+    :param init: the :class:`~guestha_guest.protocol.Init` to register with.
+    :param hooks: a :class:`~guestha_guest.health.HookRunner` or ``None``.
+    :param apps: an :class:`~guestha_guest.appapi.AppServer` or ``None``;
+        this daemon is its handler.
+    :param clock: monotonic clock, for tests.
+    """
+
+    def __init__(self, port_spec, init, hooks=None, apps=None,
+                 clock=time.monotonic, hook_period_ms=0):
+        self.init = init
+        self.hooks = hooks
+        self.apps = apps
+        self._clock = clock
+        self._hook_period_ms = hook_period_ms
+        self.sel = selectors.DefaultSelector()
+        self.port = port_mod.make_port(port_spec, self._on_data,
+                                       self._on_host_connected,
+                                       self._on_host_gone, clock=clock)
+        self.heartbeat = hb.GuestHeartbeat(init, self._health)
+        self.conn = None
+        self._sync_at = None
+        self._sync_retry = SYNC_RETRY
+        self._pending = {}  # seq of a server-group request -> (client, id)
+        self._running = False
+        self._rlog = RateLimitedLog(LOG, clock=clock)
+        self._error_replies = ReplyBudget()
+        self.stats = {"challenges": 0, "unhealthy": 0, "registrations": 0,
+                      "protocol_errors": 0}
+        if hooks is not None:
+            hooks.set_period(self._period_s(init.interval_ms))
+
+    # -- life cycle ----------------------------------------------------------
+
+    def start(self):
+        now = self._clock()
+        # a signal handler only sets a flag; this pair wakes the select()
+        # so that SIGTERM is acted on at once
+        self._wake_r, self._wake_w = socket.socketpair()
+        for s in (self._wake_r, self._wake_w):
+            s.setblocking(False)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, self._woken)
+        if self.apps is not None:
+            self.apps.start(self.sel)
+        self.port.open(self.sel, now)
+        if self.port.fd is None and isinstance(self.port,
+                                               port_mod.DevicePort):
+            LOG.info("waiting for port %s to appear", self.port.path)
+        self._new_connection(now)
+        self._running = True
+
+    def run(self):
+        """Run until :meth:`stop` is called (e.g. from a signal handler)."""
+        if not self._running:
+            self.start()
+        while self._running:
+            self.run_once()
+        self._shutdown()
+
+    def run_once(self, max_wait=1.0):
+        now = self._clock()
+        deadline = self.next_timer()
+        wait = max_wait if deadline is None else min(max_wait,
+                                                     max(0.0, deadline - now))
+        for key, mask in self.sel.select(wait):
+            key.data(mask)
+        self.tick(self._clock())
+
+    def stop(self):
+        self._running = False
+
+    def install_signal_wakeup(self):
+        """Make signals wake the loop (call from the main thread)."""
+        signal.set_wakeup_fd(self._wake_w.fileno(),
+                             warn_on_full_buffer=False)
+
+    def _woken(self, mask):
+        try:
+            while self._wake_r.recv(512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _shutdown(self):
+        now = self._clock()
+        if self.conn is not None and self.conn.state == p.READY:
+            self._apply(self.heartbeat.exit(now), now)
+            end = self._clock() + 1.0
+            # give the exit line a moment to leave
+            while self.port.pending() and self._clock() < end:
+                for key, mask in self.sel.select(0.05):
+                    key.data(mask)
+        if self.apps is not None:
+            self.apps.stop()
+        if self.hooks is not None:
+            self.hooks.close()  # kills hooks still running
+        if isinstance(self.port, port_mod.UnixListenPort):
+            self.port.shutdown()
+        else:
+            self.port.close()
+        self.sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        LOG.info("stopped")
+
+    # -- timers --------------------------------------------------------------
+
+    def next_timer(self):
+        timers = [self.heartbeat.next_timer(), self._sync_at,
+                  self.port.retry_at]
+        if self.hooks is not None:
+            timers.append(self.hooks.next_deadline())
+        timers = [t for t in timers if t is not None]
+        return min(timers) if timers else None
+
+    def tick(self, now):
+        if self.port.retry_at is not None and now >= self.port.retry_at:
+            if self.port.fd is None:
+                if self.port.poll(now) and self.port.fd is not None:
+                    self._new_connection(now)
+            else:
+                self.port.poll(now)
+        if self.hooks is not None:
+            self.hooks.tick(now)
+        if (self._sync_at is not None and now >= self._sync_at
+                and self.conn.state == p.SYNCING):
+            self._sync_retry = min(self._sync_retry * 2, SYNC_RETRY_MAX)
+            self._start_sync(now)
+        self._apply(self.heartbeat.tick(now), now)
+
+    # -- the channel ---------------------------------------------------------
+
+    def _new_connection(self, now):
+        self.conn = p.Connection(p.GUEST)
+        self.heartbeat.reset()
+        self._pending.clear()
+        self._sync_retry = SYNC_RETRY
+        if self.port.fd is not None:
+            self._start_sync(now)
+
+    def _start_sync(self, now):
+        self.port.write(self.conn.start_sync())
+        self._sync_at = now + self._sync_retry
+
+    def _on_host_connected(self, now):
+        LOG.info("host connected")
+        if isinstance(self.port, port_mod.UnixListenPort):
+            self._new_connection(now)
+        elif self.conn.state != p.SYNCING:
+            # traffic after silence: whoever is there now may be a new
+            # peer, so synchronise (unless we are doing so already)
+            self._sync_retry = SYNC_RETRY
+            self._start_sync(now)
+
+    def _on_host_gone(self, now):
+        LOG.info("host not connected")
+        self._sync_at = None
+        if self.port.fd is None:
+            # the device went away (unplugged): a new one means new peers
+            self._new_connection(now)
+
+    def _on_data(self, data, now):
+        self.conn.receive_data(data)
+        while True:
+            try:
+                event = self.conn.next_event()
+            except p.RemoteProtocolError as exc:
+                self.stats["protocol_errors"] += 1
+                self._rlog.warning(exc.code, "bad message from host: %s", exc)
+                if self._error_replies.allow(now):
+                    self._send(exc.to_message())
+                continue
+            if event is p.NEED_DATA:
+                return
+            self._dispatch(event, now)
+
+    def _dispatch(self, event, now):
+        if isinstance(event, p.Sync):
+            self.port.write(self.conn.answer_sync(event))
+        elif isinstance(event, p.Synced):
+            self._sync_at = None
+            self._sync_retry = SYNC_RETRY
+            self._apply(self.heartbeat.synced(now), now)
+        elif isinstance(event, p.ConnectionClosed):
+            pass  # the port reports host loss itself
+        elif isinstance(event, (p.InitAck, p.Challenge)) or (
+                isinstance(event, p.Error) and event.app == "heartbeat"):
+            self._apply(self.heartbeat.receive(event, now), now)
+        elif isinstance(event, p.Error) and event.app == "server_group":
+            self._route_error(event)
+        elif isinstance(event, p.Error):
+            self._rlog.warning("host-error", "host reports an error: %s: %s",
+                               event.code, event.message)
+        elif isinstance(event, p.Broadcast):
+            self._publish("broadcast", {
+                "op": "broadcast", "from": event.sender,
+                "payload": base64.b64encode(event.payload).decode("ascii")})
+        elif isinstance(event, p.Notification):
+            self._publish("notification", {
+                "op": "notification", "instance": event.instance,
+                "state": event.state, "event": event.event})
+        elif isinstance(event, p.Status):
+            self._answer_status(event)
+
+    def _send(self, msg):
+        """Send ``msg`` if the channel allows it; False if it could not."""
+        try:
+            data = self.conn.send(msg)
+        except p.LocalProtocolError as exc:
+            LOG.debug("not sent: %s", exc)
+            return False
+        return self.port.write(data)
+
+    def _apply(self, outputs, now):
+        for out in outputs:
+            if isinstance(out, p.Message):
+                self._send(out)
+            elif isinstance(out, hb.Resync):
+                if self.port.fd is not None:
+                    self._start_sync(now)
+            elif isinstance(out, hb.Acknowledged):
+                self.stats["registrations"] += 1
+                LOG.info("registered as %s, interval %d ms granted",
+                         out.instance or "(instance not told)",
+                         out.interval_ms)
+                if self.hooks is not None:
+                    self.hooks.set_period(self._period_s(out.interval_ms))
+            elif isinstance(out, hb.ChallengeAnswered):
+                self.stats["challenges"] += 1
+                if not out.healthy:
+                    self.stats["unhealthy"] += 1
+                if self.apps is not None:
+                    self.apps.send_checks(now)
+            elif isinstance(out, hb.HostError):
+                self._rlog.warning(
+                    "hb-" + out.error.code, "host refused: %s: %s",
+                    out.error.code, out.error.message)
+
+    # -- health --------------------------------------------------------------
+
+    def _period_s(self, interval_ms):
+        return (self._hook_period_ms or interval_ms) / 1000.0
+
+    def _health(self, now):
+        reasons = []
+        for source in (self.hooks, self.apps):
+            if source is None:
+                continue
+            if source is self.hooks:
+                healthy, reason = source.result(now)
+            else:
+                healthy, reason = source.health(now)
+            if not healthy:
+                reasons.append(reason or "unhealthy")
+        if not reasons:
+            return True, None, None
+        return False, "; ".join(reasons), self.init.corrective_action
+
+    # -- server group (the AppServer's handler interface) --------------------
+
+    def _remember(self, seq, client, req_id):
+        if len(self._pending) >= MAX_PENDING:
+            self._pending.pop(next(iter(self._pending)))
+        self._pending[seq] = (client, req_id)
+
+    def _refuse(self, client, req_id, code, message):
+        msg = {"op": "error", "code": code, "message": message}
+        if req_id is not None:
+            msg["id"] = req_id
+        self.apps.reply(client, msg)
+
+    def on_broadcast(self, client, payload, req_id):
+        msg = p.Broadcast(payload=payload)
+        if not self._send(msg):
+            self._refuse(client, req_id, "unavailable",
+                         "the host channel is not ready")
+            return
+        self._remember(msg.seq, client, req_id)
+        reply = {"op": "ok"}
+        if req_id is not None:
+            reply["id"] = req_id
+        self.apps.reply(client, reply)
+
+    def on_status_query(self, client, req_id):
+        msg = p.StatusQuery()
+        if not self._send(msg):
+            self._refuse(client, req_id, "unavailable",
+                         "the host channel is not ready")
+            return
+        self._remember(msg.seq, client, req_id)
+
+    def _route_error(self, error):
+        client, req_id = self._pending.pop(error.ref, (None, None))
+        if client is None or self.apps is None:
+            self._rlog.warning("sg-error", "host refused a server-group "
+                               "message: %s: %s", error.code, error.message)
+            return
+        self._refuse(client, req_id, error.code, error.message)
+
+    def _answer_status(self, status):
+        members = [m.to_wire() for m in status.members]
+        client, req_id = self._pending.pop(status.ref, (None, None))
+        msg = {"op": "status", "members": members}
+        if status.group:
+            msg["group"] = status.group
+        if client is not None and self.apps is not None:
+            mine = dict(msg)
+            if req_id is not None:
+                mine["id"] = req_id
+            self.apps.reply(client, mine)
+        self._publish("status", msg, skip=client)
+
+    def _publish(self, event, msg, skip=None):
+        if self.apps is not None:
+            self.apps.publish(event, msg, skip=skip)
