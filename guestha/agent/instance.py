@@ -1,0 +1,812 @@
+"""One monitored instance: its channel, its heartbeat, its faults.
+
+Theory of operation
+-------------------
+An :class:`Instance` lives in the agent's single I/O loop thread; it never
+blocks and never calls libvirt, Nova or RabbitMQ itself.  It asks its
+environment (the loop, :class:`Env`) to do that: to schedule a timer, to
+watch a socket, to confirm the domain's state with libvirt, to hot-plug the
+channel, to report a fault.
+
+Two things drive it.  The **domain state** comes from libvirt (lifecycle
+events and periodic reconciles): only a *running* domain is monitored; a
+paused, migrating, shutting-down or suspended one is not, and a stopped one
+is forgotten.  The **channel** is the host side of the virtio-serial port, a
+UNIX socket that QEMU serves: the instance connects, synchronises (which
+discards whatever an earlier agent left in the stream), invites the guest to
+register, and then lets :class:`~guestha_guest.protocol.heartbeat.
+HostHeartbeat` challenge it.
+
+The states, and what moves between them, are one table,
+:data:`TRANSITIONS`: ``(state, input) -> (handler, next state)``; a
+handler may return another state.  Inputs: ``running``, ``suspended``,
+``stopped`` (domain), ``connected``, ``lost`` (channel), ``synced``,
+``registered``, ``exited`` (guest), ``timer``.
+
+Faults.  ``miss_threshold`` consecutive misses or ``unhealthy_threshold``
+consecutive unhealthy answers, or a monitored channel that stays closed for
+``channel_lost_grace`` seconds, or a guest daemon that registers again
+without having said exit after answering challenges, make a *suspected*
+fault.  Before reporting it the instance asks libvirt for the domain's
+state: a paused or migrating domain looks exactly like a hung guest on the
+channel, and only a running one has a fault.  An open fault is reported
+once (with a unique id) and cleared by a *recovery* when the guest answers
+healthy again, or when the domain stops.  Open faults are kept in the
+agent's state directory, so a restarted agent still reports the recovery.
+"""
+
+import base64
+import errno
+import logging
+import os
+import secrets
+import threading
+import uuid as uuidlib
+
+from guestha.agent import events as ev
+from guestha.agent.ratelimit import TokenBucket, WindowCounter
+from guestha_guest import protocol as p
+from guestha_guest.protocol import heartbeat as hb
+
+LOG = logging.getLogger(__name__)
+
+NO_CHANNEL = "NO_CHANNEL"      # running, no guestha channel (yet)
+CONNECTING = "CONNECTING"      # connecting to the channel's socket
+SYNCING = "SYNCING"            # connected, our sync unanswered
+WAITING = "WAITING"            # synced, waiting for the guest's init
+MONITORED = "MONITORED"        # registered: challenged every interval
+EXITED = "EXITED"              # the guest said exit: not monitored
+SUSPENDED = "SUSPENDED"        # paused, migrating, shutting down
+STOPPED = "STOPPED"            # not running here any more
+
+
+class _BufferedSystemRandom(secrets.SystemRandom):
+    """The randomness of every instance's connection and heartbeat (nonces,
+    sequence numbers, challenge tokens, phases).
+
+    One object for all of them: each ``SystemRandom`` carries 2.5 KB of
+    Mersenne Twister state that it never uses, and the protocol would make
+    two per instance.  ``getrandbits`` (a 128-bit token per challenge) takes
+    its bytes from ``os.urandom`` 4 KB at a time instead of one system call
+    each: the same kernel CSPRNG bytes, each used once (under a lock; a
+    forked child drops what its parent had read).  ``random()`` is
+    SystemRandom's own.
+    """
+
+    _CHUNK = 4096
+
+    def __init__(self):
+        super().__init__()
+        self._forget()
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self):
+        self._lock = threading.Lock()
+        self._buf = b""
+        self._pos = 0
+
+    def getrandbits(self, k):
+        numbytes = (k + 7) // 8
+        if not 0 < numbytes <= 64:
+            return super().getrandbits(k)  # and its errors
+        with self._lock:
+            pos = self._pos
+            if pos + numbytes > len(self._buf):
+                self._buf = os.urandom(self._CHUNK)
+                pos = 0
+            self._pos = pos + numbytes
+            chunk = self._buf[pos:pos + numbytes]
+        # as SystemRandom: the top k bits of numbytes random bytes
+        return int.from_bytes(chunk, "big") >> (numbytes * 8 - k)
+
+
+_RNG = _BufferedSystemRandom()
+
+_ALIVE = (CONNECTING, SYNCING, WAITING, MONITORED, EXITED)
+
+TRANSITIONS = {
+    (NO_CHANNEL, "running"): ("_adopt", NO_CHANNEL),
+    (NO_CHANNEL, "suspended"): ("_nothing", NO_CHANNEL),
+    (NO_CHANNEL, "stopped"): ("_stop", STOPPED),
+    (NO_CHANNEL, "timer"): ("_nothing", NO_CHANNEL),
+
+    (CONNECTING, "running"): ("_adopt", CONNECTING),
+    (CONNECTING, "suspended"): ("_suspend", SUSPENDED),
+    (CONNECTING, "stopped"): ("_stop", STOPPED),
+    (CONNECTING, "connected"): ("_start_sync", SYNCING),
+    (CONNECTING, "timer"): ("_connect", CONNECTING),
+
+    (SYNCING, "running"): ("_adopt", SYNCING),
+    (SYNCING, "suspended"): ("_suspend", SUSPENDED),
+    (SYNCING, "stopped"): ("_stop", STOPPED),
+    (SYNCING, "lost"): ("_lost", CONNECTING),
+    (SYNCING, "synced"): ("_invite", WAITING),
+    (SYNCING, "timer"): ("_sync_again", SYNCING),
+
+    (WAITING, "running"): ("_adopt", WAITING),
+    (WAITING, "suspended"): ("_suspend", SUSPENDED),
+    (WAITING, "stopped"): ("_stop", STOPPED),
+    (WAITING, "lost"): ("_lost", CONNECTING),
+    (WAITING, "registered"): ("_registered", MONITORED),
+    (WAITING, "timer"): ("_heartbeat_timer", WAITING),
+    (WAITING, "reset"): ("_guest_reset", SYNCING),
+
+    (MONITORED, "running"): ("_adopt", MONITORED),
+    (MONITORED, "suspended"): ("_suspend", SUSPENDED),
+    (MONITORED, "stopped"): ("_stop", STOPPED),
+    (MONITORED, "lost"): ("_lost_monitored", CONNECTING),
+    (MONITORED, "registered"): ("_registered_again", MONITORED),
+    (MONITORED, "exited"): ("_exited", EXITED),
+    (MONITORED, "timer"): ("_heartbeat_timer", MONITORED),
+    (MONITORED, "reset"): ("_guest_reset", SYNCING),
+
+    (EXITED, "running"): ("_adopt", EXITED),
+    (EXITED, "suspended"): ("_suspend", SUSPENDED),
+    (EXITED, "stopped"): ("_stop", STOPPED),
+    (EXITED, "lost"): ("_lost", CONNECTING),
+    (EXITED, "registered"): ("_registered", MONITORED),
+    (EXITED, "timer"): ("_heartbeat_timer", EXITED),
+
+    (SUSPENDED, "running"): ("_resume", CONNECTING),
+    (SUSPENDED, "suspended"): ("_nothing", SUSPENDED),
+    (SUSPENDED, "stopped"): ("_stop", STOPPED),
+    (SUSPENDED, "lost"): ("_close_quietly", SUSPENDED),
+    (SUSPENDED, "timer"): ("_nothing", SUSPENDED),
+
+    (STOPPED, "running"): ("_restart", NO_CHANNEL),
+    (STOPPED, "suspended"): ("_suspend", SUSPENDED),
+    (STOPPED, "stopped"): ("_nothing", STOPPED),
+    (STOPPED, "timer"): ("_nothing", STOPPED),
+}
+
+_RUNNING_STATES = (ev.RUNNING, ev.STARTING)
+_SUSPENDED_STATES = (ev.PAUSED, ev.MIGRATING, ev.SHUTTING_DOWN,
+                     ev.PMSUSPENDED)
+
+
+def domain_input(state):
+    """The table input for a normalised domain state."""
+    if state in _RUNNING_STATES:
+        return "running"
+    if state in _SUSPENDED_STATES:
+        return "suspended"
+    return "stopped"
+
+
+class Policy(object):
+    """The operator's settings an instance needs (from ``[agent]``)."""
+
+    def __init__(self, min_interval_ms=100, max_interval_ms=60000,
+                 miss_threshold=1, unhealthy_threshold=1,
+                 confirm_timeout=2.0, channel_lost_grace=3.0,
+                 sync_retry_min=1.0, sync_retry_max=30.0,
+                 max_bytes_per_second=32768, max_messages_per_second=50,
+                 misbehaviour_limit=20, reset_backoff_max=60.0,
+                 broadcasts_per_second=10):
+        self.__dict__.update(locals())
+        del self.__dict__["self"]
+
+    @classmethod
+    def from_conf(cls, group):
+        names = ("min_interval_ms", "max_interval_ms", "miss_threshold",
+                 "unhealthy_threshold", "confirm_timeout",
+                 "channel_lost_grace", "sync_retry_min", "sync_retry_max",
+                 "max_bytes_per_second", "max_messages_per_second",
+                 "misbehaviour_limit", "reset_backoff_max",
+                 "broadcasts_per_second")
+        return cls(**{n: getattr(group, n) for n in names})
+
+
+class Env(object):
+    """What an instance needs from the loop (the loop implements it)."""
+
+    host = None
+
+    def schedule(self, instance, when):
+        raise NotImplementedError
+
+    def open_channel(self, path):
+        """A connected, non-blocking socket to the channel at ``path``;
+        raises OSError."""
+        raise NotImplementedError
+
+    def watch(self, instance, sock):
+        raise NotImplementedError
+
+    def unwatch(self, sock):
+        raise NotImplementedError
+
+    def confirm_running(self, instance, token):
+        raise NotImplementedError
+
+    def hotplug(self, instance):
+        raise NotImplementedError
+
+    def report(self, event):
+        raise NotImplementedError
+
+    def relay(self, method, **kwargs):
+        raise NotImplementedError
+
+    def faults_changed(self):
+        raise NotImplementedError
+
+    def wallclock(self):
+        raise NotImplementedError
+
+    def record_rtt(self, seconds):
+        """A challenge was answered after ``seconds`` (for statistics)."""
+
+
+class Instance(object):
+    """One domain on this host, as the agent monitors it."""
+
+    def __init__(self, uuid, env, policy, now, open_fault=None):
+        self.uuid = uuid
+        self.env = env
+        self.policy = policy
+        self.state = STOPPED
+        self.info = None
+        self.note = None          # why not monitored, for the status
+        self.sock = None
+        self.conn = None
+        self.hb = None
+        self.wake_at = None
+        self._connect_at = None
+        self._connect_backoff = 0.5
+        self._sync_at = None
+        self._sync_backoff = policy.sync_retry_min
+        self._reset_backoff = 1.0
+        self._lost_at = None      # when a monitored channel closed
+        self._confirm = None      # (token, kind, details, deadline)
+        self.fault = open_fault   # {"id":..., "kind":...} or None
+        # what the guest recommended at registration: the action of a
+        # fault that carries none of its own (a missed answer, a lost
+        # channel, a crashed daemon)
+        self.recommended = None
+        self.misses = 0
+        self.unhealthy = 0
+        self.answered_since_init = 0
+        self.last_answer = None   # (monotonic time, healthy, reason)
+        self.interval_ms = None
+        self.features = {}        # from Nova, when looked up
+        self._hotplug_asked = False
+        self.counters = {"challenges": 0, "answers": 0, "missed": 0,
+                         "unhealthy": 0, "faults": 0, "protocol_errors": 0,
+                         "dropped_bytes": 0, "resets": 0, "stale": 0}
+        self._bytes = TokenBucket(policy.max_bytes_per_second,
+                                  2 * policy.max_bytes_per_second, now)
+        self._lines = TokenBucket(policy.max_messages_per_second,
+                                  2 * policy.max_messages_per_second, now)
+        self._broadcasts = TokenBucket(policy.broadcasts_per_second,
+                                       2 * policy.broadcasts_per_second, now)
+        self._errors_sent = TokenBucket(1.0, 5.0, now)
+        self._misbehaviour = WindowCounter(60.0)
+
+    # -- the table ---------------------------------------------------------
+
+    def fire(self, kind, now, arg=None):
+        handler, next_state = TRANSITIONS[(self.state, kind)]
+        override = getattr(self, handler)(now, arg)
+        old, self.state = self.state, override or next_state
+        if old != self.state:
+            LOG.debug("instance %s: %s -> %s on %s", self.uuid, old,
+                      self.state, kind)
+        self._reschedule(now)
+
+    def domain(self, info, now, event=None):
+        """A DomainUpdate: the domain's state and XML as libvirt sees it,
+        after libvirt's ``event``."""
+        self.info = info
+        self.fire(domain_input(info.state), now, info)
+        if event == "reboot" and (self.state, "reset") in TRANSITIONS:
+            # the guest reset itself (a reboot from inside, a watchdog):
+            # its daemon is gone without exit; wait for it to register
+            # again instead of counting missed answers
+            self.fire("reset", now, info)
+
+    def domain_gone(self, now):
+        self.fire("stopped", now)
+
+    # -- handlers ------------------------------------------------------------
+
+    def _nothing(self, now, arg):
+        return None
+
+    def _adopt(self, now, info):
+        """The domain runs: monitor its channel, or get it one."""
+        path = info.channel_path if info is not None else None
+        if path is None:
+            if self.sock is not None:
+                self._close()
+            if self.state != NO_CHANNEL:
+                self.note = "channel removed"
+                return NO_CHANNEL
+            if not self._hotplug_asked:
+                self._hotplug_asked = True
+                self.note = "no guestha channel"
+                self.env.hotplug(self)
+            return NO_CHANNEL
+        if self.state == NO_CHANNEL:
+            self.note = None
+            self._connect_at = now
+            return CONNECTING
+        return None
+
+    def hotplug_result(self, result, now):
+        """The answer to our hot-plug request."""
+        if result.outcome == "attached":
+            self.note = "channel hot-plugged"
+            LOG.info("instance %s: guestha channel hot-plugged at %s",
+                     self.uuid, result.channel_path)
+        else:
+            self.note = result.message or result.outcome
+            log = LOG.info if result.outcome == "not_enabled" else LOG.warning
+            log("instance %s: not monitored: %s", self.uuid, self.note)
+            if result.outcome == "error":
+                # Nova or libvirt failed us: ask again at the next update
+                # (the periodic reconcile brings one)
+                self._hotplug_asked = False
+
+    def _restart(self, now, info):
+        # a (re)started domain: hot-plug again if it needs the channel
+        self.note = None
+        self._hotplug_asked = False
+        self._connect_backoff = 0.5
+        self.state = NO_CHANNEL
+        return self._adopt(now, info)
+
+    def _connect(self, now, arg):
+        self._check_confirm(now)
+        if self._connect_at is None or now < self._connect_at:
+            return None
+        path = self.info.channel_path
+        try:
+            sock = self.env.open_channel(path)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED,
+                                 errno.EAGAIN):
+                LOG.warning("instance %s: cannot connect to %s: %s",
+                            self.uuid, path, exc)
+            self.note = "channel socket not available (%s)" % (
+                errno.errorcode.get(exc.errno, exc.errno))
+            self._connect_at = now + self._connect_backoff
+            self._connect_backoff = min(self._connect_backoff * 2, 10.0)
+            return None
+        self.sock = sock
+        self.env.watch(self, sock)
+        self._connect_backoff = 0.5
+        self._connect_at = None
+        self.note = None
+        self.fire("connected", now)
+        return self.state
+
+    def _start_sync(self, now, arg):
+        self.conn = p.Connection(p.HOST, rng=_RNG)
+        self.hb = None
+        self._sync_backoff = self.policy.sync_retry_min
+        self._send_sync(now)
+
+    def _send_sync(self, now):
+        self._write(self.conn.start_sync())
+        self._sync_at = now + self._sync_backoff
+
+    def _sync_again(self, now, arg):
+        if self._sync_at is not None and now >= self._sync_at:
+            self._sync_backoff = min(self._sync_backoff * 2,
+                                     self.policy.sync_retry_max)
+            self.note = "waiting for the guest daemon"
+            self._send_sync(now)
+
+    def _invite(self, now, arg):
+        self._sync_at = None
+        self.note = None
+        self.hb = hb.HostHeartbeat(self.policy.min_interval_ms,
+                                   self.policy.max_interval_ms,
+                                   instance=self.uuid, rng=_RNG)
+        self._apply(self.hb.synced(now), now)
+
+    def _registered(self, now, reg):
+        self.interval_ms = reg.interval_ms
+        self.recommended = reg.init.corrective_action
+        self.note = None
+        self.answered_since_init = 0
+        self.misses = self.unhealthy = 0
+        self._lost_at = None
+        LOG.info("instance %s: guest %r registered, interval %d ms "
+                 "(asked %d), recommends %s", self.uuid, reg.init.name,
+                 reg.interval_ms, reg.init.interval_ms,
+                 reg.init.corrective_action)
+
+    def _registered_again(self, now, reg):
+        crashed = self.answered_since_init > 0
+        self._registered(now, reg)
+        if crashed:
+            # the daemon started over without saying exit: it crashed or
+            # was killed; a retransmitted init comes before any answer
+            self._suspect("guest-exit-unexpected", now,
+                          "guest daemon restarted without exit", None)
+
+    def _exited(self, now, out):
+        LOG.info("instance %s: guest ended monitoring (%s)", self.uuid,
+                 out.reason)
+        self.misses = self.unhealthy = 0
+        self._confirm = None
+        if self.fault is not None:
+            self._recover(now, "guest exited")
+
+    def _heartbeat_timer(self, now, arg):
+        if self.hb is not None:
+            self._apply(self.hb.tick(now), now)
+        if self._confirm is not None or self._lost_at is not None:
+            self._check_confirm(now)  # (it has nothing to do otherwise)
+
+    def _lost(self, now, arg):
+        self._close()
+        self._connect_at = now + self._connect_backoff
+        self._check_lost_grace(now)
+
+    def _lost_monitored(self, now, arg):
+        LOG.warning("instance %s: channel closed while monitored",
+                    self.uuid)
+        self._lost_at = now
+        self._lost(now, arg)
+
+    def _check_lost_grace(self, now):
+        if (self._lost_at is not None and self.fault is None
+                and self._confirm is None
+                and now >= self._lost_at + self.policy.channel_lost_grace):
+            self._lost_at = None
+            self._suspect("channel-lost", now, "channel closed while "
+                          "monitored", None)
+
+    def _close_quietly(self, now, arg):
+        self._close()
+
+    def _guest_reset(self, now, info):
+        LOG.info("instance %s: the guest reset (rebooted from inside); "
+                 "waiting for its daemon to register again", self.uuid)
+        self._suspend(now, info)
+        state = self._resume(now, info)
+        self.note = "guest rebooted"
+        return state
+
+    def _suspend(self, now, info):
+        self._confirm = None
+        self._lost_at = None
+        self.hb = None
+        self._sync_at = None
+        self.misses = self.unhealthy = 0
+        self.note = "domain %s" % (info.state if info else "suspended")
+
+    def _resume(self, now, info):
+        self.note = None
+        if info is None or info.channel_path is None:
+            self._close()
+            return self._adopt(now, info) or NO_CHANNEL
+        if self.sock is not None:
+            # same QEMU, same socket: start over with a fresh sync so
+            # the guest registers afresh
+            self._start_sync(now, None)
+            return SYNCING
+        self._connect_at = now
+        return CONNECTING
+
+    def _stop(self, now, arg):
+        self._close()
+        self.hb = None
+        self._confirm = None
+        self._lost_at = None
+        self.note = None
+        if self.fault is not None:
+            self._recover(now, "instance stopped")
+
+    # -- the channel ----------------------------------------------------------
+
+    def _write(self, data):
+        if self.sock is None:
+            return False
+        try:
+            n = self.sock.send(data)
+        except BlockingIOError:
+            # QEMU's buffer is full: nobody reads in the guest.  Drop the
+            # line rather than queue it; the protocol resynchronises.
+            return False
+        except OSError:
+            return False
+        return n == len(data)
+
+    def _send(self, msg):
+        try:
+            return self._write(self.conn.send(msg))
+        except p.LocalProtocolError as exc:
+            LOG.debug("instance %s: not sent: %s", self.uuid, exc)
+            return False
+
+    def readable(self, now):
+        """The loop says our socket is readable."""
+        try:
+            data = self.sock.recv(16384)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.fire("lost", now)
+            return
+        if not self._bytes.take(now, len(data)):
+            self.counters["dropped_bytes"] += len(data)
+            self._misbehaved(now, "sends more than %d bytes/s"
+                             % self.policy.max_bytes_per_second)
+            return
+        try:
+            self.conn.receive_data(data)
+        except p.LocalProtocolError:
+            self._reset(now, "receive buffer overflow")
+            return
+        self._drain(now)
+
+    def _drain(self, now):
+        while self.conn is not None:
+            try:
+                event = self.conn.next_event()
+            except p.RemoteProtocolError as exc:
+                self.counters["protocol_errors"] += 1
+                if self._errors_sent.take(now):
+                    self._send(exc.to_message())
+                if self._misbehaved(now, "protocol error: %s" % exc):
+                    return
+                continue
+            if event is p.NEED_DATA:
+                return
+            if not self._lines.take(now):
+                if self._misbehaved(now, "sends more than %d lines/s"
+                                    % self.policy.max_messages_per_second):
+                    return
+                continue
+            self._event(event, now)
+
+    def _event(self, event, now):
+        if type(event) is p.ChallengeResponse:
+            # the message of every round, first (as the branch below)
+            if self.hb is not None:
+                self._apply(self.hb.receive(event, now), now)
+        elif isinstance(event, p.Sync):
+            self._write(self.conn.answer_sync(event))
+        elif isinstance(event, p.Synced):
+            if self.state == SYNCING:
+                self.fire("synced", now)
+            elif self.hb is not None:
+                self._apply(self.hb.synced(now), now)
+        elif isinstance(event, (p.Init, p.ChallengeResponse, p.Exit)):
+            if self.hb is not None:
+                self._apply(self.hb.receive(event, now), now)
+        elif isinstance(event, p.Broadcast):
+            self._relay_broadcast(event, now)
+        elif isinstance(event, p.StatusQuery):
+            self.env.relay("query_status", instance=self.uuid,
+                           seq=event.seq)
+        elif isinstance(event, p.Error):
+            LOG.info("instance %s: guest reports error %s: %s", self.uuid,
+                     event.code, event.message)
+        elif isinstance(event, p.ConnectionClosed):
+            pass
+
+    def _relay_broadcast(self, msg, now):
+        if not self._broadcasts.take(now):
+            self._send(p.Error(app="server_group", code="rate_limited",
+                               message="at most %d broadcasts per second"
+                               % self.policy.broadcasts_per_second,
+                               ref=msg.seq))
+            return
+        self.env.relay("relay_broadcast", instance=self.uuid,
+                       payload_b64=base64.b64encode(msg.payload).decode(),
+                       seq=msg.seq)
+
+    def _apply(self, outputs, now):
+        for out in outputs:
+            # the two outputs of every round first (exact types: the
+            # branches below would take them the same way)
+            kind = type(out)
+            if kind is p.Challenge:
+                self.counters["challenges"] += 1
+                self._send(out)
+            elif kind is hb.Answered:
+                self._answered(out, now)
+            elif isinstance(out, p.Message):
+                if isinstance(out, p.Challenge):
+                    self.counters["challenges"] += 1
+                self._send(out)
+            elif isinstance(out, hb.Resync):
+                self._write(self.conn.start_sync())
+            elif isinstance(out, hb.Registered):
+                self.fire("registered", now, out)
+            elif isinstance(out, hb.Answered):
+                self._answered(out, now)
+            elif isinstance(out, hb.Missed):
+                self._missed(out, now)
+            elif isinstance(out, hb.Exited):
+                self.fire("exited", now, out)
+            elif isinstance(out, hb.Stale):
+                self.counters["stale"] += 1
+            elif isinstance(out, hb.Rejected):
+                self.counters["protocol_errors"] += 1
+
+    # -- faults ---------------------------------------------------------------
+
+    def _answered(self, out, now):
+        self.counters["answers"] += 1
+        self.answered_since_init += 1
+        self.env.record_rtt(out.rtt)
+        self.last_answer = (now, out.healthy, out.reason)
+        self.misses = 0
+        self._lost_at = None
+        if out.healthy:
+            self.unhealthy = 0
+            if (self._confirm is not None
+                    and self._confirm[1] != "guest-exit-unexpected"):
+                self._confirm = None  # it answered after all
+            if self.fault is not None:
+                self._recover(now, "guest answers healthy")
+            return
+        self.counters["unhealthy"] += 1
+        self.unhealthy += 1
+        if self.unhealthy >= self.policy.unhealthy_threshold:
+            self._suspect("unhealthy", now, out.reason, out.action)
+
+    def _missed(self, out, now):
+        self.counters["missed"] += 1
+        self.misses += 1
+        if self.misses >= self.policy.miss_threshold:
+            self._suspect("missed", now, "no answer for %d interval(s)"
+                          % self.misses, None)
+
+    def _suspect(self, kind, now, reason, action):
+        if self.fault is not None or self._confirm is not None:
+            return
+        if action is None:
+            action = self.recommended
+        token = uuidlib.uuid4().hex
+        self._confirm = (token, kind, reason, action,
+                         now + self.policy.confirm_timeout)
+        self.env.confirm_running(self, token)
+
+    def confirmed(self, state, token, now):
+        """libvirt's answer to :meth:`Env.confirm_running`."""
+        if self._confirm is None or self._confirm[0] != token:
+            return
+        _token, kind, reason, action, _deadline = self._confirm
+        self._confirm = None
+        if state in _RUNNING_STATES:
+            self._open_fault(kind, reason, action, now, unconfirmed=False)
+        else:
+            LOG.info("instance %s: suspected %s fault dropped: the domain "
+                     "is %s", self.uuid, kind, state)
+            if state is None:
+                self.fire("stopped", now)
+            else:
+                self.fire(domain_input(state), now, self.info)
+
+    def _check_confirm(self, now):
+        if self._confirm is not None and now >= self._confirm[4]:
+            _token, kind, reason, action, _deadline = self._confirm
+            self._confirm = None
+            LOG.warning("instance %s: libvirt did not confirm the domain "
+                        "state in time; reporting the %s fault anyway",
+                        self.uuid, kind)
+            self._open_fault(kind, reason, action, now, unconfirmed=True)
+        self._check_lost_grace(now)
+
+    def _open_fault(self, kind, reason, action, now, unconfirmed):
+        from guestha.rpc import api
+        self.counters["faults"] += 1
+        event = api.make_fault(
+            instance=self.uuid, host=self.env.host, kind=kind,
+            reason=reason, action=action, detected_at=self.env.wallclock(),
+            interval_ms=self.interval_ms, misses=self.misses,
+            details={"unconfirmed": unconfirmed, "state": self.state})
+        self.fault = {"id": event["id"], "kind": kind}
+        LOG.warning("instance %s: FAULT %s (%s): %s", self.uuid, kind,
+                    event["id"], reason)
+        self.env.report(event)
+        self.env.faults_changed()
+
+    def _recover(self, now, why):
+        from guestha.rpc import api
+        fault = self.fault
+        self.fault = None
+        event = api.make_recovery(
+            instance=self.uuid, host=self.env.host, fault_id=fault["id"],
+            recovered_at=self.env.wallclock(), details={"why": why})
+        LOG.info("instance %s: recovered from %s fault %s: %s", self.uuid,
+                 fault["kind"], fault["id"], why)
+        self.env.report(event)
+        self.env.faults_changed()
+
+    # -- misbehaviour ---------------------------------------------------------
+
+    def _misbehaved(self, now, what):
+        count = self._misbehaviour.add(now)
+        if count == 1 or count % 100 == 0:
+            LOG.warning("instance %s: guest misbehaves: %s (%d in the last "
+                        "minute)", self.uuid, what, count)
+        if count >= self.policy.misbehaviour_limit:
+            self._reset(now, what)
+            return True
+        return False
+
+    def _reset(self, now, why):
+        """Close the channel and reopen it after a back-off."""
+        self.counters["resets"] += 1
+        LOG.warning("instance %s: resetting the channel for %.0f s: %s",
+                    self.uuid, self._reset_backoff, why)
+        self._close()
+        self._connect_at = now + self._reset_backoff
+        self._reset_backoff = min(self._reset_backoff * 2,
+                                  self.policy.reset_backoff_max)
+        self._misbehaviour = WindowCounter(60.0)
+        if self.state in (SYNCING, WAITING, MONITORED, EXITED):
+            self.state = CONNECTING
+        self._reschedule(now)
+
+    def _close(self):
+        if self.sock is not None:
+            self.env.unwatch(self.sock)
+            self.sock.close()
+            self.sock = None
+        self.conn = None
+        self.hb = None
+        self._sync_at = None
+
+    # -- timers ---------------------------------------------------------------
+
+    def tick(self, now):
+        self.fire("timer", now)
+
+    def _reschedule(self, now):
+        # the earliest of the timers that apply (no lists: this runs after
+        # every event of every instance)
+        when = None
+        state = self.state
+        if state == SYNCING:
+            when = self._sync_at
+        elif state == CONNECTING:
+            when = self._connect_at
+        if self.hb is not None:
+            t = self.hb.next_timer()
+            if t is not None and (when is None or t < when):
+                when = t
+        if self._confirm is not None:
+            t = self._confirm[4]
+            if t is not None and (when is None or t < when):
+                when = t
+        if self._lost_at is not None:
+            t = self._lost_at + self.policy.channel_lost_grace
+            if when is None or t < when:
+                when = t
+        if when != self.wake_at:
+            self.wake_at = when
+            if when is not None:
+                self.env.schedule(self, when)
+
+    # -- server group deliveries (from the controller) ------------------------
+
+    def deliver(self, msg):
+        """Send a server-group message to the guest; False if not ready."""
+        if self.conn is None or self.conn.state != p.READY:
+            return False
+        return self._send(msg)
+
+    def status(self, now):
+        last = None
+        if self.last_answer is not None:
+            t, healthy, reason = self.last_answer
+            last = {"ago_s": round(now - t, 3), "healthy": healthy,
+                    "reason": reason}
+        return {"instance": self.uuid,
+                "name": self.info.name if self.info else None,
+                "state": self.state,
+                "heartbeat": self.hb.state if self.hb else None,
+                "interval_ms": self.interval_ms,
+                "note": self.note, "last_answer": last,
+                "fault": self.fault, "counters": dict(self.counters)}

@@ -1,0 +1,212 @@
+"""What guestha asks Nova: which instances want guestha, and (for the
+controller) server groups and server state.
+
+Enabling is per flavor, through extra specs that an operator sets with
+``openstack flavor set --property guestha:heartbeat=true``:
+
+``guestha:heartbeat``
+    Heartbeat and health check for instances of this flavor.
+``guestha:server_group_messaging``
+    Server-group messaging for instances of this flavor.
+``guestha:corrective_action``
+    The action the operator recommends on a fault (such as ``reboot`` or
+    ``stop``); the controller's policy decides whether it is applied.
+
+The first two are booleans: ``true``, ``True``, ``1`` and ``yes`` (any
+case) turn them on; anything else, or no such key, leaves them off.
+
+Nova embeds the flavor, with its extra specs, in ``GET /servers/{id}``
+from microversion 2.47 on, so one request per instance tells everything;
+the answer is cached for ``[nova] flavor_cache_ttl`` seconds.  Showing
+extra specs needs Nova's ``os_compute_api:servers:show:flavor-extra-specs``
+policy (admin by default).
+"""
+
+import logging
+import threading
+import time
+
+from keystoneauth1 import exceptions as ks_exc
+from keystoneauth1 import loading as ks_loading
+from keystoneauth1.loading import adapter as ks_adapter
+from novaclient import api_versions
+from novaclient import client as nova_client
+from novaclient import exceptions as nova_exc
+
+from guestha.conf import nova as nova_conf
+
+LOG = logging.getLogger(__name__)
+
+HEARTBEAT = "guestha:heartbeat"
+SERVER_GROUP_MESSAGING = "guestha:server_group_messaging"
+CORRECTIVE_ACTION = "guestha:corrective_action"
+
+TRUE_VALUES = frozenset(("true", "1", "yes"))
+
+NO_FEATURES = {"heartbeat": False, "server_group_messaging": False,
+               "corrective_action": None}
+
+
+class NovaUnavailable(Exception):
+    """Nova could not answer now (unreachable, an error on its side, or
+    refused our credentials): ask again later."""
+
+
+def features_from_extra_specs(extra_specs):
+    """The guestha settings of a flavor, from its extra specs."""
+    extra_specs = extra_specs or {}
+
+    def flag(key):
+        return str(extra_specs.get(key, "")).strip().lower() in TRUE_VALUES
+
+    action = extra_specs.get(CORRECTIVE_ACTION)
+    action = str(action).strip() if action is not None else ""
+    return {"heartbeat": flag(HEARTBEAT),
+            "server_group_messaging": flag(SERVER_GROUP_MESSAGING),
+            "corrective_action": action or None}
+
+
+class NovaClient(object):
+    """A small Nova API client for guestha, safe to use from several
+    threads (the agent asks from its hot-plug workers).
+
+    :param client: a python-novaclient client (``novaclient.client.Client``)
+        at microversion 2.47 or later.
+    :param cache_ttl: seconds to keep an instance's guestha settings.
+    """
+
+    def __init__(self, client, cache_ttl=300, clock=time.monotonic):
+        self._client = client
+        self._cache_ttl = cache_ttl
+        self._clock = clock
+        self._cache = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_conf(cls, conf, group=nova_conf.GROUP.name):
+        """A client configured by the ``[nova]`` group of ``conf`` (which
+        :func:`guestha.conf.nova.register_opts` registered)."""
+        group_conf = conf[group]
+        version = api_versions.APIVersion(group_conf.api_microversion)
+        if version < api_versions.APIVersion(nova_conf.MIN_MICROVERSION):
+            raise ValueError(
+                "[%s] api_microversion = %s: guestha needs at least %s "
+                "(flavor extra specs in the server)" % (
+                    group, group_conf.api_microversion,
+                    nova_conf.MIN_MICROVERSION))
+        auth = ks_loading.load_auth_from_conf_options(conf, group)
+        session = ks_loading.load_session_from_conf_options(
+            conf, group, auth=auth)
+        adapter_kwargs = {}
+        ks_adapter.process_conf_options(group_conf, adapter_kwargs)
+        # novaclient names the interface "endpoint_type" and passes the
+        # rest (retries) on to its keystoneauth Adapter.  The major-version
+        # bounds are dropped: novaclient's "version" is the microversion
+        # (api_microversion), and the compute endpoint is always v2.1.
+        endpoint_type = adapter_kwargs.pop("interface")
+        for name in ("version", "min_version", "max_version"):
+            if adapter_kwargs.pop(name, None) is not None:
+                LOG.warning("[%s] %s is ignored: the microversion is "
+                            "api_microversion", group, name)
+        client = nova_client.Client(
+            version, session=session, auth=auth,
+            endpoint_type=endpoint_type, **adapter_kwargs)
+        return cls(client, cache_ttl=group_conf.flavor_cache_ttl)
+
+    # -- the agent --------------------------------------------------------
+
+    def guestha_features(self, instance_uuid):
+        """What the flavor of an instance asks of guestha.
+
+        :returns: ``{"heartbeat": bool, "server_group_messaging": bool,
+            "corrective_action": str or None}``; all off for an instance
+            Nova does not know (a domain that is not Nova's).
+        :raises NovaUnavailable: Nova did not answer; ask again later.
+        """
+        now = self._clock()
+        with self._lock:
+            cached = self._cache.get(instance_uuid)
+        if cached is not None and now < cached[0]:
+            return dict(cached[1])
+        try:
+            server = self._client.servers.get(instance_uuid)
+        except nova_exc.NotFound:
+            LOG.info("instance %s: not found in Nova; guestha not enabled "
+                     "for it", instance_uuid)
+            features = dict(NO_FEATURES)
+        except (nova_exc.ClientException, ks_exc.ClientException) as exc:
+            raise NovaUnavailable(
+                "instance %s: cannot read its flavor from Nova: %s" % (
+                    instance_uuid, _describe(exc)))
+        else:
+            flavor = getattr(server, "flavor", None) or {}
+            if "extra_specs" not in flavor:
+                # Nova did not embed the flavor's extra specs: the policy
+                # hides them from our user, or the microversion is too old
+                LOG.warning("instance %s: Nova shows no flavor extra specs "
+                            "(needs microversion >= %s and the policy "
+                            "os_compute_api:servers:show:flavor-extra-"
+                            "specs); guestha not enabled for it",
+                            instance_uuid, nova_conf.MIN_MICROVERSION)
+            features = features_from_extra_specs(flavor.get("extra_specs"))
+            LOG.debug("instance %s: flavor %s: guestha %s", instance_uuid,
+                      flavor.get("original_name"), features)
+        if self._cache_ttl > 0:
+            with self._lock:
+                self._cache[instance_uuid] = (now + self._cache_ttl,
+                                              features)
+        return dict(features)
+
+    def forget(self, instance_uuid):
+        """Drop an instance's cached settings (it was deleted, resized)."""
+        with self._lock:
+            self._cache.pop(instance_uuid, None)
+
+    # -- the controller ---------------------------------------------------
+
+    def server_groups(self):
+        """Every server group of every project, with its members.
+
+        :returns: ``[{"id", "name", "policy", "members", "project_id"}]``,
+            ``policy`` being the first (before 2.64, the only) policy.
+        :raises NovaUnavailable: Nova did not answer.
+        """
+        try:
+            groups = self._client.server_groups.list(all_projects=True)
+        except (nova_exc.ClientException, ks_exc.ClientException) as exc:
+            raise NovaUnavailable("cannot list server groups: %s"
+                                  % _describe(exc))
+        result = []
+        for group in groups:
+            policy = getattr(group, "policy", None)
+            if policy is None:
+                policies = getattr(group, "policies", None) or [None]
+                policy = policies[0]
+            result.append({"id": group.id, "name": group.name,
+                           "policy": policy,
+                           "members": list(group.members or ()),
+                           "project_id": getattr(group, "project_id", None)})
+        return result
+
+    def server(self, instance_uuid):
+        """Nova's view of one instance, or None if Nova does not know it.
+
+        :returns: ``{"id", "status", "host", "vm_state", "task_state"}``.
+        :raises NovaUnavailable: Nova did not answer.
+        """
+        try:
+            server = self._client.servers.get(instance_uuid)
+        except nova_exc.NotFound:
+            return None
+        except (nova_exc.ClientException, ks_exc.ClientException) as exc:
+            raise NovaUnavailable("instance %s: cannot read it from Nova: "
+                                  "%s" % (instance_uuid, _describe(exc)))
+        info = server.to_dict()
+        return {"id": info.get("id"), "status": info.get("status"),
+                "host": info.get("OS-EXT-SRV-ATTR:host"),
+                "vm_state": info.get("OS-EXT-STS:vm_state"),
+                "task_state": info.get("OS-EXT-STS:task_state")}
+
+
+def _describe(exc):
+    return "%s: %s" % (type(exc).__name__, exc)

@@ -1,0 +1,287 @@
+"""The agent's outbox: fault reports not yet taken by a controller.
+
+A bounded, ordered, durable queue in one sqlite3 file under the agent's
+state directory.  The reporter (:mod:`guestha.agent.reporter`) puts every
+event here first and deletes it only when a controller has answered that
+it took responsibility for it, so a broker outage, a controller outage or
+an agent restart loses nothing.
+
+Order is the ``seq`` column, an ``INTEGER PRIMARY KEY AUTOINCREMENT``:
+AUTOINCREMENT never reuses a number, even after the table was emptied, so
+an event put after a restart always sorts after the ones still pending.
+The event ``id`` is UNIQUE, so putting the same event twice (a retry by
+the caller) is a no-op.
+"""
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+
+LOG = logging.getLogger(__name__)
+
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS events ("
+           "seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+           "id TEXT NOT NULL UNIQUE, "
+           "body TEXT NOT NULL)")
+_COLUMNS = ["seq", "id", "body"]
+# sqlite's primary result codes for "this is not a (sane) database file"
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+# Bound the number of host parameters in one statement (old sqlite
+# versions allow 999).
+_CHUNK = 500
+
+
+class Outbox(object):
+    """A bounded, ordered, durable queue of event records (dicts with an
+    ``id``), in the sqlite3 file ``path``.
+
+    Bounded: when ``max_events`` are pending, putting one more drops the
+    OLDEST, each logged at ERROR with its id and kind and counted in
+    :attr:`dropped`.  A disk that fills up would stop the whole host, and
+    an outage long enough to queue ``max_events`` reports (100,000 by
+    default) has made the oldest of them stale anyway: a bounded outbox
+    that keeps the newest beats an unbounded one.
+
+    Durable: the file is in WAL mode with ``synchronous=NORMAL`` by
+    default.  In WAL mode NORMAL loses nothing when the agent crashes or
+    is restarted (committed pages are in the operating system's cache);
+    only a power loss or kernel crash can undo the last commits, and that
+    kills the host's VMs too, which host monitoring reports, not us.
+    ``FULL`` adds an fsync to every put, and puts run on the agent's I/O
+    loop: an fsync on a busy disk can take tens of milliseconds, during
+    which no guest is challenged.  Pass ``synchronous="FULL"`` to trade
+    that for power-loss safety.
+
+    Thread-safe: one connection, used under a lock (the I/O loop puts,
+    the reporter's thread peeks and acks).
+
+    A file that is not a readable sqlite database is moved aside to
+    ``<path>.corrupt-<UTC time>`` (logged at ERROR) and a new, empty
+    outbox is started: the agent must keep reporting new faults.
+
+    Methods raise ``sqlite3.Error`` when the disk fails (full, I/O
+    error); the caller decides (the reporter keeps such events in memory).
+    """
+
+    def __init__(self, path, max_events, synchronous="NORMAL",
+                 wallclock=time.time):
+        if max_events < 1:
+            raise ValueError("max_events must be >= 1, not %r"
+                             % (max_events,))
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError("synchronous must be NORMAL or FULL, not %r"
+                             % (synchronous,))
+        self.path = path
+        self.max_events = max_events
+        self.synchronous = synchronous
+        self._wallclock = wallclock
+        #: Events dropped because the outbox was full (or unreadable rows)
+        #: since this object was created.
+        self.dropped = 0
+        self._lock = threading.Lock()
+        self._conn = None
+        self._count = 0
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        self._open()
+
+    # -- opening ------------------------------------------------------------
+
+    def _open(self):
+        try:
+            self._conn, self._count = self._connect()
+        except sqlite3.DatabaseError as exc:
+            if not _is_corruption(exc):
+                raise
+            self._move_aside(exc)
+            self._conn, self._count = self._connect()
+        if self._count:
+            LOG.info("outbox %s: %d undelivered event(s) from before this "
+                     "start", self.path, self._count)
+        if self._count > self.max_events:
+            # max_events was lowered since they were queued
+            with self._lock:
+                self._transaction(self._drop_oldest,
+                                  self._count - self.max_events)
+
+    def _connect(self):
+        # isolation_level=None: no implicit transactions, we BEGIN and
+        # COMMIT ourselves so that an insert and the drops it causes are
+        # one commit.
+        # timeout: how long a write waits for another process's lock (an
+        # operator's sqlite3 shell, say).  Puts run on the agent's I/O
+        # loop, so not long: a put that fails is kept in memory by the
+        # reporter.
+        conn = sqlite3.connect(self.path, check_same_thread=False,
+                               isolation_level=None, timeout=1.0)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=%s" % self.synchronous)
+            problem = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if problem != "ok":
+                raise _Corrupt("quick_check: %s" % problem)
+            conn.execute(_SCHEMA)
+            columns = [row[1] for row in
+                       conn.execute("PRAGMA table_info(events)")]
+            if columns != _COLUMNS:
+                raise _Corrupt("unexpected columns %s in table events"
+                               % ", ".join(columns))
+            count = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        except BaseException:
+            conn.close()
+            raise
+        return conn, count
+
+    def _move_aside(self, exc):
+        stamp = time.strftime("%Y%m%dT%H%M%SZ",
+                              time.gmtime(self._wallclock()))
+        aside = "%s.corrupt-%s" % (self.path, stamp)
+        os.replace(self.path, aside)
+        # The WAL belongs to the broken file: keep it beside it for
+        # forensics, and never let it be replayed into the new one.
+        for suffix in ("-wal", "-shm"):
+            try:
+                os.replace(self.path + suffix, aside + suffix)
+            except FileNotFoundError:
+                pass
+        LOG.error("outbox %s is unreadable (%s): moved it aside to %s and "
+                  "started an empty one; the undelivered events in it are "
+                  "lost", self.path, exc, aside)
+
+    # -- the queue ----------------------------------------------------------
+
+    def put(self, event):
+        """Append ``event``; a no-op if an event with its id is pending.
+
+        :returns: True if added.
+        """
+        body = json.dumps(event, separators=(",", ":"))
+        with self._lock:
+            self._check_open()
+            return self._transaction(self._put, event["id"], body)
+
+    def _put(self, event_id, body):
+        cursor = self._conn.execute(
+            "INSERT OR IGNORE INTO events (id, body) VALUES (?, ?)",
+            (event_id, body))
+        if cursor.rowcount == 0:
+            return False
+        self._count += 1
+        if self._count > self.max_events:
+            self._drop_oldest(self._count - self.max_events)
+        return True
+
+    def _drop_oldest(self, n):
+        rows = self._conn.execute(
+            "SELECT seq, id, body FROM events ORDER BY seq LIMIT ?",
+            (n,)).fetchall()
+        for _seq, event_id, body in rows:
+            event = _decode(body) or {}
+            LOG.error("outbox full (%d events): dropped the oldest, %s %s "
+                      "%s of instance %s", self.max_events,
+                      event.get("type"), event.get("kind"), event_id,
+                      event.get("instance"))
+        if rows:
+            self._conn.execute("DELETE FROM events WHERE seq <= ?",
+                               (rows[-1][0],))
+            self._count -= len(rows)
+            self.dropped += len(rows)
+
+    def peek(self, n):
+        """The ``n`` oldest pending events, oldest first, without removing
+        them: ``[(rowid, event), ...]``."""
+        with self._lock:
+            self._check_open()
+            rows = self._conn.execute(
+                "SELECT seq, body FROM events ORDER BY seq LIMIT ?",
+                (n,)).fetchall()
+            batch = []
+            bad = []
+            for seq, body in rows:
+                event = _decode(body)
+                if event is None:
+                    bad.append(seq)
+                else:
+                    batch.append((seq, event))
+            if bad:
+                # Cannot happen unless the file was damaged in a way
+                # quick_check missed; one bad row must not block the rest.
+                LOG.error("outbox %s: dropped %d undecodable event(s)",
+                          self.path, len(bad))
+                self._transaction(self._delete, bad)
+                self.dropped += len(bad)
+            return batch
+
+    def ack(self, rowids):
+        """Remove the events with these rowids (from :meth:`peek`)."""
+        rowids = list(rowids)
+        if not rowids:
+            return
+        with self._lock:
+            self._check_open()
+            self._transaction(self._delete, rowids)
+
+    def _check_open(self):
+        if self._conn is None:
+            # an sqlite3.Error, like every other failure to store
+            raise sqlite3.ProgrammingError("outbox %s is closed" % self.path)
+
+    def _delete(self, rowids):
+        deleted = 0
+        for i in range(0, len(rowids), _CHUNK):
+            chunk = rowids[i:i + _CHUNK]
+            cursor = self._conn.execute(
+                "DELETE FROM events WHERE seq IN (%s)"
+                % ",".join("?" * len(chunk)), chunk)
+            deleted += cursor.rowcount
+        self._count -= deleted
+
+    def _transaction(self, func, *args):
+        count, dropped = self._count, self.dropped
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = func(*args)
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._count, self.dropped = count, dropped
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        return result
+
+    def __len__(self):
+        return self._count
+
+    def close(self):
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+class _Corrupt(sqlite3.DatabaseError):
+    """The file opened but is not a sane outbox."""
+
+
+def _is_corruption(exc):
+    if isinstance(exc, _Corrupt):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xff in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    # Python < 3.11 has no error codes: an OperationalError is about
+    # access (permissions, locks, a missing directory), which moving the
+    # file aside would not fix; other DatabaseErrors are about content.
+    return not isinstance(exc, sqlite3.OperationalError)
+
+
+def _decode(body):
+    try:
+        event = json.loads(body)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None

@@ -1,0 +1,1 @@
+"""Thin command-line mains: parse config, set up logging, run."""

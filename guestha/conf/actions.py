@@ -1,0 +1,55 @@
+"""Options of the controller's corrective actions: the ``[actions]`` group.
+"""
+
+from oslo_config import cfg
+
+#: From least to most intrusive; the controller applies the less intrusive
+#: of what the guest recommends and what the operator allows.
+ACTIONS = ("none", "log", "reboot", "stop")
+
+
+def _group():
+    return cfg.OptGroup(
+        "actions", title="Corrective actions",
+        help="What the controller may do about a fault through Nova. The "
+             "guest recommends an action (none, log, reboot, stop); the "
+             "operator allows at most allowed_max, which a flavor narrows "
+             "with the extra spec guestha:corrective_action; the "
+             "controller applies the less intrusive of the two, and at "
+             "most max_actions per instance per window.")
+
+
+# a fresh group per registration keeps two ConfigOpts (tests) apart: see
+# guestha/conf/libvirt.py
+GROUP = _group()
+
+OPTS = [
+    cfg.StrOpt("allowed_max", default="log", choices=ACTIONS,
+               help="The most intrusive action the controller may take: "
+                    "none (nothing, not even an action record), log (an "
+                    "action record to the sinks and the log, nothing "
+                    "done to the instance), reboot (a soft reboot "
+                    "through Nova, then a hard one if the guest does not "
+                    "recover), stop (os-stop through Nova)."),
+    cfg.FloatOpt("soft_reboot_timeout", default=120.0, min=1.0, max=3600,
+                 help="Seconds after a soft reboot within which the guest "
+                      "must recover (its agent reports a recovery); "
+                      "otherwise the controller reboots it hard."),
+    cfg.IntOpt("max_actions", default=3, min=0,
+               help="Reboots and stops one instance may get within "
+                    "window seconds, counted over every controller that "
+                    "shares the ledger; further ones are refused "
+                    "(\"refused: cap\"), so a guest that keeps failing is "
+                    "never rebooted in a loop. 0 refuses every action."),
+    cfg.IntOpt("window", default=3600, min=1,
+               help="Length of the window of max_actions, in seconds."),
+]
+
+
+def register_opts(conf):
+    conf.register_group(_group())
+    conf.register_opts(OPTS, group=GROUP)
+
+
+def list_opts():
+    return {GROUP: OPTS}

@@ -1,0 +1,99 @@
+"""Options of the compute agent: the ``[agent]`` group."""
+
+import socket
+
+from oslo_config import cfg
+
+def _group():
+    return cfg.OptGroup(
+        "agent", title="Compute agent",
+        help="The guestha compute agent (guestha-agent): which instances "
+             "it monitors, the bounds it imposes on guests, and when a "
+             "missed or unhealthy heartbeat becomes a fault.")
+
+
+# a fresh group per registration keeps two ConfigOpts (tests) apart: see
+# guestha/conf/libvirt.py
+GROUP = _group()
+
+OPTS = [
+    cfg.StrOpt("host", default=socket.gethostname(),
+               sample_default="<hostname>",
+               help="Name of this compute host, as Nova knows it "
+                    "(OS-EXT-SRV-ATTR:host). Faults carry it, and the "
+                    "controller addresses this agent by it."),
+    cfg.StrOpt("state_dir", default="/var/lib/guestha",
+               help="Directory for the agent's durable state: the outbox "
+                    "of undelivered faults and the list of open faults, "
+                    "so that nothing is lost and recoveries are still "
+                    "reported across agent restarts."),
+    cfg.StrOpt("socket_dir", default="/var/lib/guestha/channels",
+               help="Directory where hot-plugged channels put their "
+                    "host-side UNIX sockets (<instance uuid>.sock). QEMU "
+                    "creates the sockets, so its user must be able to "
+                    "write here."),
+    cfg.StrOpt("status_socket", default="/run/guestha/agent.sock",
+               help="UNIX socket on which the agent answers "
+                    "'guestha-agent --status'. Empty disables it."),
+    cfg.BoolOpt("hotplug", default=True,
+                help="Hot-plug the guestha channel into running domains "
+                     "whose flavor has guestha:heartbeat=true or "
+                     "guestha:server_group_messaging=true and that lack "
+                     "it. Off: only domains defined with the channel are "
+                     "monitored."),
+    cfg.IntOpt("min_interval_ms", default=100, min=100, max=3600000,
+               help="Smallest heartbeat interval granted to a guest; a "
+                    "guest asking for less gets this."),
+    cfg.IntOpt("max_interval_ms", default=60000, min=100, max=3600000,
+               help="Largest heartbeat interval granted to a guest."),
+    cfg.IntOpt("miss_threshold", default=1, min=1, max=100,
+               help="Consecutive missed challenges that make a fault. With "
+                    "1, a hung guest is reported within two intervals."),
+    cfg.IntOpt("unhealthy_threshold", default=1, min=1, max=100,
+               help="Consecutive unhealthy answers that make a fault."),
+    cfg.FloatOpt("confirm_timeout", default=2.0, min=0.1, max=60,
+                 help="Seconds to wait for libvirt to confirm that a domain "
+                      "is running before a fault is reported. A paused or "
+                      "migrating domain looks like a hung guest on the "
+                      "channel: the domain state decides."),
+    cfg.FloatOpt("channel_lost_grace", default=3.0, min=0, max=300,
+                 help="Seconds a monitored channel may stay closed before "
+                      "it is a channel-lost fault, leaving time for the "
+                      "lifecycle event that explains it (stop, migration, "
+                      "unplug)."),
+    cfg.FloatOpt("sync_retry_min", default=1.0, min=0.1, max=60,
+                 help="Seconds before an unanswered sync is repeated while "
+                      "no guest has registered (a booting guest); doubles "
+                      "up to sync_retry_max."),
+    cfg.FloatOpt("sync_retry_max", default=30.0, min=1, max=600,
+                 help="Longest wait between syncs to a silent guest."),
+    cfg.IntOpt("max_bytes_per_second", default=32768, min=1024,
+               help="Bytes a guest may send per second (averaged; bursts "
+                    "of twice this are allowed). Beyond it, input is "
+                    "dropped and counted as misbehaviour."),
+    cfg.IntOpt("max_messages_per_second", default=50, min=5,
+               help="Lines a guest may send per second (bursts of twice "
+                    "this are allowed)."),
+    cfg.FloatOpt("broadcasts_per_second", default=10.0, min=0.1,
+                 help="Server-group broadcasts one guest may send per "
+                      "second (bursts of twice this); beyond it the agent "
+                      "refuses them with rate_limited before they reach "
+                      "the controller, which has its own limit ([server] "
+                      "broadcasts_per_second)."),
+    cfg.IntOpt("misbehaviour_limit", default=20, min=1,
+               help="Protocol errors and rate-limit violations within one "
+                    "minute after which the agent resets the channel "
+                    "(closes and reopens it, with back-off)."),
+    cfg.FloatOpt("reset_backoff_max", default=60.0, min=1,
+                 help="Longest back-off before reopening a channel reset "
+                      "for misbehaviour (starts at 1 s, doubles)."),
+]
+
+
+def register_opts(conf):
+    conf.register_group(_group())
+    conf.register_opts(OPTS, group=GROUP)
+
+
+def list_opts():
+    return {GROUP: OPTS}
