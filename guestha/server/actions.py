@@ -1,0 +1,393 @@
+"""Corrective actions: what the controller does about a fault through Nova.
+
+Theory of operation
+-------------------
+A fault carries the action its guest recommends (``none``, ``log``,
+``reboot``, ``stop``).  The operator allows at most ``[actions]
+allowed_max``; a flavor narrows that with the extra spec
+``guestha:corrective_action``.  The controller applies the LESS intrusive
+of the recommendation and the allowance (:func:`decide`), so a guest can
+never obtain more than the operator allows, and the operator never forces
+on a guest more than it asked for:
+
+========  ==========================================================
+action    what happens
+========  ==========================================================
+none      nothing (a recommendation cut down to none is a refusal,
+          recorded as ``refused: policy``)
+log       an action record to the sinks and the log; the instance is
+          not touched
+reboot    a soft reboot through Nova; if no recovery of the instance
+          reaches any controller within ``soft_reboot_timeout``, a hard
+          reboot
+stop      ``os-stop`` through Nova
+========  ==========================================================
+
+Reboots and stops are capped at ``[actions] max_actions`` per instance per
+``window`` seconds, counted in the ledger (so across controllers and
+restarts); one soft reboot with its hard follow-up counts once.  A refused
+action is recorded as ``refused: cap``.  The count also makes an action
+happen at most once per fault: a fault whose action was started before a
+restart is not acted on again (``skipped: already acted``).
+
+Only the controller that owns a fault in the ledger acts on it: the one
+that accepted it, or the one that took it over from a dead one.
+
+Every decision other than "nothing recommended" becomes an action record
+(:func:`action_record`), logged with the instance uuid and delivered to
+the fault sinks like an event.  The worker runs in its own thread, because
+Nova is HTTP; :meth:`ActionWorker.run_once` takes the time as an argument
+so tests drive it with a fake clock.  A soft reboot waiting for its
+recovery lives in memory only: after a restart no hard reboot follows.
+"""
+
+import collections
+import datetime
+import heapq
+import itertools
+import logging
+import threading
+import time
+import uuid
+
+from keystoneauth1 import exceptions as ks_exc
+from novaclient import exceptions as nova_exc
+
+from guestha.agent import nova as nova_mod
+from guestha.conf.actions import ACTIONS
+from guestha.server import ledger as ledger_mod
+
+LOG = logging.getLogger(__name__)
+
+_RANK = {action: rank for rank, action in enumerate(ACTIONS)}
+
+APPLIED = "applied"
+LOGGED = "logged"
+REFUSED_CAP = "refused: cap"
+REFUSED_POLICY = "refused: policy"
+SKIPPED_RECOVERED = "skipped: recovered"
+SKIPPED_ACTED = "skipped: already acted"
+FAILED = "failed"
+
+
+class Decision(object):
+    """The outcome of :func:`decide`: ``action`` is what to apply,
+    ``allowed`` the allowance in force, ``reason`` why, in words."""
+
+    __slots__ = ("action", "recommended", "allowed", "reason")
+
+    def __init__(self, action, recommended, allowed, reason):
+        self.action = action
+        self.recommended = recommended
+        self.allowed = allowed
+        self.reason = reason
+
+    def __repr__(self):
+        return "Decision(%s, recommended=%s, allowed=%s)" % (
+            self.action, self.recommended, self.allowed)
+
+
+def less_intrusive(a, b):
+    return a if _RANK[a] <= _RANK[b] else b
+
+
+def decide(recommended, allowed_max, flavor_action=None):
+    """The action to apply for a fault.
+
+    :param recommended: the guest's recommendation (one of
+        :data:`~guestha.conf.actions.ACTIONS`, or None for none).
+    :param allowed_max: ``[actions] allowed_max``.
+    :param flavor_action: the flavor's ``guestha:corrective_action``, or
+        None when the flavor has none.  A value that is not an action
+        narrows to ``log``: a typo must not widen what is allowed, and the
+        action record shows it to the operator.
+    """
+    recommended = recommended or "none"
+    allowed = allowed_max
+    reasons = []
+    if flavor_action is not None:
+        if flavor_action in _RANK:
+            if _RANK[flavor_action] < _RANK[allowed]:
+                reasons.append("the flavor allows at most %s"
+                               % flavor_action)
+            allowed = less_intrusive(allowed, flavor_action)
+        else:
+            reasons.append("the flavor's guestha:corrective_action %r is "
+                           "not one of %s; treated as log"
+                           % (flavor_action, ", ".join(ACTIONS)))
+            allowed = less_intrusive(allowed, "log")
+    action = less_intrusive(recommended, allowed)
+    if action != recommended:
+        reasons.insert(0, "the guest recommends %s, policy allows at most %s"
+                       % (recommended, allowed))
+    else:
+        reasons.insert(0, "the guest recommends %s" % recommended)
+    return Decision(action, recommended, allowed, "; ".join(reasons))
+
+
+def _iso(ts):
+    return datetime.datetime.fromtimestamp(
+        ts, tz=datetime.timezone.utc).isoformat(timespec="microseconds")
+
+
+def action_record(fault, action, outcome, reason, server, at, step=None,
+                  decision=None):
+    """An action record, delivered to the sinks like an event.
+
+    Its id is derived from the fault's id and the step, so the same step
+    of the same fault is recorded once even when it is decided again.
+    """
+    name = "%s:%s" % (action, step or "")
+    return {
+        "version": "1.0",
+        "type": "action",
+        "id": str(uuid.uuid5(uuid.UUID(fault["id"]), name)),
+        "instance": fault["instance"],
+        "host": fault.get("host"),
+        "fault_id": fault["id"],
+        "kind": fault.get("kind"),
+        "action": action,
+        "step": step,
+        "recommended": decision.recommended if decision else None,
+        "allowed": decision.allowed if decision else None,
+        "outcome": outcome,
+        "reason": reason,
+        "server": server,
+        "at": _iso(at),
+        "at_ts": at,
+        "details": {},
+    }
+
+
+class ActionFailed(Exception):
+    """Nova refused or could not take an action."""
+
+
+class NovaActions(nova_mod.NovaClient):
+    """The Nova client of the agent, plus the controller's actions."""
+
+    def _act(self, instance_uuid, verb, call):
+        try:
+            call()
+        except (nova_exc.ClientException, ks_exc.ClientException) as exc:
+            raise ActionFailed("%s of instance %s: %s: %s" % (
+                verb, instance_uuid, type(exc).__name__, exc))
+
+    def reboot(self, instance_uuid, hard=False):
+        kind = "HARD" if hard else "SOFT"
+        self._act(instance_uuid, "%s reboot" % kind.lower(),
+                  lambda: self._client.servers.reboot(
+                      instance_uuid, reboot_type=kind))
+
+    def stop(self, instance_uuid):
+        self._act(instance_uuid, "stop",
+                  lambda: self._client.servers.stop(instance_uuid))
+
+
+class ActionWorker(object):
+    """Applies corrective actions in one thread.
+
+    :param nova: :class:`NovaActions` (or a fake with ``guestha_features``,
+        ``reboot`` and ``stop``).
+    :param ledger: the :class:`~guestha.server.ledger.Ledger`.
+    :param report: called with each action record (stores it in the
+        ledger and hands it to the sinks).
+    :param clock: ledger (wall-clock) time, as the ledger's.
+    """
+
+    def __init__(self, nova, ledger, report, server_id, allowed_max="log",
+                 soft_reboot_timeout=120.0, max_actions=3, window=3600,
+                 clock=time.time):
+        self.nova = nova
+        self.ledger = ledger
+        self.report = report
+        self.server_id = server_id
+        self.allowed_max = allowed_max
+        self.soft_reboot_timeout = soft_reboot_timeout
+        self.max_actions = max_actions
+        self.window = window
+        self._clock = clock
+        self._queue = collections.deque()
+        self._timers = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = None
+
+    @classmethod
+    def from_conf(cls, conf, nova, ledger, report):
+        group = conf.actions
+        return cls(nova, ledger, report, conf.server.server_id,
+                   allowed_max=group.allowed_max,
+                   soft_reboot_timeout=group.soft_reboot_timeout,
+                   max_actions=group.max_actions, window=group.window)
+
+    # -- any thread ------------------------------------------------------
+
+    def submit(self, fault):
+        """Queue a fault this controller owns (any thread)."""
+        with self._cond:
+            self._queue.append(fault)
+            self._cond.notify()
+
+    def start(self):
+        self._thread = threading.Thread(target=self._run,
+                                        name="corrective-actions",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout=10.0):
+        """Stop after the fault in hand; queued faults stay pending in the
+        ledger for the next start."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self):
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                wait = None
+                if not self._queue and self._timers:
+                    wait = max(0.0, self._timers[0][0] - self._clock())
+                if not self._queue and (wait is None or wait > 0):
+                    self._cond.wait(wait)
+                    continue
+            try:
+                self.run_once(self._clock())
+            except Exception:  # a thread's top level: keep acting
+                LOG.exception("corrective-action worker error")
+
+    # -- the worker --------------------------------------------------------
+
+    def run_once(self, now):
+        """Act on the queued faults and the due follow-ups.
+
+        :returns: seconds until the next follow-up, or None.
+        """
+        while True:
+            with self._cond:
+                if self._stopping or not self._queue:
+                    break
+                fault = self._queue.popleft()
+            self._fault(fault, now)
+        while True:
+            with self._cond:
+                if not self._timers or self._timers[0][0] > now:
+                    break
+                _, _, fault, since, decision = heapq.heappop(self._timers)
+            self._follow_up(fault, since, decision, now)
+        with self._cond:
+            return (self._timers[0][0] - now) if self._timers else None
+
+    def _record(self, fault, action, outcome, reason, now, step=None,
+                decision=None, level=logging.WARNING):
+        LOG.log(level, "instance %s: fault %s: corrective action %s%s: %s "
+                "(%s)", fault["instance"], fault["id"], action,
+                " (%s)" % step if step else "", outcome, reason)
+        self.report(action_record(fault, action, outcome, reason,
+                                  self.server_id, now, step=step,
+                                  decision=decision))
+
+    def _done(self, fault):
+        self.ledger.mark_later(fault["id"], ledger_mod.ACTIONS,
+                               ledger_mod.DONE)
+
+    def _fault(self, fault, now):
+        instance = fault["instance"]
+        recommended = fault.get("action") or "none"
+        if recommended == "none":
+            self._done(fault)
+            return
+        if self.ledger.fault_recovered(fault):
+            self._record(fault, recommended, SKIPPED_RECOVERED,
+                         "the instance recovered from this fault before "
+                         "any action", now, level=logging.INFO)
+            self._done(fault)
+            return
+        flavor_action = None
+        nova_error = None
+        if less_intrusive(recommended, self.allowed_max) not in ("none",
+                                                                 "log"):
+            try:
+                features = self.nova.guestha_features(instance)
+                flavor_action = features.get("corrective_action")
+            except nova_mod.NovaUnavailable as exc:
+                nova_error = str(exc)
+        decision = decide(recommended, self.allowed_max, flavor_action)
+        if decision.action == "none":
+            self._record(fault, recommended, REFUSED_POLICY,
+                         decision.reason, now, decision=decision)
+        elif decision.action == "log":
+            self._record(fault, "log", LOGGED, decision.reason, now,
+                         decision=decision)
+        elif nova_error is not None:
+            self._record(fault, decision.action,
+                         "%s: nova unavailable" % FAILED,
+                         "%s; %s" % (decision.reason, nova_error), now,
+                         decision=decision, level=logging.ERROR)
+        else:
+            self._intrusive(fault, decision, now)
+        self._done(fault)
+
+    def _intrusive(self, fault, decision, now):
+        instance = fault["instance"]
+        granted, count = self.ledger.take_action_slot(
+            instance, fault["id"], self.window, self.max_actions, now=now)
+        if granted is None:
+            self._record(fault, decision.action, SKIPPED_ACTED,
+                         "an action on this fault was started earlier",
+                         now, decision=decision, level=logging.INFO)
+            return
+        if not granted:
+            self._record(fault, decision.action, REFUSED_CAP,
+                         "%s; %d action(s) on this instance in the last "
+                         "%d s, at most %d allowed" % (
+                             decision.reason, count, self.window,
+                             self.max_actions),
+                         now, decision=decision)
+            return
+        step = "soft" if decision.action == "reboot" else None
+        try:
+            if decision.action == "reboot":
+                self.nova.reboot(instance, hard=False)
+            else:
+                self.nova.stop(instance)
+        except ActionFailed as exc:
+            self._record(fault, decision.action, "%s: %s" % (FAILED, exc),
+                         decision.reason, now, step=step, decision=decision,
+                         level=logging.ERROR)
+            return
+        self._record(fault, decision.action, APPLIED, decision.reason, now,
+                     step=step, decision=decision)
+        if decision.action == "reboot":
+            with self._cond:
+                heapq.heappush(self._timers, (
+                    now + self.soft_reboot_timeout, next(self._seq), fault,
+                    now, decision))
+
+    def _follow_up(self, fault, since, decision, now):
+        """A soft reboot's time is up: hard reboot unless recovered."""
+        instance = fault["instance"]
+        if self.ledger.recovered_since(instance, since):
+            LOG.info("instance %s: fault %s: recovered after the soft "
+                     "reboot", instance, fault["id"])
+            return
+        reason = ("no recovery within %.0f s of the soft reboot"
+                  % self.soft_reboot_timeout)
+        try:
+            self.nova.reboot(instance, hard=True)
+        except ActionFailed as exc:
+            self._record(fault, "reboot", "%s: %s" % (FAILED, exc), reason,
+                         now, step="hard", decision=decision,
+                         level=logging.ERROR)
+            return
+        self._record(fault, "reboot", APPLIED, reason, now, step="hard",
+                     decision=decision)
+
+    def pending_follow_ups(self):
+        with self._cond:
+            return len(self._timers)

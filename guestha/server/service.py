@@ -1,0 +1,266 @@
+"""guestha-server assembled from its configuration.
+
+Threads: oslo.messaging's RPC server (the agents' calls and casts) and
+notification listener (Nova's versioned notifications), one thread per
+fault sink (:class:`~guestha.sinks.base.SinkDispatcher`), the
+corrective-action worker, the server-group refresher, and the ledger
+keeper (this module), which renews the lease, writes delivery outcomes in
+batches, takes over the work of dead controllers and prunes old events.
+
+Start: the lease first (a second process with the same ``server_id``
+stops here), then the sinks and the action worker, then the work this
+controller still owes from its last run and the orphans of dead
+controllers, and only then the listeners.  Stop (SIGTERM): the RPC server
+first, so no agent hears "accepted" from a controller that is going away,
+then the notification listener, then the sinks get ``[server]
+drain_timeout`` seconds to deliver what they hold; what they do not is
+still pending in the ledger, and the lease is handed back so that another
+controller takes it over at once.
+
+Which controller relays Nova's state changes to the agents: the one with
+the smallest ``server_id`` among those holding a lease (every controller
+gets every notification, in its own pool, and keeps its cache; one tells
+the peers).
+"""
+
+import logging
+import signal
+import threading
+import time
+
+import oslo_messaging
+from oslo_messaging.rpc import dispatcher as rpc_dispatcher
+
+from guestha import rpc
+from guestha.server import actions as actions_mod
+from guestha.server import endpoint as endpoint_mod
+from guestha.server import groups as groups_mod
+from guestha.server import ledger as ledger_mod
+from guestha.server import notifications
+
+LOG = logging.getLogger(__name__)
+
+#: Seconds between two writes of the delivery outcomes.
+FLUSH_INTERVAL = 0.2
+#: Seconds between two prunes of the ledger.
+PRUNE_INTERVAL = 600.0
+
+
+class Deliveries(object):
+    """Hands events to the sinks and the action worker, and tells the
+    ledger how each delivery ended (the dispatcher's ``on_result``)."""
+
+    def __init__(self, ledger, dispatcher, actions):
+        self.ledger = ledger
+        self.dispatcher = dispatcher
+        self.actions = actions
+
+    def on_result(self, event, sink_name, state):
+        self.ledger.mark_later(event["id"], sink_name, state)
+
+    def dispatch(self, event, targets=None):
+        """Hand ``event`` to every sink, or to ``targets`` (the ledger's
+        pending targets of an event dispatched again)."""
+        if targets is None:
+            self.dispatcher.submit(event)
+            return
+        sinks = [t for t in targets if t != ledger_mod.ACTIONS]
+        if sinks:
+            self.dispatcher.submit(event, sinks=sinks)
+        if ledger_mod.ACTIONS in targets:
+            self.actions.submit(event)
+
+    def redispatch(self, work):
+        for event, targets in work:
+            self.dispatch(event, targets)
+        return len(work)
+
+    def report_action(self, record):
+        """An action record: into the ledger, then to the sinks."""
+        if self.ledger.record(record):
+            self.dispatcher.submit(record)
+
+
+class LedgerKeeper(object):
+    """The ledger's periodic work, in one thread."""
+
+    def __init__(self, ledger, deliveries, retention, lease,
+                 clock=time.monotonic):
+        self.ledger = ledger
+        self.deliveries = deliveries
+        self.retention = retention
+        self.lease = lease
+        self._clock = clock
+        self._stopping = threading.Event()
+        self._thread = None
+        self.relay = False
+
+    def update_relay(self):
+        live = self.ledger.live_servers()
+        relay = bool(live) and live[0] == self.ledger.server_id
+        if relay != self.relay:
+            LOG.info("%s relays Nova's state changes to the agents: %s",
+                     self.ledger.server_id, "yes" if relay else
+                     "no (%s does)" % (live[0] if live else "nobody"))
+        self.relay = relay
+
+    def is_relay(self):
+        return self.relay
+
+    def start(self):
+        self._thread = threading.Thread(target=self._run,
+                                        name="ledger-keeper", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout=5.0):
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self):
+        renew_every = self.lease / 3.0
+        next_renew = self._clock() + renew_every
+        next_prune = self._clock() + PRUNE_INTERVAL
+        while not self._stopping.wait(FLUSH_INTERVAL):
+            try:
+                self.ledger.flush()
+                now = self._clock()
+                if now >= next_renew:
+                    next_renew = now + renew_every
+                    self.ledger.renew()
+                    self.update_relay()
+                    self.deliveries.redispatch(self.ledger.claim_orphans())
+                if now >= next_prune:
+                    next_prune = now + PRUNE_INTERVAL
+                    pruned = self.ledger.prune(time.time() - self.retention)
+                    if pruned:
+                        LOG.info("ledger: forgot %d delivered event(s) "
+                                 "older than %d s", pruned, self.retention)
+            except Exception:  # a thread's top level: keep the lease
+                LOG.exception("ledger upkeep failed")
+
+
+class ServerService(object):
+    def __init__(self, conf, ledger, deliveries, keeper, dispatcher,
+                 actions, groups, transport, notification_transport):
+        self.conf = conf
+        self.ledger = ledger
+        self.deliveries = deliveries
+        self.keeper = keeper
+        self.dispatcher = dispatcher
+        self.actions = actions
+        self.groups = groups
+        self.transport = transport
+        self.notification_transport = notification_transport
+        self.rpc_server = None
+        self.listener = None
+        self._stop = threading.Event()
+
+    @classmethod
+    def from_conf(cls, conf):
+        from guestha.rpc import api
+        from guestha.sinks import base as sinks_base
+
+        server = conf.server
+        sinks = sinks_base.load_sinks(conf)
+        # the window of the cap must outlive pruning
+        retention = max(server.ledger_retention, conf.actions.window)
+        ledger = ledger_mod.Ledger(server.ledger_path, server.server_id,
+                                   sinks=[sink.name for sink in sinks],
+                                   lease=server.lease_seconds)
+        nova = actions_mod.NovaActions.from_conf(conf)
+        deliveries = Deliveries(ledger, None, None)
+        dispatcher = sinks_base.SinkDispatcher.from_conf(
+            conf, sinks=sinks, on_result=deliveries.on_result)
+        deliveries.dispatcher = dispatcher
+        keeper = LedgerKeeper(ledger, deliveries, retention,
+                              server.lease_seconds)
+        worker = actions_mod.ActionWorker.from_conf(
+            conf, nova, ledger, deliveries.report_action)
+        deliveries.actions = worker
+        transport = rpc.get_transport(conf)
+        notification_transport = oslo_messaging.get_notification_transport(
+            conf)
+        groups = groups_mod.ServerGroups.from_conf(
+            conf, nova, api.AgentAPI(transport), keeper.is_relay)
+        return cls(conf, ledger, deliveries, keeper, dispatcher, worker,
+                   groups, transport, notification_transport)
+
+    def start(self):
+        server = self.conf.server
+        self.ledger.register()
+        self.keeper.update_relay()
+        self.dispatcher.start()
+        self.actions.start()
+        owed = self.deliveries.redispatch(self.ledger.pending())
+        taken = self.deliveries.redispatch(self.ledger.claim_orphans())
+        if owed or taken:
+            LOG.info("dispatching %d event(s) owed from the last run and %d "
+                     "taken over from dead controllers", owed, taken)
+        self.keeper.start()
+        self.groups.start(server.group_refresh_interval)
+        self.listener = notifications.get_listener(
+            self.conf, self.notification_transport, self.groups,
+            pool="guestha-server-%s" % server.server_id)
+        self.listener.start()
+        endpoint = endpoint_mod.ControllerEndpoint(
+            self.ledger, self.deliveries.dispatch, self.actions,
+            self.groups)
+        self.rpc_server = oslo_messaging.get_rpc_server(
+            self.transport, rpc.controller_server_target(server.server_id),
+            [endpoint],
+            access_policy=rpc_dispatcher.DefaultRPCAccessPolicy)
+        self.rpc_server.start()
+        LOG.info("guestha-server %s running (sinks: %s; ledger %s)",
+                 server.server_id,
+                 ", ".join(self.dispatcher.sink_names) or "none",
+                 server.ledger_path)
+
+    def run(self):
+        def _stop(signum, frame):
+            LOG.info("signal %d: stopping", signum)
+            self._stop.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        try:
+            self.start()
+            self._stop.wait()
+        finally:
+            self.shutdown()
+
+    def stop(self):
+        self._stop.set()
+
+    def shutdown(self):
+        # the agents first: nothing is accepted from here on.  Both stop
+        # at once: an idle oslo.messaging consumer notices a stop only
+        # when its current poll (up to 5 s) times out.
+        servers = [s for s in (self.rpc_server, self.listener)
+                   if s is not None]
+        stoppers = [threading.Thread(target=s.stop, name="stop-%d" % n)
+                    for n, s in enumerate(servers)]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join()
+        for server in servers:
+            server.wait()
+        self.rpc_server = self.listener = None
+        LOG.debug("RPC server and notification listener stopped")
+        self.groups.stop()
+        self.actions.stop()
+        clean = self.dispatcher.stop(timeout=self.conf.server.drain_timeout)
+        LOG.debug("sinks stopped")
+        self.keeper.stop()
+        try:
+            self.ledger.flush()
+            self.ledger.unregister()
+        except Exception:  # stopping: log, and leave the rest to the lease
+            LOG.exception("ledger: final write failed")
+        self.ledger.close()
+        self.transport.cleanup()
+        self.notification_transport.cleanup()
+        LOG.debug("transports closed")
+        LOG.info("guestha-server %s stopped%s", self.conf.server.server_id,
+                 "" if clean else " (undelivered events stay in the ledger)")
