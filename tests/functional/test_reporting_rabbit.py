@@ -1,0 +1,306 @@
+"""Fault reporting through the real RabbitMQ to a controller in a child
+process: order, exactly-once arrival, and nothing lost while the
+controller or the broker is down or the agent restarts."""
+
+import json
+import os
+import selectors
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from oslo_config import cfg
+
+from guestha import rpc
+from guestha.agent.outbox import Outbox
+from guestha.agent.reporter import Reporter
+from guestha.rpc import api
+
+pytestmark = pytest.mark.functional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+STUB = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                    "controller_stub.py")
+HOST = "compute-func"
+
+
+class StubController(object):
+    """tests/functional/controller_stub.py in a child process."""
+
+    def __init__(self, url, workdir):
+        self.url = url
+        self.out = os.path.join(workdir, "controller-events.jsonl")
+        self.casts = os.path.join(workdir, "controller-casts.jsonl")
+        self.log = os.path.join(workdir, "controller.log")
+        self.proc = None
+
+    def start(self, timeout=60.0):
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-W", "ignore", STUB, "--url", self.url,
+                 "--out", self.out, "--casts", self.casts],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=log, cwd=ROOT, env=env)
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        seen = b""
+        deadline = time.monotonic() + timeout
+        while b"ready\n" not in seen:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                self.stop()
+                with open(self.log) as f:
+                    raise AssertionError("controller stub did not start:\n"
+                                         + f.read()[-3000:])
+            if sel.select(min(left, 0.5)):
+                seen += os.read(self.proc.stdout.fileno(), 4096)
+        sel.close()
+
+    def stop(self):
+        if self.proc is None:
+            return
+        # SIGTERM: the stub's clean stop (background jobs ignore SIGINT)
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc.stdout.close()
+        self.proc = None
+
+    def received(self):
+        """Every event received, in order: ``[(dup, event)]``."""
+        if not os.path.exists(self.out):
+            return []
+        with open(self.out) as f:
+            return [(r["dup"], r["event"]) for r in map(json.loads, f)]
+
+    def accepted_ids(self):
+        return [e["id"] for dup, e in self.received() if not dup]
+
+    def cast_lines(self):
+        if not os.path.exists(self.casts):
+            return []
+        with open(self.casts) as f:
+            return [json.loads(line) for line in f]
+
+
+class Agent(object):
+    """The agent's reporting side, in the test process."""
+
+    def __init__(self, url, workdir):
+        self.transport = rpc.get_transport(cfg.CONF, url=url)
+        self.path = os.path.join(workdir, "agent", "outbox.sqlite")
+        self.reporters = []
+        self.outboxes = []
+
+    def reporter(self, timeout=5.0, backoff=(0.2, 2.0), batch=100):
+        outbox = Outbox(self.path, 100000)
+        self.outboxes.append(outbox)
+        reporter = Reporter(
+            outbox, api.ControllerAPI(self.transport, HOST, timeout=timeout),
+            batch=batch, timeout=timeout, backoff=backoff)
+        reporter.start()
+        self.reporters.append(reporter)
+        return reporter
+
+    def close(self):
+        for reporter in self.reporters:
+            reporter.stop(timeout=15)
+        for outbox in self.outboxes:
+            outbox.close()
+        self.transport.cleanup()
+
+
+@pytest.fixture
+def controller(rabbit_vhost, tmp_path):
+    stub = StubController(rabbit_vhost, str(tmp_path))
+    yield stub
+    stub.stop()
+
+
+@pytest.fixture
+def agent(rabbit_vhost, tmp_path):
+    agent = Agent(rabbit_vhost, str(tmp_path))
+    yield agent
+    agent.close()
+
+
+def faults(n, start=0):
+    return [api.make_fault(
+        instance=str(uuid.uuid4()), host=HOST, kind="missed",
+        reason="fault %d" % i, action="reboot", detected_at=time.time(),
+        interval_ms=1000, misses=1) for i in range(start, start + n)]
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %.0f s waiting for %s"
+                                 % (timeout, what))
+        time.sleep(0.02)
+
+
+def test_a_thousand_faults_arrive_in_order_exactly_once(agent, controller):
+    controller.start()
+    reporter = agent.reporter(batch=100)
+    events = faults(1000)
+
+    start = time.monotonic()
+    for event in events:
+        reporter.submit(event)
+    wait_for(lambda: reporter.stats()["delivered"] == 1000, 60,
+             "1000 deliveries")
+    elapsed = time.monotonic() - start
+
+    received = controller.received()
+    assert [e["id"] for _, e in received] == [e["id"] for e in events]
+    assert not any(dup for dup, _ in received)
+    assert received[0][1] == events[0]
+    stats = reporter.stats()
+    assert (stats["pending"], stats["retries"], stats["dropped"]) == (0, 0, 0)
+    print("\n1000 faults in batches of 100 through RabbitMQ: %.2f s, "
+          "%.0f events/s" % (elapsed, 1000 / elapsed))
+
+
+def test_faults_wait_for_a_controller_that_is_not_running(agent,
+                                                           controller):
+    reporter = agent.reporter(timeout=1.0, backoff=(0.2, 1.0))
+    events = faults(20)
+    for event in events:
+        reporter.submit(event)
+    wait_for(lambda: reporter.stats()["retries"] >= 2, 30,
+             "failed attempts")
+    stats = reporter.stats()
+    assert stats["pending"] == 20
+    assert stats["delivered"] == 0
+    assert "MessagingTimeout" in stats["last_error"]
+
+    controller.start()
+    wait_for(lambda: reporter.stats()["delivered"] == 20, 60,
+             "delivery after the controller started")
+    assert controller.accepted_ids() == [e["id"] for e in events]
+    assert reporter.stats()["pending"] == 0
+
+
+def test_a_broker_outage_blocks_nobody_and_loses_nothing(
+        agent, controller, rabbitmq):
+    controller.start()
+    reporter = agent.reporter(timeout=2.0, backoff=(0.2, 2.0))
+    before = faults(5)
+    for event in before:
+        reporter.submit(event)
+    wait_for(lambda: reporter.stats()["delivered"] == 5, 30,
+             "delivery before the outage")
+
+    during = faults(50, start=5)
+    submit_times = []
+    relay_times = []
+    rabbitmq.stop_app()
+    try:
+        for event in during:
+            start = time.perf_counter()
+            reporter.submit(event)
+            submit_times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            reporter.cast_relay("query_status", instance=event["instance"],
+                                seq=1)
+            relay_times.append(time.perf_counter() - start)
+        wait_for(lambda: reporter.stats()["retries"] >= 2, 30,
+                 "failed attempts while the broker is down")
+        stats = reporter.stats()
+        assert len(reporter.outbox) == 50
+        assert stats["delivered"] == 5
+        assert stats["last_error"]
+    finally:
+        rabbitmq.start_app()
+
+    # Reconnects take seconds: the driver's own retry interval grows.
+    wait_for(lambda: reporter.stats()["delivered"] >= 55, 180,
+             "delivery after the broker came back")
+    assert controller.accepted_ids() == [e["id"] for e in before + during]
+    assert reporter.stats()["pending"] == 0
+    # the caller (the agent's I/O loop) never waited for the broker
+    assert statistics.median(submit_times) < 0.005
+    assert max(submit_times) < 0.05
+    assert max(relay_times) < 0.005
+    print("\nsubmit during the outage: median %.3f ms, max %.3f ms; "
+          "cast_relay max %.3f ms; retries %d" % (
+              statistics.median(submit_times) * 1e3,
+              max(submit_times) * 1e3, max(relay_times) * 1e3,
+              reporter.stats()["retries"]))
+
+
+def test_an_agent_started_during_a_broker_outage_reports_when_it_returns(
+        agent, controller, rabbitmq):
+    # The first call of a process sets up its reply queue on a connection
+    # that oslo.messaging retries forever, whatever the call's retry and
+    # timeout: the sender thread hangs in it, and only it.
+    controller.start()
+    events = faults(10)
+    rabbitmq.stop_app()
+    try:
+        reporter = agent.reporter(timeout=2.0, backoff=(0.2, 2.0))
+        longest = 0.0
+        for event in events:
+            start = time.perf_counter()
+            reporter.submit(event)
+            longest = max(longest, time.perf_counter() - start)
+        wait_for(lambda: (reporter.stats()["in_flight_s"] or 0) > 2.0, 30,
+                 "the first call to hang")
+        assert reporter.stats()["pending"] == 10
+        assert longest < 0.05
+    finally:
+        rabbitmq.start_app()
+
+    wait_for(lambda: reporter.stats()["delivered"] == 10, 180,
+             "delivery after the broker came back")
+    assert controller.accepted_ids() == [e["id"] for e in events]
+
+
+def test_pending_faults_survive_an_agent_restart(agent, controller):
+    first = agent.reporter(timeout=1.0, backoff=(0.2, 1.0))
+    events = faults(30)
+    for event in events:
+        first.submit(event)
+    wait_for(lambda: first.stats()["retries"] >= 1, 30, "a failed attempt")
+    assert first.stop(timeout=10) is True
+    first.outbox.close()            # the agent is gone
+
+    controller.start()
+    second = agent.reporter()       # the agent starts again
+    assert second.stats()["pending"] == 30
+    wait_for(lambda: second.stats()["delivered"] == 30, 60,
+             "delivery after the restart")
+
+    received = controller.received()
+    assert [e["id"] for _, e in received] == [e["id"] for e in events]
+    assert not any(dup for dup, _ in received)
+
+
+def test_relay_casts_reach_the_controller(agent, controller):
+    controller.start()
+    reporter = agent.reporter()
+    instance = str(uuid.uuid4())
+    reporter.cast_relay("relay_broadcast", instance=instance,
+                        payload_b64="aGVsbG8=", seq=1)
+    reporter.cast_relay("agent_alive", instances=[
+        {"instance": instance, "heartbeat": True,
+         "server_group_messaging": True}])
+    wait_for(lambda: len(controller.cast_lines()) == 2, 30, "two casts")
+
+    assert controller.cast_lines() == [
+        {"method": "relay_broadcast", "host": HOST, "instance": instance,
+         "payload_b64": "aGVsbG8=", "seq": 1},
+        {"method": "agent_alive", "host": HOST, "instances": [
+            {"instance": instance, "heartbeat": True,
+             "server_group_messaging": True}]},
+    ]
+    assert reporter.stats()["relay_sent"] == 2

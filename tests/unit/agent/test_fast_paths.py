@@ -1,0 +1,223 @@
+"""The agent's cheaper ways of doing the same thing: the shared, buffered
+random source, the epoll poller of the loop, the instance's timer
+bookkeeping and the lighter import of the reporter."""
+
+import os
+import socket
+import threading
+
+import pytest
+
+from guestha.agent import instance as im
+from guestha.agent import loop as loop_mod
+from guestha_guest.protocol import heartbeat as hb
+from tests.unit.agent.harness import Harness
+
+
+def monitored():
+    h = Harness()
+    h.advance(0.5)
+    assert h.inst.state == im.MONITORED
+    return h
+
+
+# -- the random source -------------------------------------------------------
+
+def test_buffered_random_bits_are_in_range_and_vary():
+    rng = im._BufferedSystemRandom()
+    for k in (1, 7, 8, 31, 64, 100, 128, 512):
+        values = {rng.getrandbits(k) for _ in range(200)}
+        assert all(0 <= v < 2 ** k for v in values)
+        if k >= 31:
+            assert len(values) == 200  # no repeats at this width
+    # the top bit is used too
+    assert any(rng.getrandbits(128) >> 127 for _ in range(200))
+    assert 0.0 <= rng.random() < 1.0
+
+
+def test_buffered_random_bad_and_large_widths_as_system_random():
+    rng = im._BufferedSystemRandom()
+    with pytest.raises(ValueError):
+        rng.getrandbits(-1)
+    assert rng.getrandbits(0) == 0
+    assert 0 <= rng.getrandbits(4096) < 2 ** 4096  # beyond the buffer path
+
+
+def test_buffered_random_refills_and_never_reuses_bytes():
+    rng = im._BufferedSystemRandom()
+    tokens = ["%032x" % rng.getrandbits(128)
+              for _ in range(3 * rng._CHUNK // 16 + 5)]
+    assert len(set(tokens)) == len(tokens)
+
+
+def test_buffered_random_across_threads():
+    rng = im._BufferedSystemRandom()
+    out = []
+
+    def draw():
+        out.extend(rng.getrandbits(128) for _ in range(2000))
+
+    threads = [threading.Thread(target=draw) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(out)) == len(out) == 8000
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_buffered_random_forked_child_does_not_reuse_the_buffer():
+    rng = im._RNG
+    rng.getrandbits(128)  # a buffer is loaded
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its buffer and its next draw
+        try:
+            os.write(w, ("%d %d" % (len(rng._buf), rng._pos)).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    data = os.read(r, 100).decode()
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert data == "0 0"
+    assert len(rng._buf) > 0  # the parent keeps its own
+
+
+def test_instances_share_the_random_source():
+    h = monitored()
+    assert h.inst.conn._rng is im._RNG
+    assert h.inst.hb._rng is im._RNG
+
+
+# -- the loop's poller --------------------------------------------------------
+
+def test_poller_reports_readable_sockets_with_their_callback():
+    poller = loop_mod._Poller()
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    try:
+        calls = []
+        poller.register(a, lambda s, m: calls.append(("a", s, m)))
+        poller.register(c, lambda s, m: calls.append(("c", s, m)))
+        with pytest.raises(KeyError):
+            poller.register(a, lambda s, m: None)
+        assert poller.poll(0) == []
+        b.send(b"x")
+        ready = poller.poll(1.0)
+        assert [(cb.__class__, f, mask) for cb, f, mask in ready] == [
+            (type(lambda: 0), a, 1)]
+        for cb, f, mask in ready:
+            cb(f, mask)
+        assert calls == [("a", a, 1)]
+        # a closed peer is readable (end of file), as with selectors
+        d.close()
+        assert [f for _cb, f, _m in poller.poll(1.0)] == [a, c]
+        poller.unregister(a)
+        with pytest.raises(KeyError):
+            poller.unregister(a)
+        # unregistering a socket closed meanwhile is fine
+        c.close()
+        poller.unregister(c)
+        assert poller.poll(0) == []
+    finally:
+        for s in (a, b, c, d):
+            s.close()
+        poller.close()
+
+
+def test_poller_rounds_timeouts_up_to_the_millisecond(monkeypatch):
+    poller = loop_mod._Poller()
+    seen = []
+
+    class FakeEpoll(object):
+        def poll(self, timeout, maxevents):
+            seen.append((timeout, maxevents))
+            return []
+
+    poller._epoll = FakeEpoll()
+    for timeout in (0, -1.0, 0.0001, 0.001, 0.0015, 1.0):
+        poller.poll(timeout)
+    assert [round(t, 6) for t, _ in seen] == [0, 0, 0.001, 0.001, 0.002,
+                                              1.0]
+    assert all(n == 1 for _, n in seen)
+
+
+# -- the instance's timers ---------------------------------------------------
+
+def reference_when(inst):
+    """When the instance must next be ticked, as the list-based
+    _reschedule computed it."""
+    times = [inst._sync_at if inst.state == im.SYNCING else None,
+             inst._connect_at if inst.state == im.CONNECTING else None,
+             inst.hb.next_timer() if inst.hb is not None else None,
+             inst._confirm[4] if inst._confirm is not None else None,
+             (inst._lost_at + inst.policy.channel_lost_grace)
+             if inst._lost_at is not None else None]
+    times = [t for t in times if t is not None]
+    return min(times) if times else None
+
+
+@pytest.mark.parametrize("state", [im.SYNCING, im.CONNECTING, im.MONITORED,
+                                   im.WAITING])
+def test_reschedule_picks_the_earliest_timer(state):
+    h = monitored()
+    inst, env = h.inst, h.env
+    values = [None, 5.0, 7.0, 1000.5]
+    for sync_at in values:
+        for connect_at in values:
+            for confirm in (None, 3.0, 9.0):
+                for lost_at in (None, 1.0, 8.0):
+                    for with_hb in (True, False):
+                        inst.state = state
+                        inst._sync_at = sync_at
+                        inst._connect_at = connect_at
+                        inst._confirm = None if confirm is None else (
+                            "t", "missed", "r", None, confirm)
+                        inst._lost_at = lost_at
+                        saved_hb = inst.hb
+                        if not with_hb:
+                            inst.hb = None
+                        inst.wake_at = -1.0
+                        inst._reschedule(env.now)
+                        assert inst.wake_at == reference_when(inst)
+                        inst.hb = saved_hb
+
+
+def test_heartbeat_timer_checks_confirmations_and_lost_channels():
+    # the timer only skips _check_confirm when it has nothing to check
+    h = monitored()
+    inst, env = h.inst, h.env
+    calls = []
+    inst._check_confirm = lambda now: calls.append(now)
+    inst._heartbeat_timer(env.now, None)
+    assert calls == []
+    inst._lost_at = env.now
+    inst._heartbeat_timer(env.now, None)
+    inst._lost_at = None
+    inst._confirm = ("t", "missed", "r", None, env.now + 1)
+    inst._heartbeat_timer(env.now, None)
+    assert calls == [env.now, env.now]
+
+
+def test_challenges_and_answers_still_counted():
+    h = monitored()
+    before = dict(h.inst.counters)
+    h.advance(1.0)  # ten intervals of 100 ms
+    sent = h.inst.counters["challenges"] - before["challenges"]
+    assert 9 <= sent <= 10  # (the phase decides)
+    assert h.inst.counters["answers"] - before["answers"] == sent
+    assert h.inst.counters["missed"] == 0
+    assert isinstance(h.inst.hb, hb.HostHeartbeat)
+
+
+# -- the reporter's import --------------------------------------------------
+
+def test_reporter_import_leaves_the_environment_as_it_was(monkeypatch):
+    from guestha.agent import service
+    monkeypatch.delenv("EVENTLET_NO_GREENDNS", raising=False)
+    assert service._import_reporter().__name__ == "Reporter"
+    assert "EVENTLET_NO_GREENDNS" not in os.environ
+    monkeypatch.setenv("EVENTLET_NO_GREENDNS", "no")
+    service._import_reporter()
+    assert os.environ["EVENTLET_NO_GREENDNS"] == "no"

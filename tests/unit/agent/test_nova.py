@@ -1,0 +1,331 @@
+"""The Nova client, over real HTTP against the Nova stand-in, through
+keystoneauth1 and python-novaclient as configured by ``[nova]``."""
+
+import json
+import logging
+import urllib.error
+import urllib.request
+
+import pytest
+from novaclient import api_versions
+from novaclient import exceptions as nova_exc
+
+from guestha.agent import nova
+from tests.fakes.nova import FakeNova, nova_conf
+
+UUID = "0c7e3f9a-5b2d-4e61-8f3a-9d4c2b1a0e5f"
+OTHER = "7a1d9e2c-3b4f-4a5e-9c8d-1e2f3a4b5c6d"
+
+
+class Clock(object):
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def fake():
+    with FakeNova() as fake:
+        yield fake
+
+
+def client_for(fake, clock=None, **overrides):
+    client = nova.NovaClient.from_conf(nova_conf(fake, **overrides))
+    if clock is not None:
+        client._clock = clock
+    return client
+
+
+def server_gets(fake, uuid=UUID):
+    return [r for r in fake.requests
+            if r["method"] == "GET" and r["path"] == "/v2.1/servers/" + uuid]
+
+
+# -- extra specs --------------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["true", "True", "TRUE", "1", "yes", "Yes",
+                                   " true "])
+def test_true_values(value):
+    features = nova.features_from_extra_specs({"guestha:heartbeat": value})
+
+    assert features["heartbeat"] is True
+
+
+@pytest.mark.parametrize("value", ["false", "False", "0", "no", "", "on",
+                                   "enabled", "2"])
+def test_anything_else_is_false(value):
+    features = nova.features_from_extra_specs(
+        {"guestha:server_group_messaging": value})
+
+    assert features["server_group_messaging"] is False
+
+
+def test_no_extra_specs_means_nothing_enabled():
+    assert nova.features_from_extra_specs(None) == {
+        "heartbeat": False, "server_group_messaging": False,
+        "corrective_action": None}
+
+
+def test_corrective_action_is_passed_on_and_blank_is_none():
+    assert nova.features_from_extra_specs(
+        {"guestha:corrective_action": "reboot"})["corrective_action"] == (
+        "reboot")
+    assert nova.features_from_extra_specs(
+        {"guestha:corrective_action": "  "})["corrective_action"] is None
+
+
+# -- guestha_features over HTTP -----------------------------------------------
+
+def test_features_of_an_instance_from_its_flavor(fake):
+    fake.add_server(UUID, flavor_extra_specs={
+        "guestha:heartbeat": "true", "guestha:server_group_messaging": "1",
+        "guestha:corrective_action": "reboot", "hw:cpu_policy": "dedicated"})
+
+    features = client_for(fake).guestha_features(UUID)
+
+    assert features == {"heartbeat": True, "server_group_messaging": True,
+                        "corrective_action": "reboot"}
+    # asked at the microversion that embeds the flavor's extra specs
+    assert [r["version"] for r in server_gets(fake)] == ["2.47"]
+
+
+def test_a_flavor_without_guestha_specs(fake):
+    fake.add_server(UUID, flavor_extra_specs={"hw:watchdog_action": "reset"})
+
+    assert client_for(fake).guestha_features(UUID) == nova.NO_FEATURES
+
+
+def test_answers_are_cached_for_the_ttl(fake):
+    fake.add_server(UUID, flavor_extra_specs={"guestha:heartbeat": "yes"})
+    clock = Clock()
+    client = client_for(fake, clock=clock, flavor_cache_ttl=300)
+
+    client.guestha_features(UUID)
+    fake.servers[UUID]["flavor"]["extra_specs"] = {}  # a resize, say
+    clock.now += 299
+    assert client.guestha_features(UUID)["heartbeat"] is True
+    assert len(server_gets(fake)) == 1
+
+    clock.now += 2
+    assert client.guestha_features(UUID)["heartbeat"] is False
+    assert len(server_gets(fake)) == 2
+
+
+def test_forget_drops_the_cached_answer(fake):
+    fake.add_server(UUID, flavor_extra_specs={"guestha:heartbeat": "yes"})
+    client = client_for(fake, clock=Clock())
+
+    client.guestha_features(UUID)
+    client.forget(UUID)
+    client.guestha_features(UUID)
+
+    assert len(server_gets(fake)) == 2
+
+
+def test_ttl_zero_disables_the_cache(fake):
+    fake.add_server(UUID)
+    client = client_for(fake, flavor_cache_ttl=0)
+
+    client.guestha_features(UUID)
+    client.guestha_features(UUID)
+
+    assert len(server_gets(fake)) == 2
+
+
+def test_the_caller_cannot_change_the_cached_answer(fake):
+    fake.add_server(UUID, flavor_extra_specs={"guestha:heartbeat": "yes"})
+    client = client_for(fake, clock=Clock())
+
+    client.guestha_features(UUID)["heartbeat"] = False
+
+    assert client.guestha_features(UUID)["heartbeat"] is True
+
+
+def test_an_instance_nova_does_not_know_gets_nothing(fake, caplog):
+    client = client_for(fake, clock=Clock())
+
+    with caplog.at_level(logging.INFO, logger="guestha.agent.nova"):
+        features = client.guestha_features(UUID)
+
+    assert features == nova.NO_FEATURES
+    assert any(UUID in r.getMessage() and "not found" in r.getMessage()
+               for r in caplog.records)
+    # and it is not asked again within the TTL
+    client.guestha_features(UUID)
+    assert len(server_gets(fake)) == 1
+
+
+def test_hidden_extra_specs_are_logged_and_enable_nothing(fake, caplog):
+    fake.add_server(UUID, flavor_extra_specs={"guestha:heartbeat": "yes"})
+    client = client_for(fake)
+    # what Nova answers when its policy hides extra specs from this user
+    server = fake.servers[UUID]
+    original_view = fake._server_view
+
+    def view_without_specs(uuid, version):
+        view = original_view(uuid, version)
+        view["flavor"].pop("extra_specs", None)
+        return view
+
+    fake._server_view = view_without_specs
+    with caplog.at_level(logging.WARNING, logger="guestha.agent.nova"):
+        features = client.guestha_features(UUID)
+
+    assert features == nova.NO_FEATURES
+    assert server["id"] == UUID
+    assert any("flavor-extra-specs" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("status", [500, 503, 401, 403])
+def test_nova_errors_raise_nova_unavailable(fake, status):
+    fake.add_server(UUID, flavor_extra_specs={"guestha:heartbeat": "yes"})
+    client = client_for(fake, clock=Clock())
+    fake.fail(status)
+
+    with pytest.raises(nova.NovaUnavailable) as info:
+        client.guestha_features(UUID)
+    assert UUID in str(info.value)
+
+    # an error is not cached: the next ask gets the answer
+    assert client.guestha_features(UUID)["heartbeat"] is True
+
+
+def test_nova_unreachable_raises_nova_unavailable(fake):
+    client = client_for(fake)
+    fake.stop()
+
+    with pytest.raises(nova.NovaUnavailable) as info:
+        client.guestha_features(UUID)
+    assert "ConnectFailure" in str(info.value)
+
+
+def test_a_microversion_below_2_47_is_refused():
+    with FakeNova() as fake:
+        with pytest.raises(ValueError, match="2.47"):
+            client_for(fake, api_microversion="2.46")
+
+
+def test_a_later_microversion_is_used_as_configured(fake):
+    fake.add_server(UUID, flavor_extra_specs={"guestha:heartbeat": "1"})
+
+    client_for(fake, api_microversion="2.79").guestha_features(UUID)
+
+    assert server_gets(fake)[0]["version"] == "2.79"
+
+
+# -- for the controller -------------------------------------------------------
+
+@pytest.mark.parametrize("microversion", ["2.47", "2.64"])
+def test_server_groups_of_all_projects(fake, microversion):
+    fake.add_server_group("g-1", "vnf-a", "anti-affinity",
+                          members=[UUID, OTHER])
+    fake.add_server_group("g-2", "vnf-b", "affinity", members=[],
+                          project_id="another-project")
+
+    groups = client_for(fake, api_microversion=microversion).server_groups()
+
+    assert groups == [
+        {"id": "g-1", "name": "vnf-a", "policy": "anti-affinity",
+         "members": [UUID, OTHER],
+         "project_id": "6f70656e737461636b20342065766572"},
+        {"id": "g-2", "name": "vnf-b", "policy": "affinity", "members": [],
+         "project_id": "another-project"}]
+    assert fake.requests[-1]["query"] == {"all_projects": ["True"]}
+
+
+def test_server_groups_when_nova_is_down(fake):
+    client = client_for(fake)
+    fake.fail(503)
+
+    with pytest.raises(nova.NovaUnavailable):
+        client.server_groups()
+
+
+def test_server(fake):
+    fake.add_server(UUID, host="compute-7", status="SHUTOFF")
+
+    assert client_for(fake).server(UUID) == {
+        "id": UUID, "status": "SHUTOFF", "host": "compute-7",
+        "vm_state": "stopped", "task_state": None}
+
+
+def test_server_not_found(fake):
+    assert client_for(fake).server(UUID) is None
+
+
+# -- the stand-in itself ------------------------------------------------------
+
+def raw_get(fake, path, **headers):
+    request = urllib.request.Request(fake.url + path, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, dict(response.headers), json.load(
+                response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), json.load(exc)
+
+
+def test_fake_embeds_the_flavor_only_from_2_47(fake):
+    fake.add_server(UUID, flavor_extra_specs={"guestha:heartbeat": "1"})
+
+    _, headers, old = raw_get(fake, "/v2.1/servers/" + UUID,
+                              **{"X-OpenStack-Nova-API-Version": "2.46"})
+    _, headers_new, new = raw_get(fake, "/v2.1/servers/" + UUID,
+                                  **{"OpenStack-API-Version": "compute 2.47"})
+
+    assert set(old["server"]["flavor"]) == {"id", "links"}
+    assert headers["OpenStack-API-Version"] == "compute 2.46"
+    assert new["server"]["flavor"]["extra_specs"] == {
+        "guestha:heartbeat": "1"}
+    assert headers_new["X-OpenStack-Nova-API-Version"] == "2.47"
+
+
+def test_fake_without_a_version_header_is_2_1_and_rejects_out_of_range(fake):
+    fake.add_server(UUID)
+
+    _, headers, _ = raw_get(fake, "/v2.1/servers/" + UUID)
+    status, _, body = raw_get(fake, "/v2.1/servers/" + UUID,
+                              **{"OpenStack-API-Version": "compute 2.999"})
+
+    assert headers["OpenStack-API-Version"] == "compute 2.1"
+    assert status == 406 and "not supported" in body["computeFault"][
+        "message"]
+
+
+def test_fake_not_found_body_is_novas(fake):
+    status, _, body = raw_get(fake, "/v2.1/servers/" + UUID)
+
+    assert status == 404
+    assert body == {"itemNotFound": {
+        "code": 404, "message": "Instance %s could not be found." % UUID}}
+
+
+def test_novaclient_version_discovery_works_against_the_fake(fake):
+    client = client_for(fake)._client
+
+    assert api_versions.discover_version(
+        client, api_versions.APIVersion("2.47")) == (
+        api_versions.APIVersion("2.47"))
+    with pytest.raises(nova_exc.UnsupportedVersion):
+        api_versions.discover_version(client,
+                                      api_versions.APIVersion("2.200"))
+
+
+def test_fake_records_server_actions_and_refuses_impossible_ones(fake):
+    fake.add_server(UUID)
+    client = client_for(fake)._client
+
+    client.servers.reboot(UUID, "SOFT")
+    client.servers.reboot(UUID, "HARD")
+    client.servers.stop(UUID)
+    with pytest.raises(nova_exc.Conflict):
+        client.servers.stop(UUID)
+    client.servers.start(UUID)
+
+    assert fake.actions == [(UUID, "reboot", {"type": "SOFT"}),
+                            (UUID, "reboot", {"type": "HARD"}),
+                            (UUID, "os-stop", None),
+                            (UUID, "os-start", None)]
+    assert fake.servers[UUID]["status"] == "ACTIVE"

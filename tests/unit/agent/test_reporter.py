@@ -1,0 +1,467 @@
+"""The reporter against a fake controller API on a fake clock: order,
+batching, partial answers, back-off, restarts, a full or unwritable outbox,
+and best-effort relays."""
+
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+
+import kombu.exceptions
+import oslo_messaging
+import pytest
+
+from guestha.agent import reporter as reporter_mod
+from guestha.agent.outbox import Outbox
+from guestha.agent.reporter import Reporter
+from guestha.rpc import api as rpc_api
+
+INSTANCE = "5b0e7d9e-3c1a-4b6f-8e2d-1f0a9c8b7d6e"
+
+
+class FakeClock(object):
+    def __init__(self, now=100.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+class FakeAPI(object):
+    """Answers report_events from a script: each entry is an exception to
+    raise, a callable ``f(ids) -> answer``, or None (accept all); when the
+    script is used up, accepts all."""
+
+    def __init__(self, script=()):
+        self.script = list(script)
+        self.calls = []        # the ids of every report_events call
+        self.timeouts = []
+        self.accepted = []     # ids, in the order accepted
+        self.casts = []
+        self.cast_error = None
+        self.during_call = None
+
+    def report_events(self, events, timeout=None):
+        ids = [e["id"] for e in events]
+        self.calls.append(ids)
+        self.timeouts.append(timeout)
+        if self.during_call:
+            self.during_call()
+        step = self.script.pop(0) if self.script else None
+        if isinstance(step, BaseException):
+            raise step
+        answer = step(ids) if step else {"accepted": ids, "rejected": {}}
+        self.accepted.extend(answer["accepted"])
+        return answer
+
+    def _cast(self, method, kwargs):
+        if self.cast_error is not None:
+            raise self.cast_error
+        self.casts.append((method, kwargs))
+
+    def relay_broadcast(self, **kwargs):
+        self._cast("relay_broadcast", kwargs)
+
+    def query_status(self, **kwargs):
+        self._cast("query_status", kwargs)
+
+    def agent_alive(self, **kwargs):
+        self._cast("agent_alive", kwargs)
+
+
+def fault(n):
+    return rpc_api.make_fault(
+        instance=INSTANCE, host="compute-1", kind="missed",
+        reason="event %d" % n, action=None, detected_at=1.7e9 + n,
+        interval_ms=1000, misses=1)
+
+
+@pytest.fixture
+def outbox(tmp_path):
+    box = Outbox(str(tmp_path / "outbox.sqlite"), 1000)
+    yield box
+    box.close()
+
+
+def make(outbox, api, **kwargs):
+    kwargs.setdefault("clock", FakeClock())
+    kwargs.setdefault("rng", lambda: 0.5)  # jitter factor exactly 1
+    return Reporter(outbox, api, **kwargs)
+
+
+def drain(reporter, limit=100):
+    delays = []
+    for _ in range(limit):
+        delay = reporter.deliver_once()
+        delays.append(delay)
+        if delay is None:
+            return delays
+    raise AssertionError("still delivering after %d attempts" % limit)
+
+
+def test_delivers_in_order_in_batches(outbox):
+    api = FakeAPI()
+    rep = make(outbox, api, batch=100, timeout=7)
+    events = [fault(n) for n in range(250)]
+    for e in events:
+        rep.submit(e)
+
+    assert drain(rep) == [0.0, 0.0, None]
+    assert [len(c) for c in api.calls] == [100, 100, 50]
+    assert api.accepted == [e["id"] for e in events]
+    assert api.timeouts == [7, 7, 7]
+    stats = rep.stats()
+    assert (stats["pending"], stats["delivered"], stats["retries"]) == (
+        0, 250, 0)
+    assert stats["last_error"] is None
+
+
+def test_nothing_to_send_means_no_call(outbox):
+    api = FakeAPI()
+    rep = make(outbox, api)
+    assert rep.deliver_once() is None
+    assert api.calls == []
+
+
+def test_partial_acceptance_acks_exactly_the_accepted(outbox):
+    api = FakeAPI([lambda ids: {"accepted": ids[:30], "rejected": {}}])
+    rep = make(outbox, api, batch=100, backoff=(0.5, 30.0))
+    events = [fault(n) for n in range(100)]
+    for e in events:
+        rep.submit(e)
+
+    # progress, so a short pause, not a growing back-off
+    assert rep.deliver_once() == 0.5
+    assert len(outbox) == 70
+    assert rep.stats()["last_error"] == "the controller accepted 30 of 100 " \
+                                        "events"
+    assert drain(rep) == [None]
+    assert api.calls[1] == [e["id"] for e in events[30:]]
+    assert api.accepted == [e["id"] for e in events]
+    assert rep.stats()["delivered"] == 100
+
+
+def test_accepted_ids_outside_the_batch_are_ignored(outbox):
+    api = FakeAPI([lambda ids: {"accepted": [str(uuid.uuid4()), ids[1]],
+                                "rejected": {}}])
+    rep = make(outbox, api)
+    events = [fault(n) for n in range(3)]
+    for e in events:
+        rep.submit(e)
+
+    rep.deliver_once()
+    assert [e["id"] for _, e in outbox.peek(10)] == [events[0]["id"],
+                                                     events[2]["id"]]
+    assert rep.stats()["delivered"] == 1
+
+
+def test_nothing_accepted_backs_off_like_a_failure(outbox):
+    api = FakeAPI([lambda ids: {"accepted": [], "rejected": {}}] * 2)
+    rep = make(outbox, api, backoff=(0.5, 30.0))
+    rep.submit(fault(0))
+    assert rep.deliver_once() == 0.5
+    assert rep.deliver_once() == 1.0
+    assert rep.deliver_once() is None
+    assert rep.stats()["retries"] == 2
+
+
+def test_rejected_events_are_dropped_and_logged(outbox, caplog):
+    events = [fault(n) for n in range(3)]
+    api = FakeAPI([lambda ids: {"accepted": [ids[0], ids[2]],
+                                "rejected": {ids[1]: "unknown version"}}])
+    rep = make(outbox, api)
+    for e in events:
+        rep.submit(e)
+
+    with caplog.at_level(logging.ERROR, logger=reporter_mod.__name__):
+        assert rep.deliver_once() is None
+    assert len(outbox) == 0
+    stats = rep.stats()
+    assert (stats["delivered"], stats["rejected"]) == (2, 1)
+    [record] = caplog.records
+    assert events[1]["id"] in record.getMessage()
+    assert INSTANCE in record.getMessage()
+
+
+@pytest.mark.parametrize("error", [
+    oslo_messaging.MessagingTimeout("no answer"),
+    oslo_messaging.MessageDeliveryFailure("broker down"),
+    kombu.exceptions.OperationalError("[Errno 111] Connection refused"),
+    ConnectionResetError(104, "reset"),
+    rpc_api.InvalidAnswer("no accepted list"),
+])
+def test_transport_errors_are_retried(outbox, error):
+    api = FakeAPI([error])
+    rep = make(outbox, api)
+    e = fault(0)
+    rep.submit(e)
+
+    assert rep.deliver_once() == 0.5
+    assert len(outbox) == 1
+    assert rep.stats()["last_error"].startswith(type(error).__name__)
+    assert rep.deliver_once() is None
+    assert api.calls == [[e["id"]], [e["id"]]]
+    assert rep.stats()["last_error"] is None
+
+
+def test_backoff_doubles_to_its_cap_and_resets_after_a_success(outbox):
+    timeout = oslo_messaging.MessagingTimeout("no answer")
+    api = FakeAPI([timeout] * 8 + [None, timeout])
+    rep = make(outbox, api, backoff=(0.5, 30.0))
+    rep.submit(fault(0))
+
+    delays = [rep.deliver_once() for _ in range(8)]
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert rep.stats()["retries"] == 8
+    assert rep.deliver_once() is None       # delivered
+
+    rep.submit(fault(1))
+    assert rep.deliver_once() == 0.5        # back to the first step
+    assert rep.stats()["retries"] == 9
+
+
+@pytest.mark.parametrize("rng, factor", [(0.0, 0.8), (1.0, 1.2)])
+def test_backoff_jitter_is_twenty_percent_either_way(outbox, rng, factor):
+    rep = make(outbox, FakeAPI(), backoff=(0.5, 30.0), rng=lambda: rng)
+    assert [rep.backoff_delay(n) for n in (1, 3, 10)] == pytest.approx(
+        [0.5 * factor, 2.0 * factor, 30.0 * factor])
+
+
+def test_order_holds_across_failures(outbox):
+    events = [fault(n) for n in range(12)]
+    api = FakeAPI([None,
+                   oslo_messaging.MessagingTimeout("lost"),
+                   lambda ids: {"accepted": ids[:2], "rejected": {}},
+                   oslo_messaging.MessageDeliveryFailure("down")])
+    rep = make(outbox, api, batch=5)
+    for e in events[:8]:
+        rep.submit(e)
+    rep.deliver_once()            # 0-4 delivered
+    rep.deliver_once()            # 5-7 lost
+    for e in events[8:]:
+        rep.submit(e)
+    drain(rep)
+
+    assert api.accepted == [e["id"] for e in events]
+    # every call started at the oldest undelivered event
+    assert [c[0] for c in api.calls] == [events[n]["id"]
+                                         for n in (0, 5, 5, 7, 7)]
+
+
+def test_restart_with_pending_events_delivers_them_once(tmp_path):
+    path = str(tmp_path / "outbox.sqlite")
+    events = [fault(n) for n in range(150)]
+    box = Outbox(path, 1000)
+    down = FakeAPI([oslo_messaging.MessagingTimeout("no controller")])
+    rep = make(box, down)
+    for e in events[:120]:
+        rep.submit(e)
+    rep.deliver_once()
+    box.close()                   # the agent stops
+
+    box = Outbox(path, 1000)      # and starts again
+    up = FakeAPI()
+    rep = make(box, up, batch=100)
+    assert rep.stats()["pending"] == 120
+    for e in events[120:]:
+        rep.submit(e)
+    drain(rep)
+
+    assert up.accepted == [e["id"] for e in events]
+    assert len(box) == 0
+    box.close()
+
+
+def test_a_full_outbox_keeps_the_newest(tmp_path):
+    box = Outbox(str(tmp_path / "outbox.sqlite"), 100)
+    api = FakeAPI([oslo_messaging.MessageDeliveryFailure("down")])
+    rep = make(box, api)
+    events = [fault(n) for n in range(150)]
+    rep.submit(events[0])
+    rep.deliver_once()
+    for e in events[1:]:
+        rep.submit(e)
+
+    stats = rep.stats()
+    assert (stats["pending"], stats["dropped"]) == (100, 50)
+    drain(rep)
+    assert api.accepted == [e["id"] for e in events[50:]]
+
+
+class FlakyOutbox(Outbox):
+    broken = False
+
+    def put(self, event):
+        if self.broken:
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().put(event)
+
+
+def test_an_unwritable_outbox_keeps_events_in_memory_in_order(tmp_path):
+    box = FlakyOutbox(str(tmp_path / "outbox.sqlite"), 1000)
+    api = FakeAPI()
+    rep = make(box, api)
+    events = [fault(n) for n in range(6)]
+    rep.submit(events[0])
+    box.broken = True
+    for e in events[1:4]:
+        rep.submit(e)
+    assert rep.stats()["pending"] == 4
+
+    # still broken: the outbox's event goes, the others wait
+    assert rep.deliver_once() == 0.5
+    assert api.accepted == []
+    box.broken = False
+    rep.submit(events[4])         # queues behind the unsaved ones
+    rep.submit(events[5])
+    drain(rep)
+    assert api.accepted == [e["id"] for e in events]
+    box.close()
+
+
+def test_in_flight_time_shows_a_hanging_call(outbox):
+    clock = FakeClock()
+    api = FakeAPI()
+    rep = make(outbox, api, clock=clock)
+    seen = []
+
+    def during():
+        clock.now += 42.0
+        seen.append(rep.stats()["in_flight_s"])
+    api.during_call = during
+    rep.submit(fault(0))
+    rep.deliver_once()
+
+    assert seen == [42.0]
+    assert rep.stats()["in_flight_s"] is None
+
+
+# -- relays -------------------------------------------------------------------
+
+def test_relays_are_cast_in_order_from_the_queue(outbox):
+    api = FakeAPI()
+    rep = make(outbox, api)
+    rep.cast_relay("relay_broadcast", instance=INSTANCE, payload_b64="aGk=",
+                   seq=1)
+    rep.cast_relay("query_status", instance=INSTANCE, seq=2)
+    rep.cast_relay("agent_alive", instances=[])
+    assert api.casts == []        # nothing on the caller's thread
+
+    rep.relay_pending()
+    assert api.casts == [
+        ("relay_broadcast", {"instance": INSTANCE, "payload_b64": "aGk=",
+                             "seq": 1}),
+        ("query_status", {"instance": INSTANCE, "seq": 2}),
+        ("agent_alive", {"instances": []}),
+    ]
+    assert rep.stats()["relay_sent"] == 3
+
+
+def test_unknown_relay_method_is_a_programming_error(outbox):
+    rep = make(outbox, FakeAPI())
+    with pytest.raises(ValueError, match="report_events"):
+        rep.cast_relay("report_events", events=[])
+
+
+def test_relay_failures_are_counted_and_logged_once_a_minute(
+        outbox, caplog):
+    clock = FakeClock()
+    api = FakeAPI()
+    api.cast_error = oslo_messaging.MessageDeliveryFailure("down")
+    rep = make(outbox, api, clock=clock, relay_log_interval=60.0)
+
+    with caplog.at_level(logging.WARNING, logger=reporter_mod.__name__):
+        for step in (0, 10, 20, 61):
+            clock.now += step
+            rep.cast_relay("query_status", instance=INSTANCE, seq=step)
+            rep.relay_pending()
+
+    assert rep.stats()["relay_failed"] == 4
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2
+    assert INSTANCE in messages[0] and "0 more failed" in messages[0]
+    assert "2 more failed" in messages[1]
+
+
+def test_a_full_relay_queue_drops_the_oldest(outbox):
+    api = FakeAPI()
+    rep = make(outbox, api, relay_queue=3)
+    for seq in range(5):
+        rep.cast_relay("query_status", instance=INSTANCE, seq=seq)
+    rep.relay_pending()
+    assert [kw["seq"] for _, kw in api.casts] == [2, 3, 4]
+    assert rep.stats()["relay_dropped"] == 2
+
+
+# -- the threads --------------------------------------------------------------
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.005)
+
+
+def test_threads_deliver_and_stop(outbox):
+    api = FakeAPI([oslo_messaging.MessagingTimeout("first one lost")])
+    rep = Reporter(outbox, api, backoff=(0.01, 0.05))
+    rep.start()
+    try:
+        events = [fault(n) for n in range(30)]
+        for e in events:
+            rep.submit(e)
+        rep.cast_relay("agent_alive", instances=[])
+        wait_for(lambda: rep.stats()["delivered"] == 30 and api.casts)
+    finally:
+        assert rep.stop(timeout=5) is True
+    assert api.accepted == [e["id"] for e in events]
+
+
+def test_a_hanging_call_blocks_neither_submit_nor_relays(outbox):
+    release = threading.Event()
+    api = FakeAPI()
+    api.during_call = lambda: release.wait(10)
+    rep = Reporter(outbox, api)
+    rep.start()
+    try:
+        rep.submit(fault(0))
+        wait_for(lambda: api.calls)           # the call hangs now
+        took = []
+        for n in range(1, 51):
+            start = time.perf_counter()
+            rep.submit(fault(n))
+            rep.cast_relay("query_status", instance=INSTANCE, seq=n)
+            took.append(time.perf_counter() - start)
+        wait_for(lambda: len(api.casts) == 50)
+        assert max(took) < 0.05
+        assert rep.stop(timeout=0.2) is False  # still in the call
+    finally:
+        release.set()
+    assert rep.stop(timeout=5) is True
+    assert rep.stats()["pending"] == 50
+
+
+def test_a_new_submit_does_not_cut_a_backoff_short(outbox):
+    api = FakeAPI([oslo_messaging.MessageDeliveryFailure("down")])
+    rep = Reporter(outbox, api, backoff=(0.4, 0.4), rng=lambda: 0.5)
+    rep.start()
+    try:
+        rep.submit(fault(0))
+        wait_for(lambda: api.calls)
+        failed_at = time.monotonic()
+        rep.submit(fault(1))
+        wait_for(lambda: rep.stats()["delivered"] == 2)
+        assert time.monotonic() - failed_at >= 0.35
+        assert len(api.calls) == 2
+    finally:
+        assert rep.stop(timeout=5) is True
+
+
+def test_submit_to_a_closed_outbox_keeps_the_event(tmp_path):
+    box = Outbox(str(tmp_path / "outbox.sqlite"), 10)
+    rep = make(box, FakeAPI())
+    box.close()
+    rep.submit(fault(0))
+    assert rep.stats()["pending"] == 1

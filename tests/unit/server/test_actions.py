@@ -1,0 +1,373 @@
+"""Corrective actions: the policy table, the cap, soft then hard reboot,
+and the Nova calls (against the Nova stand-in over HTTP)."""
+
+import itertools
+import logging
+import time
+
+import pytest
+
+from guestha.agent.nova import NovaUnavailable
+from guestha.conf.actions import ACTIONS
+from guestha.rpc import api
+from guestha.server import actions
+from guestha.server.ledger import ACTIONS as ACTION_TARGET
+from guestha.server.ledger import Ledger
+from tests.fakes.nova import FakeNova, nova_conf
+
+INSTANCE = "0c7e3f9a-5b2d-4e61-8f3a-9d4c2b1a0e5f"
+OTHER = "7a1d9e2c-3b4f-4a5e-9c8d-1e2f3a4b5c6d"
+HOST = "compute-1"
+
+
+class Clock(object):
+    def __init__(self, now=1_800_000_000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+class FakeNovaActions(object):
+    def __init__(self):
+        self.flavor_action = {}
+        self.calls = []
+        self.unavailable = False
+        self.fail_with = None
+
+    def guestha_features(self, instance):
+        if self.unavailable:
+            raise NovaUnavailable("Nova is down")
+        return {"heartbeat": True, "server_group_messaging": False,
+                "corrective_action": self.flavor_action.get(instance)}
+
+    def reboot(self, instance, hard=False):
+        self._call(instance, "hard" if hard else "soft")
+
+    def stop(self, instance):
+        self._call(instance, "stop")
+
+    def _call(self, instance, what):
+        if self.fail_with is not None:
+            raise actions.ActionFailed(self.fail_with)
+        self.calls.append((instance, what))
+
+
+def fault(instance=INSTANCE, action="reboot"):
+    return api.make_fault(instance, HOST, "missed", "no answer", action,
+                          1_700_000_000.0, 1000, 1)
+
+
+# -- the policy table ---------------------------------------------------------
+
+RANK = {a: i for i, a in enumerate(ACTIONS)}
+
+
+@pytest.mark.parametrize("recommended,allowed",
+                         list(itertools.product(ACTIONS, ACTIONS)))
+def test_less_intrusive_of_recommendation_and_allowance(recommended,
+                                                        allowed):
+    decision = actions.decide(recommended, allowed)
+    expected = recommended if RANK[recommended] <= RANK[allowed] else allowed
+    assert decision.action == expected
+    assert decision.allowed == allowed
+    assert decision.recommended == recommended
+
+
+@pytest.mark.parametrize(
+    "recommended,allowed,flavor",
+    list(itertools.product(ACTIONS, ACTIONS, ACTIONS)))
+def test_flavor_narrows_the_allowance(recommended, allowed, flavor):
+    decision = actions.decide(recommended, allowed, flavor)
+    assert decision.action == min(recommended, allowed, flavor,
+                                  key=RANK.get)
+    assert decision.allowed == min(allowed, flavor, key=RANK.get)
+
+
+def test_flavor_never_widens():
+    assert actions.decide("stop", "log", "stop").action == "log"
+
+
+def test_no_recommendation_is_none():
+    assert actions.decide(None, "stop").action == "none"
+
+
+@pytest.mark.parametrize("allowed,expected", [("stop", "log"),
+                                              ("reboot", "log"),
+                                              ("log", "log"),
+                                              ("none", "none")])
+def test_unknown_flavor_value_narrows_to_log(allowed, expected):
+    decision = actions.decide("stop", allowed, "restart")
+    assert decision.action == expected
+    assert "restart" in decision.reason
+
+
+# -- the worker ---------------------------------------------------------------
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def ledger(tmp_path, clock):
+    ledger = Ledger(str(tmp_path / "ledger.sqlite"), "ctl-a",
+                    sinks=("log",), clock=clock)
+    ledger.register()
+    return ledger
+
+
+@pytest.fixture
+def nova():
+    return FakeNovaActions()
+
+
+class Reports(list):
+    def __call__(self, record):
+        self.append(record)
+
+    def outcomes(self):
+        return [(r["action"], r["step"], r["outcome"]) for r in self]
+
+
+def worker_for(nova, ledger, clock, **kw):
+    reports = Reports()
+    kw.setdefault("allowed_max", "stop")
+    worker = actions.ActionWorker(nova, ledger, reports, "ctl-a",
+                                  clock=clock, **kw)
+    return worker, reports
+
+
+def act(worker, ledger, clock, event):
+    ledger.accept([event])
+    worker.submit(event)
+    return worker.run_once(clock.now)
+
+
+def test_soft_reboot_then_hard_without_recovery(nova, ledger, clock):
+    worker, reports = worker_for(nova, ledger, clock,
+                                 soft_reboot_timeout=60)
+    f = fault()
+    assert act(worker, ledger, clock, f) == 60
+    assert nova.calls == [(INSTANCE, "soft")]
+    clock.now += 59
+    assert worker.run_once(clock.now) == pytest.approx(1)
+    assert nova.calls == [(INSTANCE, "soft")]
+    clock.now += 1
+    assert worker.run_once(clock.now) is None
+    assert nova.calls == [(INSTANCE, "soft"), (INSTANCE, "hard")]
+    assert reports.outcomes() == [("reboot", "soft", "applied"),
+                                  ("reboot", "hard", "applied")]
+    record = reports[1]
+    assert record["type"] == "action" and record["fault_id"] == f["id"]
+    assert record["instance"] == INSTANCE and record["server"] == "ctl-a"
+    assert "no recovery" in record["reason"]
+    assert record["recommended"] == "reboot"
+
+
+def test_soft_reboot_enough_when_the_guest_recovers(nova, ledger, clock):
+    worker, reports = worker_for(nova, ledger, clock,
+                                 soft_reboot_timeout=60)
+    f = fault()
+    act(worker, ledger, clock, f)
+    clock.now += 30
+    ledger.accept([api.make_recovery(INSTANCE, HOST, f["id"],
+                                     1_700_000_030.0)])
+    clock.now += 30
+    worker.run_once(clock.now)
+    assert nova.calls == [(INSTANCE, "soft")]
+    assert reports.outcomes() == [("reboot", "soft", "applied")]
+
+
+def test_stop(nova, ledger, clock):
+    worker, reports = worker_for(nova, ledger, clock)
+    act(worker, ledger, clock, fault(action="stop"))
+    assert nova.calls == [(INSTANCE, "stop")]
+    assert reports.outcomes() == [("stop", None, "applied")]
+    assert worker.pending_follow_ups() == 0
+
+
+def test_cap_refuses_within_the_window(nova, ledger, clock):
+    worker, reports = worker_for(nova, ledger, clock, max_actions=1,
+                                 window=600, soft_reboot_timeout=1000)
+    first, second, third = fault(), fault(), fault()
+    act(worker, ledger, clock, first)
+    ledger.accept([api.make_recovery(INSTANCE, HOST, first["id"],
+                                     1_700_000_001.0)])
+    clock.now += 100
+    act(worker, ledger, clock, second)
+    assert nova.calls == [(INSTANCE, "soft")]
+    assert reports.outcomes()[-1] == ("reboot", None, "refused: cap")
+    assert "at most 1" in reports[-1]["reason"]
+    # another instance has its own count
+    act(worker, ledger, clock, fault(instance=OTHER))
+    assert nova.calls[-1] == (OTHER, "soft")
+    # the window passes
+    clock.now += 501
+    act(worker, ledger, clock, third)
+    assert nova.calls[-1] == (INSTANCE, "soft")
+
+
+def test_cap_zero_refuses_everything(nova, ledger, clock):
+    worker, reports = worker_for(nova, ledger, clock, max_actions=0)
+    act(worker, ledger, clock, fault(action="stop"))
+    assert nova.calls == []
+    assert reports.outcomes() == [("stop", None, "refused: cap")]
+
+
+def test_nothing_recommended_nothing_recorded(nova, ledger, clock):
+    worker, reports = worker_for(nova, ledger, clock)
+    for action in (None, "none"):
+        f = fault(action=action)
+        act(worker, ledger, clock, f)
+    assert reports == [] and nova.calls == []
+    ledger.flush()
+    assert all(ACTION_TARGET not in targets
+               for _, targets in ledger.pending())
+
+
+def test_narrowed_to_log(nova, ledger, clock):
+    worker, reports = worker_for(nova, ledger, clock, allowed_max="log")
+    act(worker, ledger, clock, fault(action="stop"))
+    assert nova.calls == []
+    assert reports.outcomes() == [("log", None, "logged")]
+    assert "recommends stop" in reports[0]["reason"]
+    assert reports[0]["allowed"] == "log"
+
+
+def test_narrowed_to_none_is_a_refusal(nova, ledger, clock):
+    worker, reports = worker_for(nova, ledger, clock, allowed_max="none")
+    act(worker, ledger, clock, fault(action="reboot"))
+    assert nova.calls == []
+    assert reports.outcomes() == [("reboot", None, "refused: policy")]
+
+
+def test_flavor_narrows_reboot_to_log(nova, ledger, clock):
+    nova.flavor_action[INSTANCE] = "log"
+    worker, reports = worker_for(nova, ledger, clock, allowed_max="stop")
+    act(worker, ledger, clock, fault(action="reboot"))
+    assert nova.calls == []
+    assert reports.outcomes() == [("log", None, "logged")]
+    assert "flavor allows at most log" in reports[0]["reason"]
+
+
+def test_flavor_allows_reboot_but_guest_asks_stop(nova, ledger, clock):
+    nova.flavor_action[INSTANCE] = "reboot"
+    worker, reports = worker_for(nova, ledger, clock, allowed_max="stop")
+    act(worker, ledger, clock, fault(action="stop"))
+    assert nova.calls == [(INSTANCE, "soft")]
+
+
+def test_nova_unavailable_fails_the_action(nova, ledger, clock, caplog):
+    nova.unavailable = True
+    worker, reports = worker_for(nova, ledger, clock)
+    with caplog.at_level(logging.ERROR):
+        act(worker, ledger, clock, fault())
+    assert nova.calls == []
+    assert reports.outcomes() == [("reboot", None,
+                                   "failed: nova unavailable")]
+    assert INSTANCE in caplog.text
+
+
+def test_nova_refuses_the_action(nova, ledger, clock):
+    nova.fail_with = "Conflict: Cannot 'reboot' instance while stopped"
+    worker, reports = worker_for(nova, ledger, clock)
+    act(worker, ledger, clock, fault())
+    assert reports.outcomes() == [
+        ("reboot", "soft", "failed: Conflict: Cannot 'reboot' instance "
+                           "while stopped")]
+    assert worker.pending_follow_ups() == 0
+
+
+def test_fault_recovered_before_the_action(nova, ledger, clock):
+    worker, reports = worker_for(nova, ledger, clock)
+    f = fault()
+    ledger.accept([f, api.make_recovery(INSTANCE, HOST, f["id"],
+                                        1_700_000_001.0)])
+    worker.submit(f)
+    worker.run_once(clock.now)
+    assert nova.calls == []
+    assert reports.outcomes() == [("reboot", None, "skipped: recovered")]
+
+
+def test_at_most_one_action_per_fault(nova, ledger, clock):
+    worker, reports = worker_for(nova, ledger, clock)
+    f = fault(action="stop")
+    act(worker, ledger, clock, f)
+    worker.submit(f)     # dispatched again after a restart
+    worker.run_once(clock.now)
+    assert nova.calls == [(INSTANCE, "stop")]
+    assert reports.outcomes()[-1] == ("stop", None,
+                                      "skipped: already acted")
+
+
+def test_action_delivery_marked_done(nova, ledger, clock):
+    worker, _ = worker_for(nova, ledger, clock)
+    act(worker, ledger, clock, fault(action="stop"))
+    ledger.flush()
+    assert [targets for _, targets in ledger.pending()] == [["log"]]
+
+
+def test_record_ids_are_stable_per_step():
+    f = fault()
+    a = actions.action_record(f, "reboot", "applied", "x", "s", 1.0,
+                              step="soft")
+    b = actions.action_record(f, "reboot", "applied", "y", "t", 2.0,
+                              step="soft")
+    c = actions.action_record(f, "reboot", "applied", "y", "t", 2.0,
+                              step="hard")
+    assert a["id"] == b["id"] != c["id"]
+
+
+def test_worker_thread_acts_and_stops(nova, ledger):
+    worker = actions.ActionWorker(nova, ledger, Reports(), "ctl-a",
+                                  allowed_max="stop")
+    worker.start()
+    try:
+        f = fault(action="stop")
+        ledger.accept([f])
+        worker.submit(f)
+        for _ in range(200):
+            if nova.calls:
+                break
+            time.sleep(0.01)
+    finally:
+        worker.stop()
+    assert nova.calls == [(INSTANCE, "stop")]
+
+
+# -- Nova, over HTTP ----------------------------------------------------------
+
+@pytest.fixture
+def fake_nova():
+    with FakeNova() as fake:
+        yield fake
+
+
+def test_nova_actions_against_the_stand_in(fake_nova):
+    fake_nova.add_server(INSTANCE)
+    nova = actions.NovaActions.from_conf(nova_conf(fake_nova))
+    nova.reboot(INSTANCE)
+    nova.reboot(INSTANCE, hard=True)
+    nova.stop(INSTANCE)
+    assert fake_nova.actions == [(INSTANCE, "reboot", {"type": "SOFT"}),
+                                 (INSTANCE, "reboot", {"type": "HARD"}),
+                                 (INSTANCE, "os-stop", None)]
+    with pytest.raises(actions.ActionFailed, match="Conflict|409"):
+        nova.reboot(INSTANCE)      # stopped: Nova says 409
+    with pytest.raises(actions.ActionFailed):
+        nova.stop(OTHER)           # unknown: 404
+
+
+def test_the_stand_in_hands_accepted_actions_to_its_hypervisor(fake_nova):
+    fake_nova.add_server(INSTANCE)
+    done = []
+    fake_nova.on_action = lambda uuid, action, args: done.append(
+        (uuid, action, args))
+    nova = actions.NovaActions.from_conf(nova_conf(fake_nova))
+    nova.reboot(INSTANCE, hard=True)
+    nova.stop(INSTANCE)
+    with pytest.raises(actions.ActionFailed):
+        nova.stop(INSTANCE)  # refused (409): not carried out
+    assert done == [(INSTANCE, "reboot", {"type": "HARD"}),
+                    (INSTANCE, "os-stop", None)]

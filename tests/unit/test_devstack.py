@@ -1,0 +1,363 @@
+"""The devstack plugin (devstack/) and the shell scripts of the guest image.
+
+* shellcheck passes on devstack/plugin.sh, devstack/settings, the scripts
+  of the guest image element (etc/guest-image) and the stubs below.
+* The plugin's phases run in bash with devstack's helpers replaced by
+  tests/unit/devstack_stubs.sh, in a temporary directory: the generated
+  guestha.conf (checked against the options guestha really has), the
+  systemd units, the Keystone user, Nova's and Vitrage's settings, the
+  example flavor, and what unstack and clean undo.
+"""
+
+import configparser
+import glob
+import os
+import shutil
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+PLUGIN = os.path.join(ROOT, "devstack", "plugin.sh")
+SETTINGS = os.path.join(ROOT, "devstack", "settings")
+STUBS = os.path.join(ROOT, "tests", "unit", "devstack_stubs.sh")
+SAMPLE = os.path.join(ROOT, "etc", "guestha", "guestha.conf.sample")
+
+ALL_IN_ONE = ("key,n-api,n-cpu,rabbit,guestha-agent,guestha-server,"
+              "vitrage-api,masakari-api")
+
+
+def shell_scripts():
+    scripts = [PLUGIN, SETTINGS, STUBS]
+    element = os.path.join(ROOT, "etc", "guest-image")
+    for path in sorted(glob.glob(os.path.join(element, "**", "*"),
+                                 recursive=True)):
+        if os.path.isfile(path) and os.path.basename(
+                os.path.dirname(path)).endswith(".d"):
+            scripts.append(path)
+    return scripts
+
+
+def _shellcheck():
+    """The shellcheck binary, installed with apt-get if missing and root."""
+    found = shutil.which("shellcheck")
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends",
+             "shellcheck"], stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
+            timeout=600, check=False)
+        found = shutil.which("shellcheck")
+    if found is None:
+        pytest.skip("shellcheck is not installed and could not be installed "
+                    "(as root: apt-get install shellcheck, which "
+                    "tools/setup.sh does)")
+    return found
+
+
+def test_element_scripts_are_found():
+    names = [os.path.relpath(p, ROOT) for p in shell_scripts()]
+    assert any("extra-data.d" in n for n in names), names
+    assert any("install.d" in n for n in names), names
+
+
+def test_shellcheck():
+    shellcheck = _shellcheck()
+    result = subprocess.run(
+        [shellcheck, "--external-sources", *shell_scripts()],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- running the plugin ---------------------------------------------------
+
+class Devstack(object):
+    """One node's devstack, stubbed, in a temporary directory."""
+
+    def __init__(self, tmp_path, services, **env):
+        self.root = tmp_path
+        self.env = dict(os.environ)
+        self.env.update({
+            "STUB_ROOT": str(tmp_path),
+            "ENABLED_SERVICES": services,
+            "GUESTHA_DIR": ROOT,
+            "GUESTHA_CONF_DIR": str(tmp_path / "etc" / "guestha"),
+            "STACK_USER": "stack",
+        })
+        self.env.update(env)
+        self.conf_path = tmp_path / "etc" / "guestha" / "guestha.conf"
+        self.systemd_dir = tmp_path / "etc" / "systemd" / "system"
+        self.bin_dir = tmp_path / "opt" / "stack" / "data" / "venv" / "bin"
+        self.state_dir = tmp_path / "opt" / "stack" / "data" / "guestha"
+
+    def run(self, *phases):
+        """Source settings once, then plugin.sh for each (mode, phase)."""
+        lines = ["set -o errexit -o pipefail",
+                 'source "%s"' % STUBS, 'source "%s"' % SETTINGS]
+        for phase in phases:
+            lines.append('source "%s" %s' % (PLUGIN, " ".join(phase)))
+        result = subprocess.run(
+            ["bash", "-c", "\n".join(lines)], env=self.env,
+            capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    def calls(self, name=None):
+        path = self.root / "calls.log"
+        if not path.exists():
+            return []
+        calls = [line.split("\t")
+                 for line in path.read_text().splitlines()]
+        return [c for c in calls if name is None or c[0] == name]
+
+    def clear_calls(self):
+        (self.root / "calls.log").unlink(missing_ok=True)
+
+    def conf(self):
+        return read_ini(self.conf_path)
+
+    def unit(self, service):
+        return read_ini(self.systemd_dir / ("devstack@%s.service" % service))
+
+    def stack(self):
+        return self.run(("stack", "install"), ("stack", "post-config"),
+                        ("stack", "extra"))
+
+
+def read_ini(path):
+    parser = configparser.RawConfigParser(default_section="\0",
+                                          strict=True)
+    parser.optionxform = str
+    with open(path) as f:
+        parser.read_file(f)
+    return parser
+
+
+def sample_options():
+    """{section: {option names}} of the generated sample config."""
+    options = {}
+    section = None
+    with open(SAMPLE) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("[") and line.endswith("]"):
+                section = options.setdefault(line[1:-1], set())
+            elif (line.startswith("#") and " = " in line
+                  and section is not None):
+                name = line[1:].split(" = ", 1)[0]
+                if name.isidentifier():
+                    section.add(name)
+    return options
+
+
+@pytest.fixture
+def aio(tmp_path):
+    """An all-in-one devstack with Vitrage and Masakari."""
+    nova_conf = tmp_path / "etc" / "nova" / "nova.conf"
+    nova_conf.parent.mkdir(parents=True)
+    nova_conf.write_text("[notifications]\nnotification_format = unversioned"
+                         "\n")
+    values_dir = tmp_path / "etc" / "vitrage" / "datasources_values"
+    vitrage_conf = tmp_path / "etc" / "vitrage" / "vitrage.conf"
+    vitrage_conf.parent.mkdir(parents=True)
+    vitrage_conf.write_text(
+        "[datasources]\ntypes = nova.host,nova.instance,static\n\n"
+        "[entity_graph]\ndatasources_values_dir = %s\n" % values_dir)
+    return Devstack(tmp_path, ALL_IN_ONE, NOVA_CONF=str(nova_conf),
+                    VITRAGE_CONF=str(vitrage_conf))
+
+
+def test_install_phase(aio):
+    aio.run(("stack", "install"))
+    assert aio.calls("setup_develop") == [["setup_develop", ROOT]]
+    assert aio.calls("install_package") == [
+        ["install_package", "libvirt-dev", "pkg-config", "gcc"]]
+
+
+def test_conf_all_in_one(aio):
+    aio.stack()
+    conf = aio.conf()
+    assert conf.get("DEFAULT", "transport_url") == \
+        "rabbit://stackrabbit:secretrabbit@10.0.0.5:5672/"
+    assert conf.get("DEFAULT", "debug") == "True"
+    assert conf.get("sinks", "enabled") == "log,vitrage,masakari"
+    assert conf.get("sinks", "log_path") == \
+        str(aio.state_dir / "events.jsonl")
+    assert conf.get("agent", "state_dir") == str(aio.state_dir / "agent")
+    assert conf.get("agent", "socket_dir") == str(aio.state_dir / "channels")
+    assert conf.get("agent", "status_socket") == \
+        str(aio.state_dir / "agent.sock")
+    assert conf.get("server", "ledger_path") == \
+        str(aio.state_dir / "server-ledger.sqlite")
+    assert conf.get("actions", "allowed_max") == "log"
+    for section in ("nova", "vitrage", "masakari"):
+        assert dict(conf.items(section)) == {
+            "auth_type": "password",
+            "auth_url": "http://10.0.0.5/identity",
+            "username": "guestha",
+            "password": "secretservice",
+            "user_domain_name": "Default",
+            "project_name": "service",
+            "project_domain_name": "Default",
+            "region_name": "RegionOne",
+        }, section
+    assert aio.state_dir.is_dir()
+
+
+def test_conf_options_exist(aio):
+    """Every option the plugin writes is one guestha has (per the sample
+    generated from the code), and oslo.config loads the file."""
+    aio.stack()
+    conf = aio.conf()
+    known = sample_options()
+    for section in conf.sections():
+        assert section in known, section
+        for option in conf.options(section):
+            assert option in known[section], (section, option)
+
+    from oslo_config import cfg
+
+    from guestha.conf import opts
+    oslo_conf = cfg.ConfigOpts()
+    opts.register_opts(oslo_conf)
+    oslo_conf(["--config-file", str(aio.conf_path)], project="guestha",
+              default_config_files=[], default_config_dirs=[])
+    assert oslo_conf.sinks.enabled == ["log", "vitrage", "masakari"]
+    assert oslo_conf.actions.allowed_max == "log"
+    assert oslo_conf.nova.auth_type == "password"
+    assert oslo_conf.agent.socket_dir == str(aio.state_dir / "channels")
+
+
+def test_units_all_in_one(aio):
+    aio.stack()
+    conf = str(aio.conf_path)
+    agent = aio.unit("guestha-agent")
+    assert agent.get("Service", "ExecStart") == \
+        "%s/guestha-agent --config-file %s" % (aio.bin_dir, conf)
+    assert agent.get("Service", "User") == "root"
+    assert agent.get("Service", "LimitNOFILE") == "65536"
+    assert agent.get("Service", "Restart") == "on-failure"
+    assert agent.get("Install", "WantedBy") == "multi-user.target"
+    server = aio.unit("guestha-server")
+    assert server.get("Service", "ExecStart") == \
+        "%s/guestha-server --config-file %s" % (aio.bin_dir, conf)
+    assert server.get("Service", "User") == "stack"
+
+    systemctl = [c[1:] for c in aio.calls("systemctl")]
+    for service in ("guestha-server", "guestha-agent"):
+        unit = "devstack@%s.service" % service
+        assert ["enable", unit] in systemctl
+        assert ["start", unit] in systemctl
+        # enabled (post-config) before started (extra)
+        assert systemctl.index(["enable", unit]) < \
+            systemctl.index(["start", unit])
+    assert ["daemon-reload"] in systemctl
+
+
+def test_accounts_nova_and_vitrage(aio, tmp_path):
+    aio.stack()
+    assert aio.calls("create_service_user") == [
+        ["create_service_user", "guestha", "admin"]]
+    assert aio.calls("get_or_add_user_project_role") == [
+        ["get_or_add_user_project_role", "admin", "user-id-of-guestha",
+         "service"]]
+
+    nova = read_ini(tmp_path / "etc" / "nova" / "nova.conf")
+    assert nova.get("notifications", "notification_format") == "both"
+    assert nova.get("oslo_messaging_notifications", "driver") == \
+        "messagingv2"
+
+    vitrage = read_ini(tmp_path / "etc" / "vitrage" / "vitrage.conf")
+    assert vitrage.get("datasources", "types") == \
+        "nova.host,nova.instance,static,guestha"
+    assert vitrage.get("datasources", "path") == \
+        "vitrage.datasources,guestha.vitrage_datasource"
+    copied = (tmp_path / "etc" / "vitrage" / "datasources_values" /
+              "guestha.yaml")
+    with open(os.path.join(ROOT, "etc", "vitrage", "datasources_values",
+                           "guestha.yaml")) as f:
+        assert copied.read_text() == f.read()
+
+    # a second stack leaves Vitrage's lists alone
+    aio.run(("stack", "post-config"))
+    vitrage = read_ini(tmp_path / "etc" / "vitrage" / "vitrage.conf")
+    assert vitrage.get("datasources", "types") == \
+        "nova.host,nova.instance,static,guestha"
+
+
+def test_flavor(aio):
+    aio.stack()
+    creates = [c for c in aio.calls("openstack") if "create" in c]
+    assert creates == [[
+        "openstack", "--os-cloud", "devstack-admin", "flavor", "create",
+        "--ram", "1024", "--disk", "10", "--vcpus", "1",
+        "--property", "guestha:heartbeat=true", "guestha.small"]]
+
+
+def test_flavor_extra_properties_and_existing(tmp_path):
+    node = Devstack(tmp_path, ALL_IN_ONE, GUESTHA_FLAVOR_NAME="hb.tiny",
+                    GUESTHA_FLAVOR_EXTRA_PROPERTIES=(
+                        "guestha:server_group_messaging=true "
+                        "guestha:corrective_action=reboot"))
+    node.run(("stack", "extra"))
+    creates = [c for c in node.calls("openstack") if "create" in c]
+    assert creates == [[
+        "openstack", "--os-cloud", "devstack-admin", "flavor", "create",
+        "--ram", "1024", "--disk", "10", "--vcpus", "1",
+        "--property", "guestha:heartbeat=true",
+        "--property", "guestha:server_group_messaging=true",
+        "--property", "guestha:corrective_action=reboot", "hb.tiny"]]
+
+    node.clear_calls()
+    node.env["STUB_FLAVOR_EXISTS"] = "1"
+    node.run(("stack", "extra"))
+    assert not [c for c in node.calls("openstack") if "create" in c]
+
+
+def test_compute_node_only(tmp_path):
+    """A compute node: the agent only, log sink, no accounts, no flavor."""
+    node = Devstack(tmp_path, "n-cpu,guestha-agent")
+    node.stack()
+    conf = node.conf()
+    assert conf.get("sinks", "enabled") == "log"
+    assert conf.has_section("nova")
+    assert not conf.has_section("vitrage")
+    assert not conf.has_section("masakari")
+    assert (node.systemd_dir / "devstack@guestha-agent.service").exists()
+    assert not (node.systemd_dir / "devstack@guestha-server.service").exists()
+    assert node.calls("create_service_user") == []
+    assert node.calls("openstack") == []
+
+
+def test_sinks_override(tmp_path):
+    node = Devstack(tmp_path, ALL_IN_ONE, GUESTHA_SINKS="log")
+    node.run(("stack", "post-config"))
+    conf = node.conf()
+    assert conf.get("sinks", "enabled") == "log"
+    assert not conf.has_section("vitrage")
+
+
+def test_not_enabled_does_nothing(tmp_path):
+    node = Devstack(tmp_path, "key,n-api,n-cpu")
+    node.stack()
+    node.run(("unstack",), ("clean",))
+    assert not node.conf_path.exists()
+    assert {c[0] for c in node.calls()} == {"define_plugin"}
+
+
+def test_unstack_and_clean(aio):
+    aio.stack()
+    aio.clear_calls()
+    aio.run(("unstack",))
+    assert aio.calls("stop_process") == [
+        ["stop_process", "guestha-agent"], ["stop_process", "guestha-server"]]
+    assert aio.conf_path.exists()
+
+    aio.run(("clean",))
+    assert not (aio.systemd_dir / "devstack@guestha-agent.service").exists()
+    assert not (aio.systemd_dir / "devstack@guestha-server.service").exists()
+    assert not aio.state_dir.exists()
+    assert not aio.conf_path.parent.exists()
+    assert ["systemctl", "daemon-reload"] in aio.calls("systemctl")
