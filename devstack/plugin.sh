@@ -1,0 +1,263 @@
+# shellcheck shell=bash
+# devstack/plugin.sh: the guestha devstack plugin.
+#
+# stack.sh sources this file with a mode and a phase ("stack install",
+# "stack post-config", "stack extra", "unstack", "clean"); the defaults are
+# in devstack/settings and the set-up is described in devstack/README.rst.
+#
+# Services (enable them in local.conf):
+#   guestha-server   the controller: systemd unit devstack@guestha-server
+#   guestha-agent    the compute agent: systemd unit devstack@guestha-agent
+
+_XTRACE_GUESTHA=$(set +o | grep xtrace)
+set -o xtrace
+
+# The directory of guestha's console scripts (devstack's global venv, or
+# /usr/local/bin without one).
+function _guestha_bin_dir {
+    get_python_exec_prefix
+}
+
+# The fault sinks to enable: GUESTHA_SINKS, or log plus the sinks whose
+# service this devstack runs.
+function guestha_sinks {
+    if [[ -n "$GUESTHA_SINKS" ]]; then
+        echo "$GUESTHA_SINKS"
+        return
+    fi
+    local sinks="log"
+    if is_service_enabled vitrage vitrage-api vitrage-graph; then
+        sinks+=",vitrage"
+    fi
+    if is_service_enabled masakari masakari-api masakari-engine; then
+        sinks+=",masakari"
+    fi
+    echo "$sinks"
+}
+
+# _guestha_iniset_keystone_auth <section>: keystoneauth password options
+# of the guestha service user in a client section ([nova], [vitrage],
+# [masakari]).
+function _guestha_iniset_keystone_auth {
+    local section=$1
+    iniset "$GUESTHA_CONF" "$section" auth_type password
+    iniset "$GUESTHA_CONF" "$section" auth_url "$KEYSTONE_SERVICE_URI"
+    iniset "$GUESTHA_CONF" "$section" username "$GUESTHA_SERVICE_USER"
+    iniset "$GUESTHA_CONF" "$section" password "$SERVICE_PASSWORD"
+    iniset "$GUESTHA_CONF" "$section" user_domain_name "$SERVICE_DOMAIN_NAME"
+    iniset "$GUESTHA_CONF" "$section" project_name "$SERVICE_PROJECT_NAME"
+    iniset "$GUESTHA_CONF" "$section" project_domain_name "$SERVICE_DOMAIN_NAME"
+    iniset "$GUESTHA_CONF" "$section" region_name "$REGION_NAME"
+}
+
+# install_guestha: guestha and what libvirt-python builds against.
+function install_guestha {
+    if is_ubuntu; then
+        install_package libvirt-dev pkg-config gcc
+    elif is_fedora; then
+        install_package libvirt-devel pkgconf-pkg-config gcc
+    fi
+    setup_develop "$GUESTHA_DIR"
+}
+
+# configure_guestha: writes $GUESTHA_CONF from scratch and makes the
+# state directory.
+function configure_guestha {
+    sudo install -d -m 0755 "$GUESTHA_CONF_DIR"
+    sudo chown "$STACK_USER" "$GUESTHA_CONF_DIR"
+    sudo install -d -m 0755 "$GUESTHA_STATE_DIR"
+    sudo chown "$GUESTHA_SERVER_USER" "$GUESTHA_STATE_DIR"
+    rm -f "$GUESTHA_CONF"
+    touch "$GUESTHA_CONF"
+
+    iniset "$GUESTHA_CONF" DEFAULT debug "$ENABLE_DEBUG_LOG_LEVEL"
+    # [DEFAULT] transport_url: devstack's RabbitMQ
+    iniset_rpc_backend guestha "$GUESTHA_CONF" DEFAULT
+
+    iniset "$GUESTHA_CONF" agent state_dir "$GUESTHA_STATE_DIR/agent"
+    iniset "$GUESTHA_CONF" agent socket_dir "$GUESTHA_STATE_DIR/channels"
+    iniset "$GUESTHA_CONF" agent status_socket "$GUESTHA_STATE_DIR/agent.sock"
+
+    iniset "$GUESTHA_CONF" server ledger_path "$GUESTHA_STATE_DIR/server-ledger.sqlite"
+    iniset "$GUESTHA_CONF" actions allowed_max "$GUESTHA_ACTIONS_ALLOWED_MAX"
+
+    local sinks
+    sinks=$(guestha_sinks)
+    iniset "$GUESTHA_CONF" sinks enabled "$sinks"
+    iniset "$GUESTHA_CONF" sinks log_path "$GUESTHA_EVENTS_LOG"
+
+    _guestha_iniset_keystone_auth nova
+    if [[ ",$sinks," == *,vitrage,* ]]; then
+        _guestha_iniset_keystone_auth vitrage
+    fi
+    if [[ ",$sinks," == *,masakari,* ]]; then
+        _guestha_iniset_keystone_auth masakari
+    fi
+}
+
+# create_guestha_accounts: the Keystone user of $GUESTHA_CONF's client
+# sections (only where Keystone runs).
+function create_guestha_accounts {
+    if is_service_enabled key; then
+        create_service_user "$GUESTHA_SERVICE_USER" "$GUESTHA_SERVICE_ROLE"
+    fi
+}
+
+# configure_nova_for_guestha: the controller consumes Nova's versioned
+# notifications; Nova sends only unversioned ones by default.
+function configure_nova_for_guestha {
+    if [[ "$GUESTHA_NOVA_VERSIONED_NOTIFICATIONS" != "True" ]]; then
+        return
+    fi
+    local conf format
+    for conf in "${NOVA_CONF:-}" "${NOVA_CPU_CONF:-}"; do
+        [[ -n "$conf" && -f "$conf" ]] || continue
+        format=$(iniget "$conf" notifications notification_format)
+        if [[ "$format" != "both" && "$format" != "versioned" ]]; then
+            iniset "$conf" notifications notification_format both
+        fi
+        if [[ -z "$(iniget "$conf" oslo_messaging_notifications driver)" ]]; then
+            iniset "$conf" oslo_messaging_notifications driver messagingv2
+        fi
+    done
+}
+
+# configure_vitrage_for_guestha: loads guestha's datasource plugin in a
+# Vitrage of this devstack (enable_plugin guestha after vitrage, so that
+# vitrage.conf exists).
+function configure_vitrage_for_guestha {
+    local conf=${VITRAGE_CONF:-/etc/vitrage/vitrage.conf}
+    if [[ ",$(guestha_sinks)," != *,vitrage,* || ! -f "$conf" ]]; then
+        return
+    fi
+    local types path values_dir
+    types=$(iniget "$conf" datasources types)
+    types=${types:-nova.host,nova.instance,nova.zone,static}
+    if [[ ",$types," != *,guestha,* ]]; then
+        iniset "$conf" datasources types "$types,guestha"
+    fi
+    path=$(iniget "$conf" datasources path)
+    path=${path:-vitrage.datasources}
+    if [[ ",$path," != *,guestha.vitrage_datasource,* ]]; then
+        iniset "$conf" datasources path "$path,guestha.vitrage_datasource"
+    fi
+    values_dir=$(iniget "$conf" entity_graph datasources_values_dir)
+    values_dir=${values_dir:-/etc/vitrage/datasources_values}
+    sudo install -d -m 0755 "$values_dir"
+    sudo install -m 0644 "$GUESTHA_DIR/etc/vitrage/datasources_values/guestha.yaml" \
+        "$values_dir/guestha.yaml"
+}
+
+# _guestha_write_unit <service> <user> <command> [Section:Key=Value ...]:
+# devstack's unit file for a plain daemon, with extra settings, enabled.
+function _guestha_write_unit {
+    local service=$1 user=$2 command=$3
+    shift 3
+    local unit="devstack@$service.service"
+    write_user_unit_file "$unit" "$command" "" "$user"
+    local setting section key
+    for setting in "$@"; do
+        section=${setting%%:*}
+        key=${setting#*:}
+        iniset -sudo "$SYSTEMD_DIR/$unit" "$section" "${key%%=*}" "${key#*=}"
+    done
+    $SYSTEMCTL daemon-reload
+    $SYSTEMCTL enable "$unit"
+}
+
+# install_guestha_units: the systemd units of the enabled services.
+function install_guestha_units {
+    local bin_dir
+    bin_dir=$(_guestha_bin_dir)
+    if is_service_enabled guestha-server; then
+        _guestha_write_unit guestha-server "$GUESTHA_SERVER_USER" \
+            "$bin_dir/guestha-server --config-file $GUESTHA_CONF" \
+            "Service:Restart=on-failure"
+    fi
+    if is_service_enabled guestha-agent; then
+        # one descriptor per monitored channel
+        _guestha_write_unit guestha-agent "$GUESTHA_AGENT_USER" \
+            "$bin_dir/guestha-agent --config-file $GUESTHA_CONF" \
+            "Service:Restart=on-failure" "Service:LimitNOFILE=65536"
+    fi
+}
+
+function start_guestha {
+    local service
+    for service in guestha-server guestha-agent; do
+        if is_service_enabled "$service"; then
+            $SYSTEMCTL start "devstack@$service.service"
+        fi
+    done
+}
+
+function stop_guestha {
+    stop_process guestha-agent
+    stop_process guestha-server
+}
+
+# create_guestha_flavor: an example flavor with guestha:heartbeat=true
+# (where Nova's API runs).
+function create_guestha_flavor {
+    if [[ "$GUESTHA_CREATE_FLAVOR" != "True" ]] || ! is_service_enabled n-api; then
+        return
+    fi
+    if openstack --os-cloud devstack-admin flavor show "$GUESTHA_FLAVOR_NAME" \
+            >/dev/null 2>&1; then
+        return
+    fi
+    local args=(--ram "$GUESTHA_FLAVOR_RAM" --disk "$GUESTHA_FLAVOR_DISK"
+                --vcpus "$GUESTHA_FLAVOR_VCPUS"
+                --property guestha:heartbeat=true)
+    local property
+    for property in $GUESTHA_FLAVOR_EXTRA_PROPERTIES; do
+        args+=(--property "$property")
+    done
+    openstack --os-cloud devstack-admin flavor create "${args[@]}" \
+        "$GUESTHA_FLAVOR_NAME"
+}
+
+# cleanup_guestha: what stack.sh made, for clean.sh.
+function cleanup_guestha {
+    local service
+    for service in guestha-agent guestha-server; do
+        sudo rm -f "$SYSTEMD_DIR/devstack@$service.service"
+    done
+    $SYSTEMCTL daemon-reload
+    local dir
+    for dir in "${GUESTHA_STATE_DIR:-}" "${GUESTHA_CONF_DIR:-}"; do
+        if [[ -n "$dir" && "$dir" != / ]]; then
+            sudo rm -rf "$dir"
+        fi
+    done
+}
+
+if is_service_enabled guestha-agent guestha-server; then
+    if [[ "${1:-}" == "stack" && "${2:-}" == "install" ]]; then
+        echo_summary "Installing guestha"
+        install_guestha
+    elif [[ "${1:-}" == "stack" && "${2:-}" == "post-config" ]]; then
+        echo_summary "Configuring guestha"
+        configure_guestha
+        create_guestha_accounts
+        if is_service_enabled guestha-server; then
+            configure_nova_for_guestha
+            configure_vitrage_for_guestha
+        fi
+        install_guestha_units
+    elif [[ "${1:-}" == "stack" && "${2:-}" == "extra" ]]; then
+        echo_summary "Starting guestha"
+        start_guestha
+        create_guestha_flavor
+    fi
+
+    if [[ "${1:-}" == "unstack" ]]; then
+        stop_guestha
+    fi
+
+    if [[ "${1:-}" == "clean" ]]; then
+        cleanup_guestha
+    fi
+fi
+
+$_XTRACE_GUESTHA
