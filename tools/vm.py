@@ -130,6 +130,15 @@ def _libvirt():
     return libvirt
 
 
+def _is_connection_error(exc):
+    """Whether a libvirtError says the connection, not the request, failed."""
+    libvirt = _libvirt()
+    return exc.get_error_code() in tuple(
+        getattr(libvirt, name) for name in (
+            "VIR_ERR_SYSTEM_ERROR", "VIR_ERR_RPC", "VIR_ERR_NO_CONNECT",
+            "VIR_ERR_INVALID_CONN") if hasattr(libvirt, name))
+
+
 def connect(uri=URI):
     """A libvirt connection (read-write)."""
     return _libvirt().open(uri)
@@ -347,21 +356,46 @@ class GuestVM(object):
             except _libvirt().libvirtError:
                 alive = False
             if not alive:
-                try:
-                    self._conn.close()
-                except _libvirt().libvirtError:
-                    pass
-                self._conn = None
+                self._drop_conn()
         if self._conn is None:
             self._conn = connect(self.uri)
         return self._conn
 
+    def _drop_conn(self):
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except _libvirt().libvirtError:
+                pass
+            self._conn = None
+
+    def _on_conn(self, call):
+        """``call(conn)``, once more on a new connection if the first one
+        turns out to be dead.
+
+        isAlive() cannot tell a connection that libvirtd has already
+        dropped: the first call on it fails ("Cannot write data: Broken
+        pipe").  libvirtd drops an idle client that promised keepalive
+        and does not answer its pings, which is what every connection of
+        a process that registered libvirt's event loop without running
+        it does (a test process that ran an in-process watcher earlier),
+        and of course every connection when libvirtd restarts.
+        """
+        libvirt = _libvirt()
+        try:
+            return call(self.conn)
+        except libvirt.libvirtError as exc:
+            if not _is_connection_error(exc):
+                raise
+        self._drop_conn()
+        return call(self.conn)
+
     def domain(self):
         """The libvirt domain object (looked up afresh)."""
-        return self.conn.lookupByUUIDString(self.uuid)
+        return self._on_conn(lambda conn: conn.lookupByUUIDString(self.uuid))
 
     def define(self):
-        self.conn.defineXML(self.domain_xml())
+        self._on_conn(lambda conn: conn.defineXML(self.domain_xml()))
         return self
 
     def start(self):
@@ -377,10 +411,15 @@ class GuestVM(object):
         return self
 
     def is_active(self):
+        """Whether the domain runs; False if it does not exist.  A
+        libvirt that cannot be asked raises (it is not an answer)."""
+        libvirt = _libvirt()
         try:
             return bool(self.domain().isActive())
-        except _libvirt().libvirtError:
-            return False
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return False
+            raise
 
     def suspend(self):
         self.domain().suspend()

@@ -88,16 +88,25 @@ def register_event_impl():
     """Register libvirt's default event loop implementation, once per
     process.  Must happen before the connection that wants events is
     opened: libvirt hooks each connection into the loop when it opens it.
+
+    From then on every connection the process opens promises libvirtd to
+    answer keepalive probes, which only a thread running the loop does:
+    libvirtd drops a connection whose probes go unanswered (5 x 5 s by
+    default).  So register it only where the loop runs (the watcher).
     """
     global _event_impl_registered
     with _event_impl_lock:
         if _event_impl_registered:
             return
         libvirt.virEventRegisterDefaultImpl()
-        # libvirt prints every error to stderr by default; the watcher
-        # logs the ones that matter, with their instance.
-        libvirt.registerErrorHandler(_ignore_libvirt_error, None)
+        silence_libvirt_errors()
         _event_impl_registered = True
+
+
+def silence_libvirt_errors():
+    """Stop libvirt printing every error to stderr (its default); the
+    watcher logs the ones that matter, with their instance."""
+    libvirt.registerErrorHandler(_ignore_libvirt_error, None)
 
 
 def _ignore_libvirt_error(ctx, error):

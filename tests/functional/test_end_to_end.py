@@ -80,7 +80,8 @@ def require_libvirtd():
     import libvirt
 
     from guestha.agent import virt
-    virt.register_event_impl()  # silences libvirt's own error printing
+    # not register_event_impl(): nothing runs the loop in this process
+    virt.silence_libvirt_errors()
     try:
         libvirt.open(agentctl.URI).close()
     except libvirt.libvirtError as exc:
