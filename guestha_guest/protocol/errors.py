@@ -16,6 +16,11 @@ the application class of the offending line when the receiver knows it
 (``"base"`` otherwise), which becomes the envelope ``app`` of the ``error``
 message, so that the peer can route the refusal to the layer that sent the
 line (a refused broadcast reaches the server-group layer, not a log).
+
+A refused line that is itself an ``error`` (a JSON object whose ``type``
+is ``"error"``, valid or not) is never answered: its error has
+``answerable`` false, so that two peers that each find the other's errors
+invalid cannot ping-pong refusals.
 """
 
 #: Error codes carried by ``error`` messages, and their meaning.
@@ -61,9 +66,12 @@ class RemoteProtocolError(ProtocolError):
     """The peer sent something the protocol forbids.
 
     :param app: the application class of the refused line, if known.
+    :param answerable: false if the refused line is an ``error`` itself;
+        then it must not be answered (:meth:`to_message` is not sent).
     """
 
-    def __init__(self, code, message, ref=None, app="base"):
+    def __init__(self, code, message, ref=None, app="base",
+                 answerable=True):
         # imported here: messages imports this module
         from guestha_guest.protocol.messages import APPS
 
@@ -71,6 +79,7 @@ class RemoteProtocolError(ProtocolError):
             raise ValueError("unknown application class %r" % (app,))
         super().__init__(code, message, ref)
         self.app = app
+        self.answerable = answerable
 
     def to_message(self):
         """The ``error`` message that tells the peer what went wrong."""

@@ -53,6 +53,15 @@ MAX_MS = 3600 * 1000
 STATUS_MEMBERS_PER_PART = 40
 #: Most parts of one status answer (so at most 2560 members).
 MAX_STATUS_PARTS = 64
+#: Deepest nesting of arrays and objects in a line (the top-level object
+#: counts as 1).  Valid messages need 3 (status: object, members array,
+#: member object); a deeper line is ``invalid_json``, checked before the
+#: JSON parser runs, so that no implementation depends on its parser's
+#: recursion limit.
+MAX_DEPTH = 32
+#: Longest broadcast payload string: the base64 encoding of MAX_PAYLOAD
+#: bytes.  A longer string is ``too_large`` whatever it holds.
+MAX_PAYLOAD_B64 = 4 * ((MAX_PAYLOAD + 2) // 3)
 
 HOST = "host"
 GUEST = "guest"
@@ -199,6 +208,13 @@ class _Payload(object):
         if isinstance(value, (bytes, bytearray)):
             data = bytes(value)
         elif isinstance(value, str):
+            # the length first: a string too long to be the encoding of
+            # MAX_PAYLOAD bytes is too_large whether or not it is base64
+            # (and is not decoded at all)
+            if len(value) > MAX_PAYLOAD_B64:
+                raise _Invalid("is %d base64 characters; the maximum is %d"
+                               % (len(value), MAX_PAYLOAD_B64),
+                               code="too_large")
             try:
                 data = base64.b64decode(value.encode("ascii"), validate=True)
             except (ValueError, binascii.Error):
@@ -547,12 +563,42 @@ def _fast_response(obj):
     return msg
 
 
+_BRACKETS = re.compile(rb"[][{}]")
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def _too_deep(line):
+    """True if arrays and objects nest deeper than MAX_DEPTH in ``line``.
+
+    Cheap for every real line: it counts brackets first, and scans only a
+    line with more than MAX_DEPTH opening brackets, skipping strings.  An
+    unterminated string can make the scan see brackets that are not there;
+    such a line is not JSON anyway, and invalid_json either way.
+    """
+    if line.count(b"[") + line.count(b"{") <= MAX_DEPTH:
+        return False
+    depth = 0
+    for bracket in _BRACKETS.findall(_JSON_STRING.sub(b'""', line)):
+        if bracket in b"[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
 def decode(line, sender):
     """Parse one line (without its newline) sent by ``sender``.
 
     :returns: a :class:`Message`.
     :raises RemoteProtocolError: for anything that is not a valid message.
+        Its ``answerable`` is false if the line is an ``error`` (a JSON
+        object whose ``type`` is ``"error"``): errors are never answered.
     """
+    if _too_deep(line):
+        raise RemoteProtocolError(
+            "invalid_json", "not JSON: nested deeper than %d" % MAX_DEPTH)
     try:
         text = line.decode("utf-8")
         if text.startswith("\ufeff"):  # as json.loads
@@ -572,6 +618,15 @@ def decode(line, sender):
         msg = _fast_response(obj)
         if msg is not None:
             return msg
+    try:
+        return _decode_object(obj, sender)
+    except RemoteProtocolError as exc:
+        if obj.get("type") == "error":
+            exc.answerable = False
+        raise
+
+
+def _decode_object(obj, sender):
     app, mtype, version = obj.get("app"), obj.get("type"), obj.get("v")
     # refusals name the class of the refused line when we know it, so the
     # peer can hand them to the layer that sent the line
