@@ -4,9 +4,10 @@
 #   bash tools/run-tests.sh [pytest arguments]
 #
 # 1. tools/setup.sh (quick when nothing changed).
-# 2. ruff check on the whole tree.
+# 2. ruff check on the whole tree; reno lint on the release notes.
 # 3. pytest on tests/ (or on the given arguments) in .venv.
-# 4. The protocol and guest tests again under Python 3.8, the oldest Python
+# 4. The documentation, built with sphinx-build -W.
+# 5. The protocol and guest tests again under Python 3.8, the oldest Python
 #    the guest daemon supports, in .venv38 with only pytest and hypothesis
 #    installed (so they also prove the guest needs nothing else).  Skipped,
 #    with a message, when no Python 3.8 is found or GUESTHA_SKIP_PY38=1.
@@ -36,6 +37,15 @@ if .venv/bin/ruff check guestha guestha_guest tests tools benchmarks; then
     say "lint passed"
 else
     failed+=(lint)
+fi
+
+# A malformed note (bad YAML, an unknown section) would only show when the
+# release notes are built; reno lint finds it in a second.
+say "reno lint (releasenotes/notes)"
+if .venv/bin/reno -q lint; then
+    say "release notes passed"
+else
+    failed+=(reno)
 fi
 
 say "pytest under $(.venv/bin/python -V 2>&1)"
