@@ -175,10 +175,12 @@ function install_guestha_units {
             "Service:Restart=on-failure"
     fi
     if is_service_enabled guestha-agent; then
-        # one descriptor per monitored channel
+        # one descriptor per monitored channel; after libvirt, monolithic
+        # (libvirtd) or modular (virtqemud), whichever the host runs
         _guestha_write_unit guestha-agent "$GUESTHA_AGENT_USER" \
             "$bin_dir/guestha-agent --config-file $GUESTHA_CONF" \
-            "Service:Restart=on-failure" "Service:LimitNOFILE=65536"
+            "Service:Restart=on-failure" "Service:LimitNOFILE=65536" \
+            "Unit:After=libvirtd.service virtqemud.service"
     fi
 }
 

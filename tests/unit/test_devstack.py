@@ -240,6 +240,8 @@ def test_units_all_in_one(aio):
     assert agent.get("Service", "LimitNOFILE") == "65536"
     assert agent.get("Service", "Restart") == "on-failure"
     assert agent.get("Install", "WantedBy") == "multi-user.target"
+    assert set(agent.get("Unit", "After").split()) >= {
+        "libvirtd.service", "virtqemud.service"}
     server = aio.unit("guestha-server")
     assert server.get("Service", "ExecStart") == \
         "%s/guestha-server --config-file %s" % (aio.bin_dir, conf)
