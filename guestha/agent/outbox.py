@@ -11,6 +11,17 @@ AUTOINCREMENT never reuses a number, even after the table was emptied, so
 an event put after a restart always sorts after the ones still pending.
 The event ``id`` is UNIQUE, so putting the same event twice (a retry by
 the caller) is a no-op.
+
+The same file keeps the agent's open faults (table ``open_faults``, one
+row per instance with a fault not yet recovered), derived from the events
+themselves: putting a ``fault`` event records it, putting its ``recovery``
+removes it, in the same transaction as the event.  So a fault and the
+record that it is open are one durable step: an agent killed at any
+moment restarts either with both or with neither, never with a fault
+whose recovery it cannot send, nor with a recovered fault it would
+recover a second time.  (Until version 1 of this file the open faults
+were in ``faults.json`` beside it, written separately; see
+:meth:`Outbox.adopt_faults_json`.)
 """
 
 import json
@@ -27,6 +38,12 @@ _SCHEMA = ("CREATE TABLE IF NOT EXISTS events ("
            "id TEXT NOT NULL UNIQUE, "
            "body TEXT NOT NULL)")
 _COLUMNS = ["seq", "id", "body"]
+_SCHEMA_FAULTS = ("CREATE TABLE IF NOT EXISTS open_faults ("
+                  "instance TEXT PRIMARY KEY, "
+                  "id TEXT NOT NULL, "
+                  "kind TEXT)")
+_SCHEMA_META = ("CREATE TABLE IF NOT EXISTS meta ("
+                "key TEXT PRIMARY KEY, value TEXT)")
 # sqlite's primary result codes for "this is not a (sane) database file"
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
@@ -125,6 +142,8 @@ class Outbox(object):
             if problem != "ok":
                 raise _Corrupt("quick_check: %s" % problem)
             conn.execute(_SCHEMA)
+            conn.execute(_SCHEMA_FAULTS)
+            conn.execute(_SCHEMA_META)
             columns = [row[1] for row in
                        conn.execute("PRAGMA table_info(events)")]
             if columns != _COLUMNS:
@@ -154,15 +173,37 @@ class Outbox(object):
 
     # -- the queue ----------------------------------------------------------
 
-    def put(self, event):
+    def put(self, event, pending=True):
         """Append ``event``; a no-op if an event with its id is pending.
+
+        A ``fault`` or ``recovery`` event also updates the open faults, in
+        the same transaction.  ``pending=False`` records only that (the
+        event was delivered before it could be written: the reporter held
+        it in memory while the disk was full).
 
         :returns: True if added.
         """
-        body = json.dumps(event, separators=(",", ":"))
+        return self.put_many([(event, pending)]) == 1
+
+    def put_many(self, entries):
+        """Append ``[(event, pending), ...]`` (see :meth:`put`) in order,
+        in one transaction: all or nothing.
+
+        :returns: how many events were added.
+        """
+        rows = [(event, json.dumps(event, separators=(",", ":")), pending)
+                for event, pending in entries]
         with self._lock:
             self._check_open()
-            return self._transaction(self._put, event["id"], body)
+            return self._transaction(self._put_rows, rows)
+
+    def _put_rows(self, rows):
+        added = 0
+        for event, body, pending in rows:
+            _record_fault(self._conn, event)
+            if pending and self._put(event["id"], body):
+                added += 1
+        return added
 
     def _put(self, event_id, body):
         cursor = self._conn.execute(
@@ -191,14 +232,24 @@ class Outbox(object):
             self._count -= len(rows)
             self.dropped += len(rows)
 
-    def peek(self, n):
+    def peek(self, n, skip=()):
         """The ``n`` oldest pending events, oldest first, without removing
-        them: ``[(rowid, event), ...]``."""
+        them: ``[(rowid, event), ...]``.  Rows whose rowid is in ``skip``
+        (delivered, waiting to be deleted) are passed over."""
         with self._lock:
             self._check_open()
-            rows = self._conn.execute(
-                "SELECT seq, body FROM events ORDER BY seq LIMIT ?",
-                (n,)).fetchall()
+            rows = []
+            cursor = self._conn.execute(
+                "SELECT seq, body FROM events ORDER BY seq")
+            try:
+                for seq, body in cursor:
+                    if seq in skip:
+                        continue
+                    rows.append((seq, body))
+                    if len(rows) >= n:
+                        break
+            finally:
+                cursor.close()
             batch = []
             bad = []
             for seq, body in rows:
@@ -256,6 +307,68 @@ class Outbox(object):
     def __len__(self):
         return self._count
 
+    # -- open faults ----------------------------------------------------------
+
+    def open_faults(self):
+        """The open faults: ``{instance: {"id": ..., "kind": ...}}``."""
+        with self._lock:
+            self._check_open()
+            return {instance: {"id": fault_id, "kind": kind}
+                    for instance, fault_id, kind in self._conn.execute(
+                        "SELECT instance, id, kind FROM open_faults")}
+
+    def adopt_faults_json(self, path):
+        """Take the open faults of an older agent's ``faults.json`` into
+        the outbox, once, and remove the file.
+
+        The import and the note that it was done are one transaction, so
+        a crash between it and the removal does not import the file
+        again (which would reopen faults recovered since).
+
+        :returns: the number of faults adopted (0 if there was no file).
+        :raises sqlite3.Error: if the outbox cannot be written (the file
+            is then kept, for the next start).
+        """
+        try:
+            with open(path) as f:
+                faults = json.load(f)
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as exc:
+            LOG.error("cannot read %s (%s): open faults from before this "
+                      "start are forgotten", path, exc)
+            faults = {}
+        if not isinstance(faults, dict):
+            faults = {}
+        with self._lock:
+            self._check_open()
+            adopted = self._transaction(self._adopt, faults)
+        os.unlink(path)
+        if adopted:
+            LOG.info("outbox %s: adopted %d open fault(s) from %s",
+                     self.path, adopted, path)
+        return adopted
+
+    def _adopt(self, faults):
+        done = self._conn.execute(
+            "SELECT value FROM meta WHERE key = 'faults_json_adopted'"
+        ).fetchone()
+        if done is not None:
+            return 0
+        adopted = 0
+        for instance, fault in faults.items():
+            if not (isinstance(fault, dict) and fault.get("id")):
+                continue
+            cursor = self._conn.execute(
+                "INSERT OR IGNORE INTO open_faults (instance, id, kind) "
+                "VALUES (?, ?, ?)",
+                (instance, str(fault["id"]), fault.get("kind")))
+            adopted += cursor.rowcount
+        self._conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('faults_json_adopted', ?)",
+            (str(adopted),))
+        return adopted
+
     def close(self):
         with self._lock:
             if self._conn is not None:
@@ -277,6 +390,19 @@ def _is_corruption(exc):
     # access (permissions, locks, a missing directory), which moving the
     # file aside would not fix; other DatabaseErrors are about content.
     return not isinstance(exc, sqlite3.OperationalError)
+
+
+def _record_fault(conn, event):
+    """Follow a fault or a recovery in the open_faults table."""
+    kind = event.get("type")
+    if kind == "fault":
+        conn.execute(
+            "INSERT OR REPLACE INTO open_faults (instance, id, kind) "
+            "VALUES (?, ?, ?)",
+            (event["instance"], event["id"], event.get("kind")))
+    elif kind == "recovery":
+        conn.execute("DELETE FROM open_faults WHERE instance = ? AND id = ?",
+                     (event["instance"], event["fault_id"]))
 
 
 def _decode(body):

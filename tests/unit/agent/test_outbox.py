@@ -230,3 +230,80 @@ def test_a_closed_outbox_raises_an_sqlite_error(path):
                       lambda: box.ack([1])):
         with pytest.raises(sqlite3.Error, match="closed"):
             operation()
+
+
+# -- open faults (issue 13: one durable step with the event) -----------------
+
+def fault_event(instance, n=0):
+    return {"id": str(uuid.uuid4()), "type": "fault", "kind": "missed",
+            "instance": instance, "n": n}
+
+
+def recovery_event(fault):
+    return {"id": str(uuid.uuid4()), "type": "recovery",
+            "instance": fault["instance"], "fault_id": fault["id"]}
+
+
+A = "5b0e7d9e-3c1a-4b6f-8e2d-1f0a9c8b7d6e"
+B = "6c1f8e0f-4d2b-4c70-9f3e-2a1b0d9c8e7f"
+
+
+def test_a_fault_and_its_recovery_follow_the_events(path):
+    box = Outbox(path, 100)
+    fa, fb = fault_event(A), fault_event(B)
+    box.put(fa)
+    box.put(fb)
+    assert box.open_faults() == {A: {"id": fa["id"], "kind": "missed"},
+                                 B: {"id": fb["id"], "kind": "missed"}}
+    box.put(recovery_event(fa))
+    box.put(recovery_event(dict(fb, id=str(uuid.uuid4()))))  # not its own
+    assert set(box.open_faults()) == {B}
+    # acked (delivered) events leave the open faults as they are
+    box.ack([r for r, _ in box.peek(10)])
+    box.close()
+    assert Outbox(path, 100).open_faults() == {
+        B: {"id": fb["id"], "kind": "missed"}}
+
+
+def test_a_failed_write_records_neither_the_event_nor_the_fault(path):
+    # the event and the open-fault record are one transaction: a failure
+    # (here a bad event, in a real agent a full disk or a kill) leaves
+    # both as they were
+    box = Outbox(path, 100)
+    box._conn.execute(
+        "CREATE TEMP TRIGGER full BEFORE INSERT ON events BEGIN "
+        "SELECT RAISE(ABORT, 'database or disk is full'); END")
+    fa = fault_event(A)
+    with pytest.raises(sqlite3.Error, match="disk is full"):
+        box.put(fa)
+    with pytest.raises(sqlite3.Error, match="disk is full"):
+        box.put_many([(fault_event(B), False), (fa, True)])
+    assert len(box) == 0 and box.open_faults() == {}
+
+
+def test_a_delivered_event_written_late_records_only_its_fault(path):
+    box = Outbox(path, 100)
+    fa = fault_event(A)
+    assert box.put(fa, pending=False) is False
+    assert len(box) == 0
+    assert set(box.open_faults()) == {A}
+
+
+def test_faults_json_is_adopted_once_and_removed(path, tmp_path):
+    os.makedirs(os.path.dirname(path))
+    legacy = os.path.join(os.path.dirname(path), "faults.json")
+    with open(legacy, "w") as f:
+        f.write('{"%s": {"id": "f-1", "kind": "unhealthy"}}' % A)
+    box = Outbox(path, 100)
+    assert box.adopt_faults_json(legacy) == 1
+    assert not os.path.exists(legacy)
+    assert box.open_faults() == {A: {"id": "f-1", "kind": "unhealthy"}}
+    box.put(recovery_event({"instance": A, "id": "f-1"}))
+    # a copy left by a crash before the removal is not adopted again:
+    # that would reopen the fault just recovered
+    with open(legacy, "w") as f:
+        f.write('{"%s": {"id": "f-1", "kind": "unhealthy"}}' % A)
+    assert box.adopt_faults_json(legacy) == 0
+    assert not os.path.exists(legacy)
+    assert box.open_faults() == {}
+    assert box.adopt_faults_json(legacy) == 0     # no file: nothing
