@@ -15,6 +15,13 @@ budget.
 The heap holds ``(when, n, instance)``; an instance keeps its own
 ``wake_at`` and entries that no longer match it are stale and skipped, so
 rescheduling is a push, never a search.
+
+Open faults (an instance's fault not yet followed by its recovery) are
+kept for the next start in the outbox's sqlite file, in the transaction
+that writes the fault or recovery event itself (see
+:mod:`guestha.agent.outbox`): there is no moment at which one is saved
+and the other not.  The loop keeps the same table in memory, following
+the events it reports.
 """
 
 import base64
@@ -30,6 +37,7 @@ import os
 import queue
 import select
 import socket
+import sqlite3
 import threading
 import time
 
@@ -126,12 +134,16 @@ class AgentLoop(inst_mod.Env):
         ``request_hotplug``), or None (tests).
     :param hotplug_policy: decides whether to add a channel
         (:mod:`guestha.agent.hotplug`), or None to never hot-plug.
+    :param outbox: the :class:`~guestha.agent.outbox.Outbox` whose open
+        faults this start begins with (an older agent's
+        ``<state_dir>/faults.json`` is moved into it); None (tests) to
+        start with none.
     """
 
     def __init__(self, host, policy, reporter, state_dir, watcher=None,
                  hotplug_policy=None, status_socket=None,
                  clock=time.monotonic, wallclock=time.time,
-                 alive_interval=30.0):
+                 alive_interval=30.0, outbox=None):
         self.host = host
         self.policy = policy
         self.reporter = reporter
@@ -153,8 +165,7 @@ class AgentLoop(inst_mod.Env):
         self._workers = concurrent.futures.ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="guestha-hotplug")
         self._faults_path = os.path.join(state_dir, "faults.json")
-        self._open_faults = self._load_faults()
-        self._faults_dirty = False
+        self._open_faults = self._load_faults(outbox)
         self._next_alive = None
         self._status_listener = None
         self.libvirt_connected = None
@@ -235,8 +246,6 @@ class AgentLoop(inst_mod.Env):
         return last
 
     def _housekeeping(self, now):
-        if self._faults_dirty:
-            self._save_faults()
         if self._next_alive is not None and now >= self._next_alive:
             self._next_alive = now + self.alive_interval
             # what this host monitors, so controllers learn where each
@@ -252,7 +261,6 @@ class AgentLoop(inst_mod.Env):
 
     def _shutdown(self):
         LOG.info("agent loop stopping")
-        self._save_faults()
         for instance in list(self.instances.values()):
             instance._close()
         if self._status_listener is not None:
@@ -331,15 +339,9 @@ class AgentLoop(inst_mod.Env):
     def _gone(self, uuid, now):
         instance = self.instances.pop(uuid, None)
         if instance is not None:
+            # a fault still open stays in _open_faults (report() follows
+            # the events), for the instance's return
             instance.domain_gone(now)
-            # what is saved for the next start follows the instance's
-            # fault, even after the instance has left the table
-            if instance.fault is None:
-                if self._open_faults.pop(uuid, None) is not None:
-                    self._faults_dirty = True
-            else:
-                self._open_faults[uuid] = instance.fault
-                self._faults_dirty = True
 
     # -- the RPC endpoint's handler (called in oslo.messaging's threads) ----
 
@@ -441,13 +443,22 @@ class AgentLoop(inst_mod.Env):
                                        self._clock()))
 
     def report(self, event):
+        # the same bookkeeping as the outbox's, which does it in the
+        # transaction that writes the event
+        if event.get("type") == "fault":
+            self._open_faults[event["instance"]] = {
+                "id": event["id"], "kind": event.get("kind")}
+        elif event.get("type") == "recovery":
+            fault = self._open_faults.get(event["instance"])
+            if fault is not None and fault["id"] == event["fault_id"]:
+                del self._open_faults[event["instance"]]
         self.reporter.submit(event)
 
     def relay(self, method, **kwargs):
         self.reporter.cast_relay(method, **kwargs)
 
     def faults_changed(self):
-        self._faults_dirty = True
+        pass  # recorded with the event itself, by report()
 
     def wallclock(self):
         return self._wallclock()
@@ -470,40 +481,29 @@ class AgentLoop(inst_mod.Env):
 
     # -- durable open faults --------------------------------------------------
 
-    def _load_faults(self):
+    def _load_faults(self, outbox):
+        if outbox is None:
+            return {}
         try:
-            with open(self._faults_path) as f:
-                faults = json.load(f)
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            LOG.error("cannot read %s (%s): open faults from before this "
-                      "start are forgotten", self._faults_path, exc)
-            return {}
+            outbox.adopt_faults_json(self._faults_path)
+        except (sqlite3.Error, OSError) as exc:
+            LOG.error("cannot move the open faults of %s into the outbox "
+                      "%s (%s): using the file as it is, and trying again "
+                      "at the next start", self._faults_path, outbox.path,
+                      exc)
+            faults = _read_faults_json(self._faults_path)
+        else:
+            faults = {}
+        try:
+            faults.update(outbox.open_faults())
+        except sqlite3.Error as exc:
+            LOG.error("cannot read the open faults in the outbox %s (%s): "
+                      "faults open before this start are forgotten",
+                      outbox.path, exc)
         if faults:
             LOG.info("%d open fault(s) from before this start: %s",
                      len(faults), ", ".join(sorted(faults)))
         return faults
-
-    def _save_faults(self):
-        self._faults_dirty = False
-        faults = dict(self._open_faults)
-        for uuid, instance in self.instances.items():
-            if instance.fault is not None:
-                faults[uuid] = instance.fault
-            else:
-                faults.pop(uuid, None)
-        self._open_faults = faults
-        tmp = self._faults_path + ".tmp"
-        try:
-            with open(tmp, "w") as f:
-                json.dump(faults, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._faults_path)
-        except OSError as exc:
-            LOG.error("cannot save open faults to %s: %s",
-                      self._faults_path, exc)
 
     # -- status ---------------------------------------------------------------
 
@@ -543,6 +543,20 @@ class AgentLoop(inst_mod.Env):
         # reader: not in the loop's thread
         threading.Thread(target=_send_and_close, args=(conn, data),
                          daemon=True).start()
+
+
+def _read_faults_json(path):
+    """An older agent's open faults file, read only."""
+    try:
+        with open(path) as f:
+            faults = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        LOG.error("cannot read %s (%s): open faults from before this start "
+                  "are forgotten", path, exc)
+        return {}
+    return faults if isinstance(faults, dict) else {}
 
 
 def _send_and_close(conn, data):

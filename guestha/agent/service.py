@@ -75,7 +75,8 @@ class AgentService(object):
                          reporter, agent.state_dir,
                          hotplug_policy=hotplug,
                          status_socket=agent.status_socket or None,
-                         alive_interval=rep.alive_interval)
+                         alive_interval=rep.alive_interval,
+                         outbox=outbox)
         watcher = LibvirtWatcher.from_conf(conf, loop.post)
         loop.watcher = watcher
         return cls(conf, loop, reporter, watcher, transport)
