@@ -36,6 +36,8 @@ agent's state directory, so a restarted agent still reports the recovery.
 """
 
 import base64
+import collections
+import datetime
 import errno
 import logging
 import os
@@ -44,6 +46,7 @@ import threading
 import uuid as uuidlib
 
 from guestha.agent import events as ev
+from guestha.agent import guestlog
 from guestha.agent.ratelimit import TokenBucket, WindowCounter
 from guestha_guest import protocol as p
 from guestha_guest.protocol import heartbeat as hb
@@ -101,6 +104,15 @@ class _BufferedSystemRandom(secrets.SystemRandom):
 
 
 _RNG = _BufferedSystemRandom()
+
+#: Seconds of good behaviour (no misbehaviour, no reset) that halve a
+#: channel's reset back-off, and after which its round trips count in the
+#: agent-wide figures again.
+RESET_DECAY = 60.0
+#: Lines dropped while synchronising (stale, garbage) a guest may cause
+#: without it counting as misbehaviour: a resync discards a few honestly.
+DISCARDS_PER_SECOND = 1.0
+DISCARD_BURST = 20.0
 
 _ALIVE = (CONNECTING, SYNCING, WAITING, MONITORED, EXITED)
 
@@ -182,7 +194,9 @@ class Policy(object):
                  sync_retry_min=1.0, sync_retry_max=30.0,
                  max_bytes_per_second=32768, max_messages_per_second=50,
                  misbehaviour_limit=20, reset_backoff_max=60.0,
-                 broadcasts_per_second=10):
+                 broadcasts_per_second=10, status_queries_per_second=5.0,
+                 guest_log_lines_per_minute=10, fault_limit=3,
+                 fault_window=600.0, output_buffer_bytes=256 * 1024):
         self.__dict__.update(locals())
         del self.__dict__["self"]
 
@@ -193,7 +207,9 @@ class Policy(object):
                  "channel_lost_grace", "sync_retry_min", "sync_retry_max",
                  "max_bytes_per_second", "max_messages_per_second",
                  "misbehaviour_limit", "reset_backoff_max",
-                 "broadcasts_per_second")
+                 "broadcasts_per_second", "status_queries_per_second",
+                 "guest_log_lines_per_minute", "fault_limit",
+                 "fault_window", "output_buffer_bytes")
         return cls(**{n: getattr(group, n) for n in names})
 
 
@@ -214,6 +230,11 @@ class Env(object):
         raise NotImplementedError
 
     def unwatch(self, sock):
+        raise NotImplementedError
+
+    def watch_writable(self, instance, sock, writable):
+        """Also call ``instance.writable(now)`` when ``sock`` can take
+        more bytes (``writable`` True), or stop that (False)."""
         raise NotImplementedError
 
     def confirm_running(self, instance, token):
@@ -237,11 +258,16 @@ class Env(object):
     def record_rtt(self, seconds):
         """A challenge was answered after ``seconds`` (for statistics)."""
 
+    def monitoring_changed(self):
+        """What :attr:`Instance.monitored` says changed: save it for the
+        next start of the agent."""
+
 
 class Instance(object):
     """One domain on this host, as the agent monitors it."""
 
-    def __init__(self, uuid, env, policy, now, open_fault=None):
+    def __init__(self, uuid, env, policy, now, open_fault=None,
+                 was_monitored=None):
         self.uuid = uuid
         self.env = env
         self.policy = policy
@@ -271,9 +297,38 @@ class Instance(object):
         self.interval_ms = None
         self.features = {}        # from Nova, when looked up
         self._hotplug_asked = False
+        # {"interval_ms", "action"} of a guest registered here, kept by the
+        # agent across its restarts (Env.monitoring_changed); an instance
+        # monitored before this start of the agent must answer its first
+        # resync within the detection bound, or it hung while we were away
+        self.monitored = was_monitored
+        self._restart_interval_ms = (was_monitored or {}).get("interval_ms")
+        self._resync_deadline = None
         self.counters = {"challenges": 0, "answers": 0, "missed": 0,
                          "unhealthy": 0, "faults": 0, "protocol_errors": 0,
-                         "dropped_bytes": 0, "resets": 0, "stale": 0}
+                         "dropped_bytes": 0, "resets": 0, "stale": 0,
+                         "dropped_lines": 0, "discarded_lines": 0,
+                         "refused_queries": 0, "log_suppressed": 0}
+        # the rest of a line the socket did not take (the protocol forbids
+        # tearing a line), written when the socket is writable
+        self._out = bytearray()
+        self._out_watched = False
+        self._last_bad = None     # last misbehaviour or reset
+        self._reset_until = None  # reopening time after a reset
+        # when the latest faults opened: at most fault_limit per
+        # fault_window, whatever the guest does (a recovery it earns is
+        # held back until the oldest leaves the window)
+        self._fault_times = collections.deque(maxlen=policy.fault_limit)
+        self._held_recovery = None  # why, of a recovery held back
+        self._release_at = None
+        self.rtt = None           # [answers, last, mean, max] (seconds)
+        self._log = guestlog.LogBudget(policy.guest_log_lines_per_minute,
+                                       now)
+        self._queries = TokenBucket(policy.status_queries_per_second,
+                                    2 * policy.status_queries_per_second,
+                                    now)
+        self._discards = TokenBucket(DISCARDS_PER_SECOND, DISCARD_BURST, now)
+        self._discarded_seen = 0
         self._bytes = TokenBucket(policy.max_bytes_per_second,
                                   2 * policy.max_bytes_per_second, now)
         self._lines = TokenBucket(policy.max_messages_per_second,
@@ -298,6 +353,10 @@ class Instance(object):
         """A DomainUpdate: the domain's state and XML as libvirt sees it,
         after libvirt's ``event``."""
         self.info = info
+        if event == "reboot":
+            # a daemon that reboots with its guest is not hung: no deadline
+            # from before the agent's start (in any state)
+            self._restart_interval_ms = self._resync_deadline = None
         self.fire(domain_input(info.state), now, info)
         if event == "reboot" and (self.state, "reset") in TRANSITIONS:
             # the guest reset itself (a reboot from inside, a watchdog):
@@ -358,6 +417,7 @@ class Instance(object):
 
     def _connect(self, now, arg):
         self._check_confirm(now)
+        self._check_resync_deadline(now)
         if self._connect_at is None or now < self._connect_at:
             return None
         path = self.info.channel_path
@@ -383,15 +443,43 @@ class Instance(object):
 
     def _start_sync(self, now, arg):
         self.conn = p.Connection(p.HOST, rng=_RNG)
+        self._discarded_seen = 0
         self.hb = None
         self._sync_backoff = self.policy.sync_retry_min
+        if (self._restart_interval_ms is not None
+                and self._resync_deadline is None):
+            # monitored before this start of the agent: a guest that
+            # answers no sync within the detection bound (the bound of a
+            # monitored channel that closed) hung while we were away
+            self._resync_deadline = (
+                now + 2 * self._restart_interval_ms / 1000.0
+                + self.policy.channel_lost_grace)
         self._send_sync(now)
 
     def _send_sync(self, now):
-        self._write(self.conn.start_sync())
+        self._write_sync()
         self._sync_at = now + self._sync_backoff
 
+    def _write_sync(self):
+        # a resync makes whatever is still queued stale; only the rest of
+        # a line the guest has begun to receive is kept (the sync starts
+        # with a newline, so that line is not glued to it)
+        self._trim_output()
+        self._write(self.conn.start_sync())
+
+    def _check_resync_deadline(self, now):
+        if self._resync_deadline is None or now < self._resync_deadline:
+            return
+        self._resync_deadline = None
+        interval_ms, self._restart_interval_ms = (
+            self._restart_interval_ms, None)
+        self._suspect("missed", now, "no answer to the resync after the "
+                      "agent started; the guest was monitored every %d ms "
+                      "before" % interval_ms, None)
+
     def _sync_again(self, now, arg):
+        self._check_confirm(now)
+        self._check_resync_deadline(now)
         if self._sync_at is not None and now >= self._sync_at:
             self._sync_backoff = min(self._sync_backoff * 2,
                                      self.policy.sync_retry_max)
@@ -413,10 +501,21 @@ class Instance(object):
         self.answered_since_init = 0
         self.misses = self.unhealthy = 0
         self._lost_at = None
-        LOG.info("instance %s: guest %r registered, interval %d ms "
-                 "(asked %d), recommends %s", self.uuid, reg.init.name,
-                 reg.interval_ms, reg.init.interval_ms,
-                 reg.init.corrective_action)
+        self._resync_deadline = None
+        self._restart_interval_ms = None
+        self._set_monitored({"interval_ms": reg.interval_ms,
+                             "action": reg.init.corrective_action})
+        if self._log.allow(now):
+            LOG.info("instance %s: guest '%s' registered, interval %d ms "
+                     "(asked %d), recommends %s%s", self.uuid,
+                     guestlog.sanitise(reg.init.name), reg.interval_ms,
+                     reg.init.interval_ms, reg.init.corrective_action,
+                     self._log.take_suppressed())
+
+    def _set_monitored(self, record):
+        if record != self.monitored:
+            self.monitored = record
+            self.env.monitoring_changed()
 
     def _registered_again(self, now, reg):
         crashed = self.answered_since_init > 0
@@ -428,16 +527,21 @@ class Instance(object):
                           "guest daemon restarted without exit", None)
 
     def _exited(self, now, out):
-        LOG.info("instance %s: guest ended monitoring (%s)", self.uuid,
-                 out.reason)
+        if self._log.allow(now):
+            LOG.info("instance %s: guest ended monitoring (%s)%s",
+                     self.uuid, guestlog.sanitise(out.reason),
+                     self._log.take_suppressed())
         self.misses = self.unhealthy = 0
         self._confirm = None
+        self._set_monitored(None)
         if self.fault is not None:
-            self._recover(now, "guest exited")
+            self._guest_recovered(now, "guest exited")
 
     def _heartbeat_timer(self, now, arg):
         if self.hb is not None:
             self._apply(self.hb.tick(now), now)
+        if self._resync_deadline is not None:
+            self._check_resync_deadline(now)
         if self._confirm is not None or self._lost_at is not None:
             self._check_confirm(now)  # (it has nothing to do otherwise)
 
@@ -474,6 +578,7 @@ class Instance(object):
     def _suspend(self, now, info):
         self._confirm = None
         self._lost_at = None
+        self._resync_deadline = None
         self.hb = None
         self._sync_at = None
         self.misses = self.unhealthy = 0
@@ -497,34 +602,94 @@ class Instance(object):
         self.hb = None
         self._confirm = None
         self._lost_at = None
+        self._resync_deadline = None
+        self._restart_interval_ms = None
         self.note = None
+        self._set_monitored(None)
+        self._held_recovery = self._release_at = None
         if self.fault is not None:
             self._recover(now, "instance stopped")
 
     # -- the channel ----------------------------------------------------------
 
-    def _write(self, data):
+    def _write(self, data, droppable=False):
+        """Write whole lines: what the socket does not take now is kept
+        and written when it is writable (a line is never torn), up to
+        ``output_buffer_bytes``.  A ``droppable`` line (a challenge, sent
+        again next interval) is dropped rather than queued.  True if
+        written or queued."""
         if self.sock is None:
             return False
+        out = self._out
+        if out:
+            if droppable or (len(out) + len(data)
+                             > self.policy.output_buffer_bytes):
+                # nobody reads in the guest: drop the whole line
+                self.counters["dropped_lines"] += 1
+                return False
+            out += data
+            return True
         try:
             n = self.sock.send(data)
         except BlockingIOError:
-            # QEMU's buffer is full: nobody reads in the guest.  Drop the
-            # line rather than queue it; the protocol resynchronises.
-            return False
+            n = 0
         except OSError:
+            return False  # closed: the read side tells the loss
+        if n == len(data):
+            return True
+        if n == 0 and (droppable or len(data)
+                       > self.policy.output_buffer_bytes):
+            self.counters["dropped_lines"] += 1
             return False
-        return n == len(data)
+        # the rest of a line the guest has begun to receive must follow
+        # whatever the bound (it is at most one message's lines)
+        out += memoryview(data)[n:]
+        if not self._out_watched:
+            self._out_watched = True
+            self.env.watch_writable(self, self.sock, True)
+        return True
 
-    def _send(self, msg):
+    def writable(self, now):
+        """The loop says our socket can take more of what we queued."""
+        out = self._out
+        if self.sock is None or not out:
+            self._stop_writing()
+            return
         try:
-            return self._write(self.conn.send(msg))
+            n = self.sock.send(out)
+        except BlockingIOError:
+            return
+        except OSError:
+            out.clear()  # closed: the read side tells the loss
+            n = 0
+        del out[:n]
+        if not out:
+            self._stop_writing()
+
+    def _stop_writing(self):
+        if self._out_watched:
+            self._out_watched = False
+            if self.sock is not None:
+                self.env.watch_writable(self, self.sock, False)
+
+    def _trim_output(self):
+        # keep the line in flight (its start may be written), drop the
+        # lines queued after it
+        nl = self._out.find(b"\n")
+        if nl >= 0:
+            del self._out[nl + 1:]
+
+    def _send(self, msg, droppable=False):
+        try:
+            return self._write(self.conn.send(msg), droppable)
         except p.LocalProtocolError as exc:
             LOG.debug("instance %s: not sent: %s", self.uuid, exc)
             return False
 
     def readable(self, now):
         """The loop says our socket is readable."""
+        if self.sock is None:
+            return  # closed by writable() in the same wake-up
         try:
             data = self.sock.recv(16384)
         except BlockingIOError:
@@ -539,12 +704,28 @@ class Instance(object):
             self._misbehaved(now, "sends more than %d bytes/s"
                              % self.policy.max_bytes_per_second)
             return
+        # every line counts, the empty keep-alives and the ones dropped
+        # while synchronising too (they never become events)
+        lines = data.count(b"\n")
+        if lines and not self._lines.take(now, lines):
+            self.counters["dropped_bytes"] += len(data)
+            self._misbehaved(now, "sends more than %d lines/s"
+                             % self.policy.max_messages_per_second)
+            return
+        conn = self.conn
         try:
-            self.conn.receive_data(data)
+            conn.receive_data(data)
         except p.LocalProtocolError:
             self._reset(now, "receive buffer overflow")
             return
         self._drain(now)
+        discarded = conn.discarded - self._discarded_seen
+        if discarded > 0 and self.conn is conn:
+            self._discarded_seen = conn.discarded
+            self.counters["discarded_lines"] += discarded
+            if not self._discards.take(now, discarded):
+                self._misbehaved(now, "sends lines that are not the "
+                                 "protocol while synchronising")
 
     def _drain(self, now):
         while self.conn is not None:
@@ -559,11 +740,6 @@ class Instance(object):
                 continue
             if event is p.NEED_DATA:
                 return
-            if not self._lines.take(now):
-                if self._misbehaved(now, "sends more than %d lines/s"
-                                    % self.policy.max_messages_per_second):
-                    return
-                continue
             self._event(event, now)
 
     def _event(self, event, now):
@@ -584,11 +760,13 @@ class Instance(object):
         elif isinstance(event, p.Broadcast):
             self._relay_broadcast(event, now)
         elif isinstance(event, p.StatusQuery):
-            self.env.relay("query_status", instance=self.uuid,
-                           seq=event.seq)
+            self._relay_query(event, now)
         elif isinstance(event, p.Error):
-            LOG.info("instance %s: guest reports error %s: %s", self.uuid,
-                     event.code, event.message)
+            if self._log.allow(now):
+                LOG.info("instance %s: guest reports error %s: %s%s",
+                         self.uuid, guestlog.sanitise(event.code),
+                         guestlog.sanitise(event.message),
+                         self._log.take_suppressed())
         elif isinstance(event, p.ConnectionClosed):
             pass
 
@@ -603,6 +781,18 @@ class Instance(object):
                        payload_b64=base64.b64encode(msg.payload).decode(),
                        seq=msg.seq)
 
+    def _relay_query(self, msg, now):
+        # the controller's own limit ([server] status_queries_per_second),
+        # applied here so that a flood never reaches the bus
+        if not self._queries.take(now):
+            self.counters["refused_queries"] += 1
+            self._send(p.Error(
+                app="server_group", code="rate_limited", ref=msg.seq,
+                message="at most %g status queries per second"
+                % self.policy.status_queries_per_second))
+            return
+        self.env.relay("query_status", instance=self.uuid, seq=msg.seq)
+
     def _apply(self, outputs, now):
         for out in outputs:
             # the two outputs of every round first (exact types: the
@@ -610,7 +800,7 @@ class Instance(object):
             kind = type(out)
             if kind is p.Challenge:
                 self.counters["challenges"] += 1
-                self._send(out)
+                self._send(out, droppable=True)
             elif kind is hb.Answered:
                 self._answered(out, now)
             elif isinstance(out, p.Message):
@@ -618,7 +808,7 @@ class Instance(object):
                     self.counters["challenges"] += 1
                 self._send(out)
             elif isinstance(out, hb.Resync):
-                self._write(self.conn.start_sync())
+                self._write_sync()
             elif isinstance(out, hb.Registered):
                 self.fire("registered", now, out)
             elif isinstance(out, hb.Answered):
@@ -637,7 +827,19 @@ class Instance(object):
     def _answered(self, out, now):
         self.counters["answers"] += 1
         self.answered_since_init += 1
-        self.env.record_rtt(out.rtt)
+        rtt = self.rtt
+        if rtt is None:
+            self.rtt = [1, out.rtt, out.rtt, out.rtt]
+        else:
+            rtt[0] += 1
+            rtt[1] = out.rtt
+            rtt[2] += (out.rtt - rtt[2]) / min(rtt[0], 100)  # recent mean
+            if out.rtt > rtt[3]:
+                rtt[3] = out.rtt
+        if self._in_good_standing(now):
+            # a channel being reset or misbehaving does not colour the
+            # agent-wide figures (its own are in its status)
+            self.env.record_rtt(out.rtt)
         self.last_answer = (now, out.healthy, out.reason)
         self.misses = 0
         self._lost_at = None
@@ -647,7 +849,7 @@ class Instance(object):
                     and self._confirm[1] != "guest-exit-unexpected"):
                 self._confirm = None  # it answered after all
             if self.fault is not None:
-                self._recover(now, "guest answers healthy")
+                self._guest_recovered(now, "guest answers healthy")
             return
         self.counters["unhealthy"] += 1
         self.unhealthy += 1
@@ -662,7 +864,11 @@ class Instance(object):
                           % self.misses, None)
 
     def _suspect(self, kind, now, reason, action):
-        if self.fault is not None or self._confirm is not None:
+        if self.fault is not None:
+            # still (or again) faulty: a recovery held back is off
+            self._held_recovery = self._release_at = None
+            return
+        if self._confirm is not None:
             return
         if action is None:
             action = self.recommended
@@ -700,21 +906,61 @@ class Instance(object):
     def _open_fault(self, kind, reason, action, now, unconfirmed):
         from guestha.rpc import api
         self.counters["faults"] += 1
+        self._fault_times.append(now)
+        interval_ms = self.interval_ms
+        if interval_ms is None and self.monitored:
+            interval_ms = self.monitored.get("interval_ms")
+        if action is None and self.monitored:
+            action = self.monitored.get("action")
+        details = {"unconfirmed": unconfirmed, "state": self.state}
+        if self._flapping(now):
+            details["flapping"] = len(self._fault_times)
         event = api.make_fault(
             instance=self.uuid, host=self.env.host, kind=kind,
             reason=reason, action=action, detected_at=self.env.wallclock(),
-            interval_ms=self.interval_ms, misses=self.misses,
-            details={"unconfirmed": unconfirmed, "state": self.state})
+            interval_ms=interval_ms, misses=self.misses, details=details)
         self.fault = {"id": event["id"], "kind": kind}
         LOG.warning("instance %s: FAULT %s (%s): %s", self.uuid, kind,
-                    event["id"], reason)
+                    event["id"], guestlog.sanitise(reason))
         self.env.report(event)
         self.env.faults_changed()
+
+    def _flapping(self, now):
+        times = self._fault_times
+        return (len(times) >= self.policy.fault_limit
+                and now - times[0] < self.policy.fault_window)
+
+    def _guest_recovered(self, now, why):
+        """A recovery the guest's behaviour earns: held back while the
+        faults of the window are at their limit, so that no guest opens
+        more than ``fault_limit`` faults (and their actions) per
+        ``fault_window`` however it behaves (a debounce)."""
+        if self._flapping(now):
+            if self._held_recovery is None:
+                self._held_recovery = why
+                self._release_at = (self._fault_times[0]
+                                    + self.policy.fault_window)
+                LOG.warning("instance %s: %d faults within %.0f s: the "
+                            "recovery (%s) is held back for %.0f s", self.uuid,
+                            len(self._fault_times), self.policy.fault_window,
+                            why, self._release_at - now)
+            return
+        self._recover(now, why)
+
+    def _check_held(self, now):
+        if now < self._release_at:
+            return
+        why = self._held_recovery
+        self._held_recovery = self._release_at = None
+        if self.fault is not None:
+            self._recover(now, "%s (held back: %d faults within %.0f s)" % (
+                why, self.policy.fault_limit, self.policy.fault_window))
 
     def _recover(self, now, why):
         from guestha.rpc import api
         fault = self.fault
         self.fault = None
+        self._held_recovery = self._release_at = None
         event = api.make_recovery(
             instance=self.uuid, host=self.env.host, fault_id=fault["id"],
             recovered_at=self.env.wallclock(), details={"why": why})
@@ -726,22 +972,44 @@ class Instance(object):
     # -- misbehaviour ---------------------------------------------------------
 
     def _misbehaved(self, now, what):
+        self._reset_backoff = self._current_backoff(now)
+        self._last_bad = now
         count = self._misbehaviour.add(now)
         if count == 1 or count % 100 == 0:
             LOG.warning("instance %s: guest misbehaves: %s (%d in the last "
-                        "minute)", self.uuid, what, count)
+                        "minute)", self.uuid, guestlog.sanitise(what), count)
         if count >= self.policy.misbehaviour_limit:
             self._reset(now, what)
             return True
         return False
 
+    def _current_backoff(self, now):
+        """The reset back-off, halved for every :data:`RESET_DECAY`
+        seconds of good behaviour since the channel last misbehaved (or
+        reopened after a reset)."""
+        backoff = self._reset_backoff
+        if self._last_bad is None or backoff <= 1.0:
+            return backoff
+        clean = now - max(self._last_bad, self._reset_until or 0.0)
+        halvings = int(clean // RESET_DECAY) if clean > 0 else 0
+        return max(1.0, backoff / 2.0 ** min(halvings, 64))
+
+    def _in_good_standing(self, now):
+        if self._last_bad is None:
+            return True
+        return now - max(self._last_bad,
+                         self._reset_until or 0.0) >= RESET_DECAY
+
     def _reset(self, now, why):
         """Close the channel and reopen it after a back-off."""
+        self._reset_backoff = self._current_backoff(now)
+        self._last_bad = now
         self.counters["resets"] += 1
         LOG.warning("instance %s: resetting the channel for %.0f s: %s",
-                    self.uuid, self._reset_backoff, why)
+                    self.uuid, self._reset_backoff, guestlog.sanitise(why))
         self._close()
-        self._connect_at = now + self._reset_backoff
+        self._connect_at = self._reset_until = now + self._reset_backoff
+        self.note = "channel reset: %s" % guestlog.sanitise(why)
         self._reset_backoff = min(self._reset_backoff * 2,
                                   self.policy.reset_backoff_max)
         self._misbehaviour = WindowCounter(60.0)
@@ -754,6 +1022,8 @@ class Instance(object):
             self.env.unwatch(self.sock)
             self.sock.close()
             self.sock = None
+        self._out.clear()
+        self._out_watched = False
         self.conn = None
         self.hb = None
         self._sync_at = None
@@ -761,6 +1031,8 @@ class Instance(object):
     # -- timers ---------------------------------------------------------------
 
     def tick(self, now):
+        if self._release_at is not None:
+            self._check_held(now)
         self.fire("timer", now)
 
     def _reschedule(self, now):
@@ -784,6 +1056,12 @@ class Instance(object):
             t = self._lost_at + self.policy.channel_lost_grace
             if when is None or t < when:
                 when = t
+        t = self._resync_deadline
+        if t is not None and (when is None or t < when):
+            when = t
+        t = self._release_at
+        if t is not None and (when is None or t < when):
+            when = t
         if when != self.wake_at:
             self.wake_at = when
             if when is not None:
@@ -803,10 +1081,55 @@ class Instance(object):
             t, healthy, reason = self.last_answer
             last = {"ago_s": round(now - t, 3), "healthy": healthy,
                     "reason": reason}
+        note = self.note
+        backoff = None
+        if self._reset_until is not None and self._reset_until > now:
+            wait = self._reset_until - now
+            backoff = {"until": _iso(self.env.wallclock() + wait),
+                       "remaining_s": round(wait, 3),
+                       "resets": self.counters["resets"]}
+            note = "in back-off until %s, %d reset(s)%s" % (
+                backoff["until"], backoff["resets"],
+                "; " + note if note else "")
+        held = None
+        if self._release_at is not None:
+            held = {"why": self._held_recovery,
+                    "until": _iso(self.env.wallclock()
+                                  + self._release_at - now),
+                    "faults_in_window": len(self._fault_times)}
+            note = "recovery held back until %s: %d faults within %.0f s" % (
+                held["until"], held["faults_in_window"],
+                self.policy.fault_window)
+        resync = None
+        if self._restart_interval_ms is not None:
+            resync = {"monitored_before_ms": self._restart_interval_ms,
+                      "deadline_in_s": None if self._resync_deadline is None
+                      else round(self._resync_deadline - now, 3)}
+        rtt = None
+        if self.rtt is not None:
+            count, latest, mean, worst = self.rtt
+            rtt = {"samples": count, "last": round(1000.0 * latest, 3),
+                   "mean": round(1000.0 * mean, 3),
+                   "max": round(1000.0 * worst, 3)}
+        counters = dict(self.counters)
+        counters["log_suppressed"] = self._log.total_suppressed
         return {"instance": self.uuid,
                 "name": self.info.name if self.info else None,
                 "state": self.state,
                 "heartbeat": self.hb.state if self.hb else None,
                 "interval_ms": self.interval_ms,
-                "note": self.note, "last_answer": last,
-                "fault": self.fault, "counters": dict(self.counters)}
+                "note": note, "last_answer": last,
+                "fault": self.fault, "counters": counters,
+                "rtt_ms": rtt,
+                "standing": ("good" if self._in_good_standing(now)
+                             else "misbehaving"),
+                "reset_backoff_s": self._current_backoff(now),
+                "backoff": backoff, "recovery_held": held,
+                "restart_resync": resync,
+                "monitored": self.monitored,
+                "output_queued_bytes": len(self._out)}
+
+
+def _iso(ts):
+    return datetime.datetime.fromtimestamp(
+        ts, tz=datetime.timezone.utc).isoformat(timespec="seconds")

@@ -43,6 +43,7 @@ import time
 
 from guestha.agent import events as ev
 from guestha.agent import instance as inst_mod
+from guestha.agent import monitored as monitored_mod
 from guestha_guest import protocol as p
 
 LOG = logging.getLogger(__name__)
@@ -113,11 +114,19 @@ class _Poller(object):
             timeout = math.ceil(timeout * 1e3) * 1e-3
         handlers = self._handlers
         ready = []
-        for fd, _event in self._epoll.poll(timeout, max(len(handlers), 1)):
+        for fd, event in self._epoll.poll(timeout, max(len(handlers), 1)):
             entry = handlers.get(fd)
             if entry is not None:
-                ready.append((entry[0], entry[1], _READ))
+                ready.append((entry[0], entry[1],
+                              event if event & select.EPOLLOUT else _READ))
         return ready
+
+    def modify(self, fileobj, writable):
+        """Also report ``fileobj`` writable (EPOLLOUT in the mask), or
+        not; raises KeyError if it is not registered."""
+        fd = self._fds[fileobj]
+        self._epoll.modify(fd, select.EPOLLIN | select.EPOLLOUT if writable
+                           else select.EPOLLIN)
 
     def close(self):
         self._epoll.close()
@@ -166,6 +175,7 @@ class AgentLoop(inst_mod.Env):
             max_workers=4, thread_name_prefix="guestha-hotplug")
         self._faults_path = os.path.join(state_dir, "faults.json")
         self._open_faults = self._load_faults(outbox)
+        self._monitored = monitored_mod.MonitoredFile(state_dir)
         self._next_alive = None
         self._status_listener = None
         self.libvirt_connected = None
@@ -246,6 +256,8 @@ class AgentLoop(inst_mod.Env):
         return last
 
     def _housekeeping(self, now):
+        if self._monitored.dirty:
+            self._monitored.save(self.instances)
         if self._next_alive is not None and now >= self._next_alive:
             self._next_alive = now + self.alive_interval
             # what this host monitors, so controllers learn where each
@@ -261,6 +273,7 @@ class AgentLoop(inst_mod.Env):
 
     def _shutdown(self):
         LOG.info("agent loop stopping")
+        self._monitored.save(self.instances)
         for instance in list(self.instances.values()):
             instance._close()
         if self._status_listener is not None:
@@ -301,7 +314,8 @@ class AgentLoop(inst_mod.Env):
                     return
                 instance = inst_mod.Instance(
                     info.uuid, self, self.policy, now,
-                    open_fault=self._open_faults.get(info.uuid))
+                    open_fault=self._open_faults.get(info.uuid),
+                    was_monitored=self._monitored.claim(info.uuid))
                 self.instances[info.uuid] = instance
             instance.domain(info, now, record.event)
         elif isinstance(record, ev.DomainGone):
@@ -392,8 +406,22 @@ class AgentLoop(inst_mod.Env):
         return sock
 
     def watch(self, instance, sock):
-        self.sel.register(sock,
-                          lambda s, m, i=instance: i.readable(self._clock()))
+        def ready(sock, mask, instance=instance):
+            if mask & select.EPOLLOUT:
+                instance.writable(self._clock())
+                if not mask & ~select.EPOLLOUT:
+                    return  # writable only
+            instance.readable(self._clock())
+        self.sel.register(sock, ready)
+
+    def watch_writable(self, instance, sock, writable):
+        try:
+            self.sel.modify(sock, writable)
+        except (KeyError, ValueError, OSError):
+            pass  # unwatched or closed meanwhile
+
+    def monitoring_changed(self):
+        self._monitored.dirty = True
 
     def unwatch(self, sock):
         try:

@@ -86,7 +86,39 @@ OPTS = [
                     "(closes and reopens it, with back-off)."),
     cfg.FloatOpt("reset_backoff_max", default=60.0, min=1,
                  help="Longest back-off before reopening a channel reset "
-                      "for misbehaviour (starts at 1 s, doubles)."),
+                      "for misbehaviour (starts at 1 s, doubles at each "
+                      "reset, halves after every minute of good "
+                      "behaviour)."),
+    cfg.FloatOpt("status_queries_per_second", default=5.0, min=0.1,
+                 help="Server-group status queries one guest may send per "
+                      "second (bursts of twice this); beyond it the agent "
+                      "answers rate_limited without asking the "
+                      "controller. Keep it at most the controller's "
+                      "[server] status_queries_per_second."),
+    cfg.IntOpt("guest_log_lines_per_minute", default=10, min=1,
+               help="Log lines one guest's messages may cause per minute "
+                    "(the errors it reports, its registrations and exits; "
+                    "bursts of as many). Beyond it they are counted, not "
+                    "logged; guest text in the log is always escaped and "
+                    "cut to 200 characters."),
+    cfg.IntOpt("fault_limit", default=3, min=1,
+               help="Faults one instance may open within fault_window "
+                    "seconds, whatever its guest does. When an instance "
+                    "reaches it, the recovery its guest earns (a healthy "
+                    "answer, an exit) is held back until its oldest fault "
+                    "leaves the window, so a guest flapping between "
+                    "faulty and healthy cannot make more faults (nor "
+                    "their corrective actions). A stopped instance "
+                    "recovers at once."),
+    cfg.FloatOpt("fault_window", default=600.0, min=1,
+                 help="Length of the window of fault_limit, in seconds."),
+    cfg.IntOpt("output_buffer_bytes", default=256 * 1024, min=65536,
+               help="Bytes queued per channel for a guest that does not "
+                    "read fast enough (a line is never torn: what the "
+                    "socket does not take is written when it can). Beyond "
+                    "it, and for challenges whenever something is queued, "
+                    "whole lines are dropped and counted. Must hold the "
+                    "largest server-group status answer (about 190 KB)."),
 ]
 
 

@@ -33,6 +33,9 @@ class FakeEnv(im.Env):
         self.refuse = None  # errno to refuse connects with
         self.faults_saved = 0
         self.watched = set()
+        self.writable = set()     # sockets watched for writable too
+        self.rtts = []
+        self.monitoring_saves = 0
 
     def schedule(self, instance, when):
         self.timers.append(when)
@@ -51,6 +54,17 @@ class FakeEnv(im.Env):
 
     def unwatch(self, sock):
         self.watched.discard(sock)
+        self.writable.discard(sock)
+
+    def watch_writable(self, instance, sock, writable):
+        assert sock in self.watched
+        if writable:
+            self.writable.add(sock)
+        else:
+            self.writable.discard(sock)
+
+    def monitoring_changed(self):
+        self.monitoring_saves += 1
 
     def confirm_running(self, instance, token):
         self.confirms.append(token)
@@ -71,7 +85,7 @@ class FakeEnv(im.Env):
         return 1.7e9 + self.now
 
     def record_rtt(self, seconds):
-        self.rtts = getattr(self, "rtts", []) + [seconds]
+        self.rtts.append(seconds)
 
 
 class Guest(object):
@@ -92,7 +106,10 @@ class Guest(object):
         self.write(self.conn.start_sync())
 
     def write(self, data):
-        self.sock.sendall(data)
+        try:
+            self.sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the host closed its end (a reset): as a port, lost
 
     def send(self, msg):
         self.write(self.conn.send(msg))
@@ -135,11 +152,14 @@ class Guest(object):
 
 class Harness(object):
     def __init__(self, policy=None, channel=True, state=ev.RUNNING,
-                 interval_ms=100, guest_frozen=False):
+                 interval_ms=100, guest_frozen=False, was_monitored=None):
         self.guest_frozen = guest_frozen
         self.env = FakeEnv()
         self.policy = policy or im.Policy(min_interval_ms=100)
-        self.inst = im.Instance(UUID, self.env, self.policy, self.env.now)
+        kwargs = {} if was_monitored is None else {
+            "was_monitored": was_monitored}
+        self.inst = im.Instance(UUID, self.env, self.policy, self.env.now,
+                                **kwargs)
         self.interval_ms = interval_ms
         self.guest = None
         self._attached = 0
@@ -168,6 +188,12 @@ class Harness(object):
             moved = False
             if self.guest is not None:
                 moved |= self.guest.pump(self.now)
+            s = self.inst.sock
+            if (s is not None and s in self.env.writable
+                    and select.select([], [s], [], 0)[1]):
+                queued = len(self.inst._out)
+                self.inst.writable(self.now)
+                moved |= len(self.inst._out) != queued
             s = self.inst.sock
             if s is not None and select.select([s], [], [], 0)[0]:
                 self.inst.readable(self.now)
