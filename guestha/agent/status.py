@@ -33,6 +33,23 @@ def _last(inst):
     return text
 
 
+def _rtt(inst):
+    rtt = inst.get("rtt_ms")
+    if not rtt:
+        return "-"
+    return "%.1f/%.1f ms" % (rtt["mean"], rtt["max"])
+
+
+def _note(inst):
+    # the instance's note says back-offs and held recoveries; say also
+    # when its round trips are left out of the host's figures
+    note = inst.get("note") or ""
+    if inst.get("standing") == "misbehaving":
+        note = "MISBEHAVING (round trips not in the host figures)" + (
+            "; " + note if note else "")
+    return note
+
+
 def render(status):
     """The status document as the text an operator reads."""
     rep = status.get("reporter") or {}
@@ -44,8 +61,14 @@ def render(status):
                  rep.get("pending", "?"), rep.get("delivered", "?"),
                  ", last error: %s" % rep["last_error"]
                  if rep.get("last_error") else "")]
+    rtt = status.get("rtt_ms")
+    if rtt:
+        lines.append("round trips p50 %.1f ms, p99 %.1f ms, max %.1f ms "
+                     "(%d samples, channels in good standing)" % (
+                         rtt["p50"], rtt["p99"], rtt["max"],
+                         rtt["samples"]))
     rows = [("INSTANCE", "NAME", "STATE", "INTERVAL", "LAST ANSWER",
-             "FAULTS", "NOTE")]
+             "RTT MEAN/MAX", "FAULTS", "NOTE")]
     for inst in status["instances"]:
         fault = inst.get("fault")
         rows.append((
@@ -53,8 +76,8 @@ def render(status):
             inst["state"] + ("/FAULT:" + fault["kind"] if fault else ""),
             "%d ms" % inst["interval_ms"] if inst.get("interval_ms")
             else "-",
-            _last(inst), str(inst["counters"]["faults"]),
-            inst.get("note") or ""))
+            _last(inst), _rtt(inst), str(inst["counters"]["faults"]),
+            _note(inst)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths))

@@ -3,6 +3,7 @@ random source, the epoll poller of the loop, the instance's timer
 bookkeeping and the lighter import of the reporter."""
 
 import os
+import select
 import socket
 import threading
 
@@ -124,6 +125,64 @@ def test_poller_reports_readable_sockets_with_their_callback():
         for s in (a, b, c, d):
             s.close()
         poller.close()
+
+
+def test_poller_reports_writable_only_when_asked():
+    poller = loop_mod._Poller()
+    a, b = socket.socketpair()
+    try:
+        poller.register(a, lambda s, m: None)
+        assert poller.poll(0) == []  # writable, but not asked for
+        poller.modify(a, True)
+        (_cb, f, mask), = poller.poll(0)
+        assert f is a and mask & select.EPOLLOUT
+        b.send(b"x")
+        (_cb, f, mask), = poller.poll(0)
+        assert mask & select.EPOLLOUT and mask & select.EPOLLIN
+        poller.modify(a, False)
+        (_cb, f, mask), = poller.poll(0)
+        assert mask == 1  # readable only, as before
+        with pytest.raises(KeyError):
+            poller.modify(b, True)
+    finally:
+        a.close()
+        b.close()
+        poller.close()
+
+
+class _Ready(object):
+    def __init__(self):
+        self.calls = []
+
+    def readable(self, now):
+        self.calls.append("r")
+
+    def writable(self, now):
+        self.calls.append("w")
+
+
+def test_loop_hands_writable_and_readable_to_the_instance(tmp_path):
+    loop = loop_mod.AgentLoop("h", im.Policy(), reporter=None,
+                              state_dir=str(tmp_path))
+    a, b = socket.socketpair()
+    inst = _Ready()
+    try:
+        loop.watch(inst, a)
+        loop.watch_writable(inst, a, True)
+        for cb, f, mask in loop.sel.poll(0):
+            cb(f, mask)
+        assert inst.calls == ["w"]
+        b.send(b"x")
+        for cb, f, mask in loop.sel.poll(0):
+            cb(f, mask)
+        assert inst.calls == ["w", "w", "r"]
+        loop.watch_writable(inst, a, False)
+        loop.unwatch(a)
+        loop.watch_writable(inst, a, True)  # unwatched: nothing happens
+    finally:
+        a.close()
+        b.close()
+        loop.sel.close()
 
 
 def test_poller_rounds_timeouts_up_to_the_millisecond(monkeypatch):

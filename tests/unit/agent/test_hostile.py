@@ -1,12 +1,16 @@
 """What a hostile guest can do to the agent, bounded (issue 8), and a hang
 during an agent restart, reported (issue 13), on the fake clock."""
 
+import json
 import logging
 import socket
 
 from guestha.agent import events as ev
 from guestha.agent import guestlog
 from guestha.agent import instance as im
+from guestha.agent import loop as loop_mod
+from guestha.agent import monitored as monitored_mod
+from guestha.agent import status as status_mod
 from guestha_guest import protocol as p
 from guestha_guest.protocol import messages as msgs
 from tests.unit.agent.harness import Guest, Harness
@@ -336,3 +340,65 @@ def test_a_guest_that_reboots_after_the_restart_is_waited_for():
     h.inst.domain(info, h.now, event="reboot")
     h.advance(30, step=0.05)
     assert h.env.confirms == [] and h.env.reports == []
+
+
+class _Monitored(object):
+    def __init__(self, monitored):
+        self.monitored = monitored
+
+
+def test_the_monitored_file_keeps_registered_guests(tmp_path):
+    f = monitored_mod.MonitoredFile(str(tmp_path))
+    assert f.claim("a") is None
+    f.save({"a": _Monitored({"interval_ms": 500, "action": "reboot"}),
+            "b": _Monitored(None)})
+    f = monitored_mod.MonitoredFile(str(tmp_path))
+    assert f.claim("a") == {"interval_ms": 500, "action": "reboot"}
+    assert f.claim("a") is None  # once: the instance keeps it
+    f.save({})  # "a" left the table (its domain stopped): forgotten
+    assert monitored_mod.MonitoredFile(str(tmp_path)).claim("a") is None
+    # an entry not claimed yet is kept; a bad file is no file
+    (tmp_path / "monitored.json").write_text(
+        '{"c": {"interval_ms": 100}, "d": {"interval_ms": "x"}}')
+    f = monitored_mod.MonitoredFile(str(tmp_path))
+    f.save({})
+    f = monitored_mod.MonitoredFile(str(tmp_path))
+    assert f.claim("c") == {"interval_ms": 100} and f.claim("d") is None
+    (tmp_path / "monitored.json").write_text("not json")
+    assert monitored_mod.MonitoredFile(str(tmp_path)).claim("c") is None
+
+
+def test_the_loop_starts_a_registered_instance_with_its_deadline(tmp_path):
+    uuid = "5b0e7d9e-3c1a-4b6f-8e2d-000000000001"
+    (tmp_path / "monitored.json").write_text(
+        '{"%s": {"interval_ms": 200, "action": "stop"}}' % uuid)
+    loop = loop_mod.AgentLoop("h", im.Policy(), reporter=None,
+                              state_dir=str(tmp_path))
+    try:
+        info = ev.DomainInfo(uuid, "vm", ev.RUNNING, None, True, {})
+        loop._handle(ev.DomainUpdate(info, "reconcile", 0.0), 0.0)
+        inst = loop.instances[uuid]
+        assert inst.monitored == {"interval_ms": 200, "action": "stop"}
+        assert inst.status(0.0)["restart_resync"]["monitored_before_ms"] \
+            == 200
+        inst.domain_gone(1.0)  # stopped: nothing to check any more
+        assert loop._monitored.dirty
+        loop._monitored.save(loop.instances)
+        assert json.loads((tmp_path / "monitored.json").read_text()) == {}
+    finally:
+        loop.sel.close()
+        loop._workers.shutdown(wait=False)
+
+
+def test_the_status_table_shows_back_off_round_trips_and_standing():
+    h = monitored()
+    h.advance(1)
+    misbehave_until_reset(h)
+    doc = {"host": "compute-1", "uptime_s": 5.0, "libvirt_connected": True,
+           "reporter": {"pending": 0, "delivered": 0},
+           "rtt_ms": {"samples": 9, "p50": 1.0, "p99": 2.0, "max": 3.0},
+           "instances": [h.inst.status(h.now)]}
+    text = status_mod.render(doc)
+    assert "in back-off until " in text and "1 reset(s)" in text
+    assert "MISBEHAVING" in text and "0.0/0.0 ms" in text.splitlines()[3]
+    assert "channels in good standing" in text
