@@ -17,10 +17,20 @@ The loop owns four things and nothing blocks it:
 
 The daemon synchronises whenever it opens the port, whenever traffic shows
 a host has (re)appeared, and whenever a sync goes unanswered (with
-back-off).  A host that starts over (a restarted agent) invites it with
+back-off).  Traffic cuts the back-off short: the first data after a silence
+starts a new sync at once, and so does any data received while a sync has
+been waiting for its answer for SYNC_RETRY or more, so a host that appears
+while the back-off has reached 30 s is not kept waiting for it.  A host
+that starts over (a restarted agent) invites the guest with
 ``not_registered`` and it registers again; a host that stops challenging is
-noticed by the heartbeat's silence watchdog.  On SIGTERM it sends ``exit``
-so that stopping the daemon on purpose is not a fault.
+noticed by the heartbeat's silence watchdog.
+
+On SIGTERM it sends ``exit`` so that stopping the daemon on purpose is not
+a fault.  If the channel is resynchronising then, it finishes the sync
+first (a fresh one, at once) and sends ``exit`` after the ``sync_ack``;
+all of this within STOP_WAIT, after which it stops anyway.  Stopping runs
+in the loop like everything else (:meth:`stop` only sets a flag), so it is
+driven by ``tick(now)`` as the rest.
 """
 
 import base64
@@ -42,6 +52,9 @@ SYNC_RETRY = 1.0
 SYNC_RETRY_MAX = 30.0
 #: Server-group requests remembered to route the host's answers back.
 MAX_PENDING = 256
+#: Seconds a stopping daemon spends getting ``exit`` out: finishing a sync
+#: in progress, then writing the line.
+STOP_WAIT = 3.0
 
 
 class RateLimitedLog(object):
@@ -115,7 +128,11 @@ class GuestDaemon(object):
         self.heartbeat = hb.GuestHeartbeat(init, self._health)
         self.conn = None
         self._sync_at = None
+        self._sync_sent_at = None
         self._sync_retry = SYNC_RETRY
+        self._stop_requested = False
+        self._stop_deadline = None
+        self._exit_sent = False
         self._pending = {}  # seq of a server-group request -> (client, id)
         self._running = False
         self._rlog = RateLimitedLog(LOG, clock=clock)
@@ -145,12 +162,13 @@ class GuestDaemon(object):
         self._running = True
 
     def run(self):
-        """Run until :meth:`stop` is called (e.g. from a signal handler)."""
+        """Run until :meth:`stop` is called (e.g. from a signal handler)
+        and the ``exit`` is out; then close everything."""
         if not self._running:
             self.start()
         while self._running:
             self.run_once()
-        self._shutdown()
+        self.close()
 
     def run_once(self, max_wait=1.0):
         now = self._clock()
@@ -162,7 +180,15 @@ class GuestDaemon(object):
         self.tick(self._clock())
 
     def stop(self):
-        self._running = False
+        """Ask the loop to stop: it sends ``exit`` (see STOP_WAIT), then
+        :meth:`run` returns.  Only sets a flag: safe from a signal handler
+        or another thread."""
+        self._stop_requested = True
+
+    @property
+    def running(self):
+        """False once the stop procedure has finished."""
+        return self._running
 
     def install_signal_wakeup(self):
         """Make signals wake the loop (call from the main thread)."""
@@ -176,15 +202,45 @@ class GuestDaemon(object):
         except BlockingIOError:
             pass
 
-    def _shutdown(self):
-        now = self._clock()
-        if self.conn is not None and self.conn.state == p.READY:
-            self._apply(self.heartbeat.exit(now), now)
-            end = self._clock() + 1.0
-            # give the exit line a moment to leave
-            while self.port.pending() and self._clock() < end:
-                for key, mask in self.sel.select(0.05):
-                    key.data(mask)
+    # -- stopping ------------------------------------------------------------
+
+    def _begin_stop(self, now):
+        self._stop_deadline = now + STOP_WAIT
+        if self.port.fd is None or not self.heartbeat.says_exit():
+            return  # no host can hold a registration of ours
+        if self.conn.state == p.READY:
+            self._send_exit(now)
+        else:
+            # the sync in progress may be lost or far in its back-off:
+            # start a fresh one now, and send exit after its sync_ack
+            LOG.info("stopping: synchronising to send exit")
+            self._sync_retry = SYNC_RETRY
+            self._start_sync(now)
+
+    def _send_exit(self, now):
+        self._apply(self.heartbeat.exit(now), now)
+        self._exit_sent = True
+
+    def _stop_step(self, now):
+        """One step of stopping; returns True when done."""
+        if self.port.fd is None or not (self._exit_sent
+                                        or self.heartbeat.says_exit()):
+            return True
+        if self._exit_sent and not self.port.pending():
+            return True
+        if now >= self._stop_deadline:
+            if not self._exit_sent:
+                LOG.warning("stopping without exit: the channel did not "
+                            "synchronise within %.0f s; the host may "
+                            "report missed heartbeats", STOP_WAIT)
+            else:
+                LOG.warning("stopping: the exit line was not written "
+                            "within %.0f s", STOP_WAIT)
+            return True
+        return False
+
+    def close(self):
+        """Release the port, the sockets and the hooks (after the loop)."""
         if self.apps is not None:
             self.apps.stop()
         if self.hooks is not None:
@@ -201,8 +257,13 @@ class GuestDaemon(object):
     # -- timers --------------------------------------------------------------
 
     def next_timer(self):
-        timers = [self.heartbeat.next_timer(), self._sync_at,
-                  self.port.retry_at]
+        timers = [self._sync_at, self.port.retry_at, self._stop_deadline]
+        if not self._stop_requested:
+            timers.append(self.heartbeat.next_timer())
+        elif self._stop_deadline is None:
+            timers.append(self._clock())  # begin at once
+        # (while stopping the heartbeat does not tick: its timer would be
+        # due for ever and spin the loop)
         if self.hooks is not None:
             timers.append(self.hooks.next_deadline())
         timers = [t for t in timers if t is not None]
@@ -221,6 +282,12 @@ class GuestDaemon(object):
                 and self.conn.state == p.SYNCING):
             self._sync_retry = min(self._sync_retry * 2, SYNC_RETRY_MAX)
             self._start_sync(now)
+        if self._stop_requested:
+            if self._stop_deadline is None:
+                self._begin_stop(now)
+            if self._stop_step(now):
+                self._running = False
+            return  # no init retries or resyncs by the heartbeat now
         self._apply(self.heartbeat.tick(now), now)
 
     # -- the channel ---------------------------------------------------------
@@ -234,27 +301,37 @@ class GuestDaemon(object):
             self._start_sync(now)
 
     def _start_sync(self, now):
-        self.port.write(self.conn.start_sync())
+        self.port.write(self.conn.start_sync(), sync=True)
         self._sync_at = now + self._sync_retry
+        self._sync_sent_at = now
 
     def _on_host_connected(self, now):
+        # Traffic after silence (the first data after 0-byte reads; in
+        # unix-listen mode, a host connecting): whoever is there now may
+        # be a new peer, so synchronise at once, even if a sync is in
+        # progress: it may have been lost while nobody read, and its
+        # retry may be 30 s away.  The registration is kept, as on a real
+        # port: a new host invites us to register again.
         LOG.info("host connected")
-        if isinstance(self.port, port_mod.UnixListenPort):
-            self._new_connection(now)
-        elif self.conn.state != p.SYNCING:
-            # traffic after silence: whoever is there now may be a new
-            # peer, so synchronise (unless we are doing so already)
+        if self.port.fd is not None:
             self._sync_retry = SYNC_RETRY
             self._start_sync(now)
 
     def _on_host_gone(self, now):
         LOG.info("host not connected")
         self._sync_at = None
-        if self.port.fd is None:
+        if self.port.fd is None and isinstance(self.port,
+                                               port_mod.DevicePort):
             # the device went away (unplugged): a new one means new peers
             self._new_connection(now)
 
     def _on_data(self, data, now):
+        if (self.conn.state == p.SYNCING and self._sync_sent_at is not None
+                and now - self._sync_sent_at >= SYNC_RETRY):
+            # a host is talking but our sync has had no answer for a
+            # while: it was most likely lost; do not wait for the back-off
+            self._sync_retry = SYNC_RETRY
+            self._start_sync(now)
         self.conn.receive_data(data)
         while True:
             try:
@@ -262,7 +339,8 @@ class GuestDaemon(object):
             except p.RemoteProtocolError as exc:
                 self.stats["protocol_errors"] += 1
                 self._rlog.warning(exc.code, "bad message from host: %s", exc)
-                if self._error_replies.allow(now):
+                # an error is never answered, valid or not (no ping-pong)
+                if exc.answerable and self._error_replies.allow(now):
                     self._send(exc.to_message())
                 continue
             if event is p.NEED_DATA:
@@ -275,7 +353,11 @@ class GuestDaemon(object):
         elif isinstance(event, p.Synced):
             self._sync_at = None
             self._sync_retry = SYNC_RETRY
-            self._apply(self.heartbeat.synced(now), now)
+            if self._stop_requested and self._stop_deadline is not None:
+                if not self._exit_sent and self.heartbeat.says_exit():
+                    self._send_exit(now)  # not init: we are leaving
+            else:
+                self._apply(self.heartbeat.synced(now), now)
         elif isinstance(event, p.ConnectionClosed):
             pass  # the port reports host loss itself
         elif isinstance(event, (p.InitAck, p.Challenge)) or (

@@ -24,6 +24,13 @@ Both present the same interface to the daemon: ``open(selector, now)``,
 ``on_host_connected(now)``, ``on_host_gone(now)``.  Outgoing bytes are
 buffered up to ``MAX_OUTBUF``; beyond that a line is dropped (the protocol
 recovers by resynchronising), never queued without bound.
+
+A ``sync`` is the one line that must not be lost that way: only the latest
+one counts (its nonce is the only one the connection accepts), so the
+buffer keeps just the latest sync not yet begun, and makes room for it by
+dropping what was queued before it and not begun (written for a host that
+is not reading).  So after hours without a host the line waiting for the
+next host is the current ``sync``, not the first of many stale ones.
 """
 
 import errno
@@ -59,6 +66,10 @@ class _Port(object):
         self._sel = None
         self._registered = 0
         self._out = bytearray()
+        # bytes at the head of _out that finish a line already begun
+        self._begun = 0
+        # (start, end) in _out of the queued sync not yet begun, or None
+        self._sync_span = None
         self.retry_at = None  # when the loop should call poll()
 
     def _set_events(self, events):
@@ -74,9 +85,26 @@ class _Port(object):
             self._sel.unregister(self.fd)
         self._registered = events
 
-    def write(self, data):
-        """Queue ``data`` (whole lines); returns False if it was dropped."""
-        if self.fd is None or len(self._out) + len(data) > MAX_OUTBUF:
+    def write(self, data, sync=False):
+        """Queue ``data`` (whole lines); returns False if it was dropped.
+
+        ``sync``: the data is a ``sync`` (with its empty line before it);
+        it replaces a queued sync not yet begun, and never finds the buffer
+        full (lines queued before it and not begun are dropped instead).
+        """
+        if self.fd is None:
+            self.dropped += 1
+            return False
+        if sync:
+            if self._sync_span is not None:
+                start, end = self._sync_span
+                del self._out[start:end]
+                self._sync_span = None
+            if len(self._out) + len(data) > MAX_OUTBUF:
+                self.dropped += self._out.count(b"\n", self._begun)
+                del self._out[self._begun:]
+            self._sync_span = (len(self._out), len(self._out) + len(data))
+        elif len(self._out) + len(data) > MAX_OUTBUF:
             self.dropped += 1
             return False
         self._out += data
@@ -92,8 +120,24 @@ class _Port(object):
             except OSError as exc:
                 self._failed(exc)
                 return
-            del self._out[:n]
+            self._consumed(n)
         self._update()
+
+    def _consumed(self, n):
+        # n bytes of _out were written: the rest of a line begun must go
+        # out before anything else, and a sync begun cannot be replaced
+        if n <= 0:
+            return
+        ended = self._out.rfind(b"\n", 0, n)
+        if ended == n - 1:
+            self._begun = 0
+        else:
+            nl = self._out.find(b"\n", n)
+            self._begun = (len(self._out) if nl < 0 else nl + 1) - n
+        del self._out[:n]
+        if self._sync_span is not None:
+            start, end = self._sync_span
+            self._sync_span = None if start < n else (start - n, end - n)
 
     def pending(self):
         return len(self._out)
@@ -112,6 +156,8 @@ class _Port(object):
             self._close_fd()
         self.fd = None
         self._out = bytearray()
+        self._begun = 0
+        self._sync_span = None
         self.host_connected = False
 
 

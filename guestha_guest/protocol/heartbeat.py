@@ -395,7 +395,9 @@ GUEST_TRANSITIONS = {
     (REGISTERED, "timer"): ("_host_silent", UNREGISTERED),
     (EXITED, "timer"): ("_ignore", EXITED),
 
-    (UNREGISTERED, "exit"): ("_ignore", EXITED),
+    # UNREGISTERED after a timeout: the host may still hold the
+    # registration, so say exit if an init went out on this channel
+    (UNREGISTERED, "exit"): ("_exit_if_init_sent", EXITED),
     (REGISTERING, "exit"): ("_send_exit", EXITED),
     (REGISTERED, "exit"): ("_send_exit", EXITED),
     (EXITED, "exit"): ("_ignore", EXITED),
@@ -431,12 +433,20 @@ class GuestHeartbeat(_Machine):
         self.instance = None
         self._timer = None
         self.last_challenge_at = None
+        self._init_sent = False  # on this channel
 
     def reset(self):
         """Forget the registration: the channel was reopened."""
         self.state = UNREGISTERED
         self._timer = None
         self._retry_s = self._retry_first
+        self._init_sent = False
+
+    def says_exit(self):
+        """Whether :meth:`exit` would send ``exit`` now: the host may hold
+        a registration of ours."""
+        return self.state in (REGISTERING, REGISTERED) or (
+            self.state == UNREGISTERED and self._init_sent)
 
     def exit(self, now):
         """Stop on purpose: returns the ``exit`` message to send, if any."""
@@ -461,6 +471,7 @@ class GuestHeartbeat(_Machine):
         # a fresh object each time: the connection stamps its seq, and the
         # init_ack must name the init we sent last
         self._sent_init = m.Init(**self.init.fields())
+        self._init_sent = True
         self._timer = now + self._retry_s
         return [self._sent_init]
 
@@ -510,3 +521,8 @@ class GuestHeartbeat(_Machine):
     def _send_exit(self, msg, now):
         self._timer = None
         return [m.Exit(reason="shutdown")]
+
+    def _exit_if_init_sent(self, msg, now):
+        if self._init_sent:
+            return self._send_exit(msg, now)
+        return []

@@ -987,6 +987,32 @@ def test_guest_exit():
     assert rig.exit() == []
 
 
+def test_guest_says_exit_after_a_timeout_while_the_host_may_hold_it():
+    # UNREGISTERED after the silence watchdog: an init went out on this
+    # channel, so the host may still hold the registration
+    rig = guest_in(hb.REGISTERED)
+    rig.tick()
+    assert rig.state == hb.UNREGISTERED and rig.hb.says_exit()
+    [exit_msg] = rig.exit()
+    assert isinstance(exit_msg, m.Exit) and rig.state == hb.EXITED
+    # a reopened port is a new channel: nothing to say there
+    rig = guest_in(hb.REGISTERED)
+    rig.hb.reset()
+    assert not rig.hb.says_exit()
+    assert rig.exit() == [] and rig.state == hb.EXITED
+    # nor before any init
+    assert not GuestRig().hb.says_exit()
+
+
+def test_guest_exited_is_final_until_the_channel_is_reopened():
+    rig = guest_in(hb.EXITED)
+    for feed in GUEST_INPUTS.values():
+        feed(rig)
+        assert rig.state == hb.EXITED and not rig.hb.says_exit()
+    rig.hb.reset()  # a reopened port (or a new daemon)
+    assert rig.state == hb.UNREGISTERED
+
+
 def test_guest_ignores_an_invitation_while_its_init_is_on_its_way():
     # at start-up both sides synchronise; the host, not registered yet,
     # invites; the guest's init crosses the invitation: no second init
