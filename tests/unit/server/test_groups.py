@@ -3,7 +3,7 @@ reach exactly the other members, refusals, status answers, and
 notifications of Nova state changes."""
 
 import base64
-import time
+import threading
 
 import oslo_messaging
 import pytest
@@ -49,11 +49,14 @@ class FakeNova(object):
         self.enabled = {A, B, C, X, LONER}
         self.down = False
         self.group_reads = 0
+        self.read = threading.Condition()
         self.server_reads = []
         self.forgotten = []
 
     def server_groups(self):
-        self.group_reads += 1
+        with self.read:
+            self.group_reads += 1
+            self.read.notify_all()
         if self.down:
             raise NovaUnavailable("down")
         return [dict(g, members=list(g["members"])) for g in self.groups]
@@ -373,12 +376,12 @@ def test_periodic_refresher_thread(nova, agents):
     groups = ServerGroups(nova, agents)
     groups.start(interval=3600, min_gap=0.01)
     try:
-        deadline = time.monotonic() + 5
-        while nova.group_reads < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        # the timeouts only end a test that would hang: nothing is timed
+        with nova.read:
+            assert nova.read.wait_for(lambda: nova.group_reads >= 1, 30)
         groups.request_refresh()
-        while nova.group_reads < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        with nova.read:
+            assert nova.read.wait_for(lambda: nova.group_reads >= 2, 30)
     finally:
         groups.stop()
     assert nova.group_reads >= 2

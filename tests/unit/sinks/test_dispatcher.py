@@ -1,6 +1,10 @@
 """The sink dispatcher with fake sinks: retries and back-off on a fake
 clock, the bounds (attempts, age, queue size), rejections, batches,
-per-sink isolation with real threads, and stop."""
+per-sink isolation with real threads, and stop.
+
+The tests with threads time nothing: they wait on a condition the fake
+sinks notify, and show that one sink does not delay another by holding
+it until the other is done."""
 
 import logging
 import threading
@@ -10,6 +14,9 @@ import pytest
 
 from guestha.rpc import api as rpc_api
 from guestha.sinks import base
+
+#: notified whenever a fake sink is called or delivers
+CHANGED = threading.Condition()
 
 INSTANCE = "5b0e7d9e-3c1a-4b6f-8e2d-1f0a9c8b7d6e"
 
@@ -41,8 +48,17 @@ class FakeSink(base.FaultSink):
         self.block = None     # threading.Event: hold every send until set
 
     def send_batch(self, events):
+        try:
+            self._send_batch(events)
+        finally:
+            with CHANGED:
+                CHANGED.notify_all()
+
+    def _send_batch(self, events):
         ids = [e["id"] for e in events]
-        self.calls.append(ids)
+        with CHANGED:
+            self.calls.append(ids)
+            CHANGED.notify_all()
         if self.block is not None:
             self.block.wait()
         step = self.script.pop(0) if self.script else None
@@ -279,28 +295,35 @@ def test_distinct_names_and_sane_bounds_are_required():
 
 # -- with threads ---------------------------------------------------------
 
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.005)
+def wait_for(predicate):
+    # the timeout only ends a test that would hang: nothing is timed
+    with CHANGED:
+        assert CHANGED.wait_for(predicate, timeout=30), "timed out"
 
 
 def test_a_sink_that_is_always_down_does_not_delay_another():
     down = FakeSink("down", fail=10 ** 9)
     up = FakeSink("up")
+    # down's first attempt ends only once up has delivered everything:
+    # if down could delay up, this would never end
+    up_done = threading.Event()
+    original = down._send_batch
+
+    def held_until_up_is_done(events):
+        if len(down.calls) == 0:
+            assert up_done.wait(30), "up was delayed by down"
+        original(events)
+    down._send_batch = held_until_up_is_done
     d, _ = make([down, up], clock=time.monotonic, retry_min=0.01,
                 retry_max=0.05, max_attempts=10 ** 6, rng=lambda: 0.5)
     d.start()
     try:
-        started = time.monotonic()
         events = [fault(n) for n in range(50)]
         for e in events:
             d.submit(e)
         wait_for(lambda: len(up.delivered) == 50)
-        assert time.monotonic() - started < 2.0
-        wait_for(lambda: down.calls)
+        up_done.set()
+        wait_for(lambda: len(down.calls) >= 2)
         assert down.delivered == []
         assert d.stats()["down"]["waiting"] == 50
     finally:
@@ -313,10 +336,10 @@ def test_a_hung_sink_does_not_delay_another_and_submit_never_blocks():
     d, _ = make([hung, up], clock=time.monotonic, queue_size=10)
     d.start()
     try:
-        started = time.monotonic()
+        # hung never returns before the finally: had submit waited for
+        # it, this loop would not end
         for n in range(100):
             d.submit(fault(n))
-        assert time.monotonic() - started < 0.5
         wait_for(lambda: len(up.delivered) >= 10)
         assert d.stats()["hung"]["dropped_overflow"] >= 89
     finally:
