@@ -13,8 +13,9 @@
 #
 #   ${GUESTHA_VM_CACHE:-$HOME/.cache/guestha/vm}/
 #       <kernel version>/vmlinuz          the kernel
-#       <kernel version>/initramfs.img    busybox, the modules, /init
-#       <kernel version>/initramfs.stamp  what the initramfs was built from
+#       <kernel version>/initramfs-<hash>.img    busybox, the modules, /init
+#       <kernel version>/initramfs-<hash>.stamp  what it was built from
+#       <kernel version>/initramfs.img -> the latest initramfs-<hash>.img
 #       current -> <kernel version>       what tools/vm.py boots
 #
 # Idempotent: with the kernel and an up-to-date initramfs in the cache it
@@ -32,15 +33,27 @@
 #   * keeps /dev/virtio-ports/<name> links up to date (a loop, every 0.2 s:
 #     there is no udev, and a channel may be hot-plugged later);
 #   * mounts the 9p share "hostroot" (the host's /) read-only on /newroot,
-#     tmpfs on its /run, /tmp, /var/tmp, /dev/shm, and the read-write 9p
-#     share "vmdir" (a per-VM host directory) on /newroot/run/vm;
+#     tmpfs on its /run, /tmp, /var/tmp, /dev/shm, the read-only 9p share
+#     "guestha_src" (the checkout under test) on /newroot/run/guestha-src,
+#     and the read-write 9p share "vmdir" (a per-VM host directory) on
+#     /newroot/run/vm;
 #   * execs busybox init, which runs (and respawns) the guest launcher in
-#     the chroot: <python> <repo>/tools/vm_guest_control.py, which starts
-#     the guest daemon and serves the test control channel.  A busybox
-#     "reboot" (SIGTERM to PID 1) stops the daemon cleanly first.
-# Kernel command line parameters read by /init: guestha.repo=DIR (default
-# /work/main), guestha.python=PATH (default /usr/bin/python3),
-# guestha.hostname=NAME.
+#     the chroot: <python> /run/guestha-src/tools/vm_guest_control.py,
+#     which starts the guest daemon and serves the test control channel.
+#     A busybox "reboot" (SIGTERM to PID 1) stops the daemon cleanly first.
+# The checkout has a share of its own, mounted at a fixed guest path, and
+# is never looked up at its host path: a clone under /tmp or /var/tmp (a
+# tmpfs in the guest), or in a directory whose name has a space (the
+# kernel command line splits on spaces), works like any other (issue 8).
+# Kernel command line parameters read by /init: guestha.python=PATH
+# (default /usr/bin/python3), guestha.hostname=NAME; guestha.repo=DIR (a
+# path on the host's root) only when the domain has no guestha_src share
+# (a tools/vm.py older than this initramfs).
+#
+# The initramfs is cached under a name with a hash of this script,
+# initramfs-<hash>.img (tools/vm.py looks for the one of its checkout), so
+# checkouts at different versions sharing the cache do not rebuild it in
+# turn under each other's running tests.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -210,12 +223,16 @@ else
 fi
 
 # --- 4. initramfs ---------------------------------------------------------
-# Rebuilt when this script, busybox or the module set changes.
+# One per version of this script (tools/vm.py computes the same hash);
+# rebuilt when busybox or the module set changes too.
+tag="$(sha256sum < "${BASH_SOURCE[0]}" | cut -c1-16)"
+INITRD="$KDIR/initramfs-$tag.img"
+STAMP="$KDIR/initramfs-$tag.stamp"
 stamp="$( { cat "${BASH_SOURCE[0]}"; sha256sum "$file_of_busybox";
             cat "$KDIR/modules/load.list"; } | sha256sum | cut -d' ' -f1)"
-if [[ -s "$KDIR/initramfs.img" &&
-      "$(cat "$KDIR/initramfs.stamp" 2>/dev/null)" == "$stamp" ]]; then
+if [[ -s "$INITRD" && "$(cat "$STAMP" 2>/dev/null)" == "$stamp" ]]; then
     say "initramfs: cached"
+    touch "$INITRD"
 else
     say "building the initramfs ..."
     work="$(mktemp -d "$CACHE/.initramfs.XXXXXX")"
@@ -237,12 +254,15 @@ mount -t devtmpfs devtmpfs /dev
 log() { echo "ghvm-init: $*" > /dev/console; }
 log "up $(cut -d' ' -f1 /proc/uptime) s after boot"
 
-REPO=/work/main
+# the checkout under test: share "guestha_src", at a fixed path (never its
+# host path: the tmpfs below hides the host's /tmp and /var/tmp)
+SRC=/run/guestha-src
+HOST_REPO=/work/main
 PY=/usr/bin/python3
 NAME=ghtest
 for word in $(cat /proc/cmdline); do
     case "$word" in
-        guestha.repo=*) REPO="${word#*=}" ;;
+        guestha.repo=*) HOST_REPO="${word#*=}" ;;
         guestha.python=*) PY="${word#*=}" ;;
         guestha.hostname=*) NAME="${word#*=}" ;;
     esac
@@ -290,7 +310,14 @@ mount -t tmpfs -o mode=1777 tmpfs "$N/dev/shm"
 mount -t tmpfs -o mode=755 tmpfs "$N/run"
 mount -t tmpfs -o mode=1777 tmpfs "$N/tmp"
 mount -t tmpfs -o mode=1777 tmpfs "$N/var/tmp"
-mkdir -p "$N/run/vm" "$N/run/lock"
+mkdir -p "$N/run/vm" "$N/run/lock" "$N$SRC"
+if mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose \
+        guestha_src "$N$SRC" 2>/dev/null; then
+    REPO=$SRC
+else
+    REPO=$HOST_REPO
+    log "no guestha_src share: running $REPO of the host's root"
+fi
 if ! mount -t 9p -o trans=virtio,version=9p2000.L,cache=none \
         vmdir "$N/run/vm" 2>/dev/null; then
     log "no vmdir share: /run/vm is a tmpfs directory"
@@ -330,13 +357,20 @@ INIT
     chmod 755 "$r/init"
     (cd "$r" && find . | LC_ALL=C sort | cpio -o -H newc --quiet) |
         gzip -1 > "$work/initramfs.img"
-    mv "$work/initramfs.img" "$KDIR/initramfs.img"
-    echo "$stamp" > "$KDIR/initramfs.stamp"
+    mv "$work/initramfs.img" "$INITRD"
+    echo "$stamp" > "$STAMP"
     rm -rf "$work"
     trap - EXIT
-    say "initramfs built ($(du -k "$KDIR/initramfs.img" | cut -f1) KiB)"
+    say "initramfs built ($(du -k "$INITRD" | cut -f1) KiB)"
 fi
+# initramfs.img: the latest, for a tools/vm.py that knows no hash names;
+# versions unused for 30 days go
+rm -f "$KDIR/initramfs.stamp"  # of the layout before the hash names
+ln -sfn "$(basename "$INITRD")" "$KDIR/initramfs.img.new"
+mv -T "$KDIR/initramfs.img.new" "$KDIR/initramfs.img"
+find "$KDIR" -maxdepth 1 -name 'initramfs-*.img' -mtime +30 \
+    -exec sh -c 'rm -f "$1" "${1%.img}.stamp"' sh {} \;
 
 ln -sfn "$kver" "$CACHE/current.new"
 mv -T "$CACHE/current.new" "$CACHE/current"
-say "ready in $(( SECONDS - started )) s: $KDIR/vmlinuz, $KDIR/initramfs.img"
+say "ready in $(( SECONDS - started )) s: $KDIR/vmlinuz, $INITRD"

@@ -6,8 +6,12 @@ needed) that boots in about ten seconds with no disk image at all:
 * the kernel and initramfs built by ``tools/build-vm-assets.sh`` (cached
   outside the repository; :func:`build_assets` runs the script);
 * the host's ``/`` shared read-only over 9p (tag ``hostroot``): the guest
-  chroots into it and runs the host's own ``python3`` with this repository
-  on ``PYTHONPATH``, so it runs the guest daemon of the checkout under test;
+  chroots into it and runs the host's own ``python3``;
+* the checkout under test shared read-only over 9p (tag ``guestha_src``),
+  at :data:`GUEST_REPO` in the guest, on ``PYTHONPATH``: the guest runs
+  the guest daemon of this checkout, wherever the checkout lives on the
+  host (``/tmp`` and ``/var/tmp`` are tmpfs in the guest; a path with a
+  space could not go on the kernel command line);
 * a per-VM host directory shared read-write over 9p (tag ``vmdir``,
   ``/run/vm`` in the guest): the guest daemon's configuration
   (``guestha-guest.ini``), its health hooks (``hooks/``) and the guest's
@@ -33,8 +37,11 @@ needed) that boots in about ten seconds with no disk image at all:
   domain as an instance.
 
 Domain names start with :data:`PREFIX` and carry the pid of the process
-that made them; :func:`cleanup_leftovers` removes the domains and work
-directories of processes that are gone (an interrupted run).
+that made them.  What removes them (issue 8): :meth:`GuestVM.close` (a
+fixture's teardown, ``with``); at exit, every GuestVM not closed yet; when
+the process is killed, its watchdog (``tools/proc.py``); and
+:func:`cleanup_leftovers` (at the start of a session) the domains and work
+directories of processes that are gone.
 
 Typical use::
 
@@ -50,6 +57,8 @@ Needs root (libvirtd's QEMU runs as root, see tools/libvirt-setup.sh) and
 libvirt-python.
 """
 
+import hashlib
+import atexit
 import itertools
 import json
 import os
@@ -59,7 +68,10 @@ import subprocess
 import tempfile
 import time
 import uuid as uuidlib
+import weakref
 from xml.sax.saxutils import escape, quoteattr
+
+from tools import proc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 URI = "qemu:///system"
@@ -73,6 +85,9 @@ NOVA_NS = "http://openstack.org/xmlns/libvirt/nova/1.1"
 TEST_USER = "00000000-0000-4000-8000-000000000001"
 TEST_PROJECT = "00000000-0000-4000-8000-000000000002"
 BUILD_SCRIPT = os.path.join(ROOT, "tools", "build-vm-assets.sh")
+#: Where the guest sees the checkout (the ``guestha_src`` share): a fixed
+#: path, never the host's, which the guest's tmpfs could hide.
+GUEST_REPO = "/run/guestha-src"
 #: The interpreter the guest runs (from the host's root over 9p): the
 #: system's, not a virtualenv's or a pyenv shim.
 GUEST_PYTHON = "/usr/bin/python3"
@@ -90,11 +105,20 @@ def cache_dir():
         os.path.expanduser("~"), ".cache", "guestha", "vm")
 
 
+def initramfs_name():
+    """The cache's name of the initramfs this checkout's build script
+    makes: ``initramfs-<hash of the script>.img`` (other checkouts, at
+    other versions, keep theirs)."""
+    with open(BUILD_SCRIPT, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    return "initramfs-%s.img" % digest[:16]
+
+
 def assets():
     """``(kernel, initramfs)`` paths in the cache, or None if not built."""
     current = os.path.join(cache_dir(), "current")
     kernel = os.path.join(current, "vmlinuz")
-    initrd = os.path.join(current, "initramfs.img")
+    initrd = os.path.join(current, initramfs_name())
     if os.path.exists(kernel) and os.path.exists(initrd):
         return os.path.realpath(kernel), os.path.realpath(initrd)
     return None
@@ -231,6 +255,19 @@ exit 0
 """
 
 
+#: GuestVMs not closed yet, closed at exit.
+_open_vms = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_vms():
+    for guest in list(_open_vms):
+        try:
+            guest.close()
+        except Exception:  # noqa: BLE001 - at exit, best effort
+            pass
+
+
 class GuestVM(object):
     """One test VM (see the module docstring).
 
@@ -247,6 +284,8 @@ class GuestVM(object):
     :param instance_uuid: the Nova instance uuid (default: a new one).
     :param interval_ms: the heartbeat interval the guest daemon asks for.
     :param extra_cmdline: appended to the kernel command line.
+    :param repo: the checkout the guest runs, anywhere on the host: it is
+        shared read-only as ``guestha_src`` and seen at :data:`GUEST_REPO`.
     """
 
     def __init__(self, name="vm", workdir=None, with_channel=True,
@@ -320,10 +359,10 @@ class GuestVM(object):
 
     def domain_xml(self):
         """The libvirt domain XML of this VM."""
-        cmdline = ("console=ttyS0 loglevel=4 guestha.repo=%s "
-                   "guestha.python=%s guestha.hostname=%s %s" % (
-                       self.repo, self.python, self.label,
-                       self.extra_cmdline)).strip()
+        # no host path here: the checkout is the guestha_src share
+        cmdline = ("console=ttyS0 loglevel=4 guestha.python=%s "
+                   "guestha.hostname=%s %s" % (
+                       self.python, self.label, self.extra_cmdline)).strip()
         channels = ""
         if self.with_qemu_ga and self.qemu_ga_first:
             channels += _channel(self.qemu_ga_path, QEMU_GA_PORT)
@@ -343,6 +382,7 @@ class GuestVM(object):
                 vcpus=self.vcpus, user=TEST_USER, project=TEST_PROJECT),
             kernel=escape(self.kernel), initrd=escape(self.initrd),
             cmdline=escape(cmdline), vm_dir=quoteattr(self.vm_dir),
+            repo=quoteattr(os.path.realpath(self.repo)),
             channels=channels, console=quoteattr(self.console_log))
 
     # -- libvirt --------------------------------------------------------------
@@ -395,6 +435,10 @@ class GuestVM(object):
         return self._on_conn(lambda conn: conn.lookupByUUIDString(self.uuid))
 
     def define(self):
+        # from now on the domain goes with us: closed at exit, and by our
+        # watchdog should we be killed
+        proc.guard_domains("%s%d-" % (PREFIX, os.getpid()))
+        _open_vms.add(self)
         self._on_conn(lambda conn: conn.defineXML(self.domain_xml()))
         return self
 
@@ -448,6 +492,7 @@ class GuestVM(object):
     def close(self):
         """Destroy and undefine the domain, remove the work directory if it
         was made here.  Safe to call twice."""
+        _open_vms.discard(self)
         try:
             self.destroy()
             self.undefine()
@@ -636,6 +681,11 @@ DOMAIN_XML = """\
     <filesystem type='mount' accessmode='passthrough' multidevs='remap'>
       <source dir='/'/>
       <target dir='hostroot'/>
+      <readonly/>
+    </filesystem>
+    <filesystem type='mount' accessmode='passthrough' multidevs='remap'>
+      <source dir={repo}/>
+      <target dir='guestha_src'/>
       <readonly/>
     </filesystem>
     <filesystem type='mount' accessmode='passthrough'>

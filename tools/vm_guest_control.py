@@ -550,7 +550,8 @@ def _signum(name):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vm-dir", default="/run/vm")
-    parser.add_argument("--repo", default="/work/main")
+    # the checkout's 9p share (tools/vm.py GUEST_REPO), not a host path
+    parser.add_argument("--repo", default="/run/guestha-src")
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--no-daemon", action="store_true",
                         help="serve the control channel only")
