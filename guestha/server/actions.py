@@ -26,7 +26,11 @@ stop      ``os-stop`` through Nova
 Reboots and stops are capped at ``[actions] max_actions`` per instance per
 ``window`` seconds, counted in the ledger (so across controllers and
 restarts); one soft reboot with its hard follow-up counts once.  A refused
-action is recorded as ``refused: cap``.  The count also makes an action
+action is recorded as ``refused: cap``.  The same count (:class:`ActionCap`)
+holds every other path that leads to a recovery of the instance: a fault
+sink that asks another service to recover it (Masakari) takes a slot too
+before it sends, and sends nothing once the cap is reached (see
+:func:`guestha.sinks.base.bind_recovery_cap`).  The count also makes an action
 happen at most once per fault: a fault whose action was started before a
 restart is not acted on again (``skipped: already acted``).
 
@@ -159,6 +163,34 @@ def action_record(fault, action, outcome, reason, server, at, step=None,
     }
 
 
+class ActionCap(object):
+    """The per-instance cap of ``[actions]``: at most ``max_actions``
+    recoveries per ``window`` seconds, counted in the ledger over every
+    path that leads to one (this worker's reboots and stops, a Masakari
+    notification).
+
+    Safe to call from any thread (the ledger serialises).
+    """
+
+    def __init__(self, ledger, max_actions, window):
+        self.ledger = ledger
+        self.max_actions = max_actions
+        self.window = window
+
+    def take(self, instance, fault_id, path=None, now=None):
+        """Count a recovery of ``instance`` for fault ``fault_id`` by
+        ``path`` (None: this worker) if the window has room.
+
+        :returns: ``(granted, count)`` as
+            :meth:`~guestha.server.ledger.Ledger.take_action_slot`:
+            ``granted`` is None when this path counted one for this fault
+            already (a retry: go on), False when the cap is reached.
+        """
+        key = fault_id if path is None else "%s:%s" % (path, fault_id)
+        return self.ledger.take_action_slot(instance, key, self.window,
+                                            self.max_actions, now=now)
+
+
 class ActionFailed(Exception):
     """Nova refused or could not take an action."""
 
@@ -207,6 +239,7 @@ class ActionWorker(object):
         self.max_actions = max_actions
         self.window = window
         self._clock = clock
+        self.cap = ActionCap(ledger, max_actions, window)
         self._queue = collections.deque()
         self._timers = []
         self._seq = itertools.count()
@@ -335,8 +368,7 @@ class ActionWorker(object):
 
     def _intrusive(self, fault, decision, now):
         instance = fault["instance"]
-        granted, count = self.ledger.take_action_slot(
-            instance, fault["id"], self.window, self.max_actions, now=now)
+        granted, count = self.cap.take(instance, fault["id"], now=now)
         if granted is None:
             self._record(fault, decision.action, SKIPPED_ACTED,
                          "an action on this fault was started earlier",

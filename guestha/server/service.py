@@ -178,6 +178,9 @@ class ServerService(object):
         worker = actions_mod.ActionWorker.from_conf(
             conf, nova, ledger, deliveries.report_action)
         deliveries.actions = worker
+        # a sink whose delivery recovers the instance (Masakari) counts
+        # against the same per-instance cap as the worker's actions
+        sinks_base.bind_recovery_cap(sinks, worker.cap)
         transport = rpc.get_transport(conf)
         notification_transport = oslo_messaging.get_notification_transport(
             conf)

@@ -122,6 +122,13 @@ class FaultSink(abc.ABC):
     event_types = ALL_EVENT_TYPES
     #: Most events :meth:`send_batch` takes at once; 1 means one by one.
     max_batch = 1
+    #: Whether a delivery makes another service recover the instance
+    #: (Masakari does): such a sink must count each delivery against the
+    #: per-instance cap of ``[actions]`` (:attr:`recovery_cap`).
+    leads_to_recovery = False
+    #: The :class:`~guestha.server.actions.ActionCap` the controller binds
+    #: (:func:`bind_recovery_cap`), or None (no controller: no cap).
+    recovery_cap = None
 
     @classmethod
     def from_conf(cls, conf):
@@ -156,6 +163,14 @@ class FaultSink(abc.ABC):
 
     def __repr__(self):
         return "<%s %s>" % (type(self).__name__, self.name)
+
+
+def bind_recovery_cap(sinks, cap):
+    """Give every sink that leads to a recovery the controller's
+    per-instance cap, so that no path to a recovery escapes it."""
+    for sink in sinks:
+        if sink.leads_to_recovery:
+            sink.recovery_cap = cap
 
 
 def load_sinks(conf, names=None):

@@ -27,10 +27,21 @@ acting) already.  A 409 that says the notification is a duplicate (the
 same payload from the same host within Masakari's detection interval,
 180 s by default) counts as delivered; a 409 because the host is in
 maintenance is a rejection.
+
+A notification makes Masakari recover the instance (stop and start it),
+so it is a corrective action like the controller's own, and counts
+against the same per-instance cap, ``[actions] max_actions`` per
+``window`` (:class:`~guestha.server.actions.ActionCap`, bound by the
+controller): each fault takes a slot before it is sent (a retry of the
+same fault takes none), and once the instance has had its share of
+recoveries in the window, a fault is logged and not sent.  Whatever a
+guest does (an ``unhealthy`` answer is the guest's own doing), Masakari
+acts on it at most as often as the operator allows.
 """
 
 import datetime
 import logging
+import sqlite3
 
 from keystoneauth1 import exceptions as ks_exc
 from keystoneauth1 import adapter as ks_adapter_mod
@@ -62,6 +73,7 @@ class MasakariSink(base.FaultSink):
 
     name = "masakari"
     event_types = frozenset(("fault",))
+    leads_to_recovery = True
 
     def __init__(self, adapter, fault_kinds,
                  vm_event="QEMU_GUEST_AGENT_ERROR"):
@@ -69,6 +81,7 @@ class MasakariSink(base.FaultSink):
         self.fault_kinds = frozenset(fault_kinds)
         self.vm_event = vm_event
         self.duplicates = 0
+        self.capped = 0
 
     @classmethod
     def from_conf(cls, conf):
@@ -99,8 +112,31 @@ class MasakariSink(base.FaultSink):
                 sink=self.name, reason="malformed fault %s: %s: %s" % (
                     event.get("id"), type(exc).__name__, exc))
 
+    def _within_cap(self, event):
+        cap = self.recovery_cap
+        if cap is None:
+            return True
+        try:
+            granted, count = cap.take(event["instance"], event["id"],
+                                      path=self.name)
+        except sqlite3.Error as exc:
+            raise base.SinkUnavailable(
+                sink=self.name, reason="cannot count the recovery in the "
+                "ledger: %s" % exc)
+        if granted is False:
+            self.capped += 1
+            LOG.warning("instance %s: fault %s not sent to Masakari: %d "
+                        "recoveries of this instance in the last %d s, at "
+                        "most %d allowed ([actions] max_actions)",
+                        event["instance"], event["id"], count, cap.window,
+                        cap.max_actions)
+            return False
+        return True
+
     def send(self, event):
         body = self.notification_of(event)
+        if not self._within_cap(event):
+            return  # done for this sink: the cap is the operator's policy
         try:
             response = self._adapter.post(NOTIFICATIONS_PATH, json=body,
                                           raise_exc=False)
