@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# SPDX-License-Identifier: Apache-2.0
 # devstack/plugin.sh: the guestha devstack plugin.
 #
 # stack.sh sources this file with a mode and a phase ("stack install",

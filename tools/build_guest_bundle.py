@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Build the guest daemon as one file: a zipapp of guestha_guest.
 
 The result runs with any python3 >= 3.8 in the guest and needs nothing
@@ -83,8 +84,8 @@ def strip_source(source, filename="<source>"):
             first, last = fstring_starts.pop(), token.end[0]
         in_string.update(range(first + 1, last + 1))
     # back to front, so that the positions still to apply stay valid
-    for (srow, scol), (erow, ecol), replacement in sorted(edits,
-                                                           reverse=True):
+    edits.sort(reverse=True)
+    for (srow, scol), (erow, ecol), replacement in edits:
         head = lines[srow - 1][:scol]
         tail = lines[erow - 1][ecol:]
         lines[srow - 1:erow] = [head + replacement + tail]

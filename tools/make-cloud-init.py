@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Write cloud-init user data that installs the guestha guest daemon.
 
 Fills the template etc/guest-image/cloud-init.yaml: the guest bundle

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Lint and test guestha: what CI runs (.ci/run) and what developers run.
 #
 #   bash tools/run-tests.sh [pytest arguments]

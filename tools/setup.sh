@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Set up a development environment for guestha in .venv (idempotent).
 #
 #   bash tools/setup.sh

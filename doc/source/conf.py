@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Sphinx configuration for the guestha documentation.
 #
 # Plain Sphinx with its default theme: no extension or theme that needs the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What a libvirt domain means to guestha: its XML, its state, its events.
 
 Pure functions, no libvirt calls, so that they are tested against XML

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What the libvirt thread tells the agent's I/O loop.
 
 The libvirt watcher (:mod:`guestha.agent.virt`) runs in its own thread and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Whether to hot-plug the guestha channel into a running domain.
 
 Nova has no hook to add a device to the domains it defines, so the agent

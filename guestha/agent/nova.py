@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What guestha asks Nova: which instances want guestha, and (for the
 controller) server groups and server state.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The libvirt watcher: domains, their states and their channels, as
 records posted to the agent's loop.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``guestha-agent``: the compute agent."""
 
 import sys

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``guestha-server``: the controller."""
 
 import sys

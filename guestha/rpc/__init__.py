@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """oslo.messaging plumbing shared by the compute agent and the controller.
 
 The methods, their arguments and their versions are in

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The RPC API between compute agents and controllers, version 1.0.
 
 Every method carries plain JSON types only.  The agent's methods go to

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The controller, ``guestha-server``.
 
 * :mod:`guestha.server.ledger`: the durable record of accepted events and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The controller's RPC endpoint: the methods the agents call and cast
 (:mod:`guestha.rpc.api`).
 

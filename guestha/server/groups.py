@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Server-group messaging: who is in which group, where each member runs,
 and routing broadcasts, notifications and status answers between them.
 
@@ -43,9 +44,9 @@ import re
 import threading
 import time
 
-from guestha import rpc
 from guestha.agent import nova as nova_mod
 from guestha.agent.ratelimit import TokenBucket
+from guestha import rpc
 from guestha_guest.protocol import MAX_PAYLOAD
 from guestha_guest.protocol.messages import MAX_STATUS_PARTS
 from guestha_guest.protocol.messages import STATUS_MEMBERS_PER_PART
@@ -352,8 +353,8 @@ class ServerGroups(object):
             return
         if size > MAX_PAYLOAD:
             self._refuse(host, instance, seq, "too_large",
-                         "payload of %d bytes, at most %d" % (size,
-                                                               MAX_PAYLOAD))
+                         "payload of %d bytes, at most %d"
+                         % (size, MAX_PAYLOAD))
             return
         if not self._take("broadcast", instance,
                           self.broadcasts_per_second):

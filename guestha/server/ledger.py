@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The ledger: what the controllers of one host have accepted, and what
 they still owe.
 

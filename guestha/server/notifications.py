@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Nova's versioned notifications: what they tell the controller.
 
 Nova publishes them on the topic ``versioned_notifications`` of its

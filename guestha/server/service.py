@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """guestha-server assembled from its configuration.
 
 Threads: oslo.messaging's RPC server (the agents' calls and casts) and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The ``log`` sink: every event as one JSON object per line in a file.
 
 The default sink: it needs no other service, so a single node runs

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The ``vitrage`` sink: faults and recoveries to Vitrage's event API.
 
 Each fault is posted (``POST /v1/event/``, python-vitrageclient's
@@ -55,6 +56,7 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
 #: Vitrage answers 404 when its API could not reach vitrage-graph, so 404
 #: is NOT among them: that is an outage.
 REJECTED_STATUSES = frozenset((400, 413, 422))
+
 
 def _event_time(ts):
     return datetime.datetime.fromtimestamp(

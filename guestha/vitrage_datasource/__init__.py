@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Vitrage datasource plugins shipped with guestha.
 
 This package is loaded by Vitrage, inside Vitrage's own processes, never

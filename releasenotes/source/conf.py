@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Sphinx configuration for guestha's release notes.
 #
 # reno's Sphinx extension collects the notes in releasenotes/notes/ from

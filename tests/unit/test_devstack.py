@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The devstack plugin (devstack/) and the shell scripts of the guest image.
 
 * shellcheck passes on devstack/plugin.sh, devstack/settings, the scripts

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Installing the guest daemon in an image: cloud-init and the DIB element.
 
 * tools/make-cloud-init.py writes cloud-config user data whose files,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The ``guestha`` Vitrage datasource: in-guest heartbeat faults as alarms
 on ``nova.instance`` vertices.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The guestha datasource's driver: turns guestha events posted to
 Vitrage's event API into entity events for the transformer.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The guestha datasource's transformer: an ALARM vertex of type
 ``guestha`` on the ``nova.instance`` vertex of the faulty instance.
 
