@@ -211,6 +211,13 @@ def test_percent_is_literal(tmp_path):
     ("a b/c", "a-b-c"),
     ("h" * 80, "h" * 64),
     ("", "guest"),
+    # each character outside the token alphabet becomes one "-" (a name
+    # with nothing else left is still a valid token), then the cut
+    ("m\u00fcnchen", "m-nchen"),
+    ("\U0001f600x", "-x"),
+    ("vm\udcff", "vm-"),  # an undecodable byte, as Python shows it
+    ("\u00e9" * 70, "-" * 64),
+    ("a.b_c:d-e", "a.b_c:d-e"),
 ])
 def test_default_name_from_hostname(monkeypatch, hostname, expected):
     monkeypatch.setattr(socket, "gethostname", lambda: hostname)

@@ -141,8 +141,7 @@ def test_hanging_hook_in_real_time(hooks, tmp_path):
     runner = HookRunner(str(hooks), timeout_s=0.2)
     start = time.monotonic()
     state = run_round(runner)
-    took = time.monotonic() - start
-    assert 0.2 <= took < 2.0
+    assert time.monotonic() - start >= 0.2  # not before its timeout
     assert state.reason == "hook x timed out after 200 ms"
     wait_exited(runner, time.monotonic())
     assert gone(int((tmp_path / "pid").read_text()))
@@ -237,13 +236,18 @@ def test_failures_in_name_order(hooks):
     assert state.reason == "hook 10-a exited 1: a; hook 20-b exited 2: b"
 
 
-def test_hooks_of_a_round_run_side_by_side(hooks):
+def test_hooks_of_a_round_run_side_by_side(hooks, tmp_path):
+    # each hook says it started, then waits for all four to have started:
+    # run one after the other, the round would time out
+    flags = tmp_path / "flags"
+    flags.mkdir()
     for name in ("a", "b", "c", "d"):
-        hook(hooks, name, "sleep 0.3")
-    runner = HookRunner(str(hooks), timeout_s=5)
-    start = time.monotonic()
-    assert run_round(runner).healthy
-    assert time.monotonic() - start < 1.0  # not 4 x 0.3 s
+        hook(hooks, name, 'touch "%s/%s"; while [ "$(ls "%s" | wc -l)" '
+                          '-lt 4 ]; do sleep 0.01; done' % (flags, name,
+                                                            flags))
+    runner = HookRunner(str(hooks), timeout_s=60)
+    state = run_round(runner, limit=60)
+    assert (state.healthy, state.reason) == (True, None)
 
 
 def test_rounds_follow_the_period(tmp_path):
@@ -441,3 +445,12 @@ def test_bad_arguments():
 ])
 def test_is_hook_name(name, ok):
     assert health.is_hook_name(name) is ok
+
+
+def test_invalid_utf8_in_hook_output_becomes_replacement_characters():
+    # each invalid sequence is one U+FFFD; the reason stays valid text on
+    # the wire (clean_text passes U+FFFD through)
+    from guestha_guest.protocol import clean_text
+    line = health.first_line(b"disk \xff\xfe full \xc3\n")
+    assert line == "disk \ufffd\ufffd full \ufffd"
+    assert clean_text(line) == line
