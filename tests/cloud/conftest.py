@@ -1,0 +1,77 @@
+"""Fixtures for the tests against the real cloud (marker ``openstack``).
+
+``cloud`` (session) brings the cloud harness up once (``bash
+tools/cloud.sh up``; see doc/source/testing.rst) and yields a
+:class:`Cloud`: one openstacksdk connection (one keystoneauth session, one
+token) for every test, and the harness's status.  If the fixture brought
+the cloud up it takes it down at the end, unless ``GUESTHA_CLOUD_KEEP=1``;
+a cloud that was already up is left up.
+
+These tests run only with ``GUESTHA_CLOUD_TESTS=1`` (a minute or two the
+first time on a machine, and the machine's libvirtd for the server tests).
+``GUESTHA_CLOUD_COMPUTE=0`` brings the cloud up without nova-compute (for
+when libvirtd is someone else's): the tests that boot a server skip.
+"""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from tools.cloud import harness
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+CLOUD_SH = os.path.join(ROOT, "tools", "cloud.sh")
+ENABLED = os.environ.get("GUESTHA_CLOUD_TESTS") == "1"
+COMPUTE = os.environ.get("GUESTHA_CLOUD_COMPUTE", "1") != "0"
+
+
+def cloud_sh(*args, timeout=900, check=True):
+    return subprocess.run(["bash", CLOUD_SH, *args], capture_output=True,
+                          text=True, timeout=timeout, check=check)
+
+
+def cloud_status():
+    proc = cloud_sh("status", "--json", check=False)
+    return json.loads(proc.stdout)
+
+
+class Cloud:
+    def __init__(self, compute):
+        import openstack  # in .venv (pinned in upper-constraints.txt)
+        self.compute_enabled = compute
+        self.conn = openstack.connect(
+            auth_url=harness.AUTH_URL, username="admin",
+            password=harness.PASSWORD, project_name="admin",
+            user_domain_name="Default", project_domain_name="Default",
+            region_name=harness.REGION, identity_api_version="3",
+            load_yaml_config=False, load_envvars=False)
+
+    def status(self):
+        return cloud_status()
+
+
+def pytest_collection_modifyitems(config, items):
+    here = os.path.dirname(os.path.abspath(__file__))
+    skip = pytest.mark.skip(reason="set GUESTHA_CLOUD_TESTS=1 to run the "
+                            "tests against the real cloud (tools/cloud.sh)")
+    for item in items:
+        if str(item.fspath).startswith(here):
+            item.add_marker(pytest.mark.openstack)
+            if not ENABLED:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def cloud():
+    was_up = cloud_status()["services"]["keystone"]["running"]
+    args = ["up"] + ([] if COMPUTE else ["--no-compute"])
+    proc = cloud_sh(*args, check=False)
+    if proc.returncode:
+        pytest.fail("tools/cloud.sh up failed (exit %d):\n%s\n%s" % (
+            proc.returncode, proc.stdout[-4000:], proc.stderr[-4000:]))
+    yield Cloud(COMPUTE)
+    if not was_up and os.environ.get("GUESTHA_CLOUD_KEEP") != "1":
+        cloud_sh("down", check=False)
