@@ -36,11 +36,15 @@ OPTS = [
                       "must recover (its agent reports a recovery); "
                       "otherwise the controller reboots it hard."),
     cfg.IntOpt("max_actions", default=3, min=0,
-               help="Reboots and stops one instance may get within "
-                    "window seconds, counted over every controller that "
-                    "shares the ledger; further ones are refused "
-                    "(\"refused: cap\"), so a guest that keeps failing is "
-                    "never rebooted in a loop. 0 refuses every action."),
+               help="Recoveries one instance may get within window "
+                    "seconds, counted over every controller that shares "
+                    "the ledger and over every path to a recovery: the "
+                    "controller's reboots and stops and the faults the "
+                    "masakari sink sends (Masakari recovers the instance "
+                    "for each). Further ones are refused (\"refused: "
+                    "cap\") or not sent to Masakari, so a guest that keeps "
+                    "failing, or makes itself look so, is never recovered "
+                    "in a loop. 0 refuses every action."),
     cfg.IntOpt("window", default=3600, min=1,
                help="Length of the window of max_actions, in seconds."),
 ]
