@@ -304,3 +304,87 @@ def test_relay_casts_reach_the_controller(agent, controller):
              "server_group_messaging": True}]},
     ]
     assert reporter.stats()["relay_sent"] == 2
+
+
+# -- a full disk (issue 13) ---------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs (needs root), and a way to fill it up."""
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k",
+                             "tmpfs", str(mnt)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        pytest.skip("cannot mount a tmpfs: %s" % result.stdout.decode())
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
+
+
+def fill(directory):
+    """Write a file in ``directory`` until the disk is full."""
+    filler = os.path.join(str(directory), "filler")
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 1024)
+        except OSError:
+            pass
+    # the last bytes too
+    with open(filler + "2", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0")
+        except OSError:
+            pass
+    return [filler, filler + "2"]
+
+
+def test_a_full_disk_stops_no_delivery_and_recovers_at_once(
+        small_disk, agent, controller):
+    agent.path = str(small_disk / "outbox.sqlite")
+    reporter = agent.reporter(timeout=2.0, backoff=(0.2, 2.0))
+    before = faults(5)
+    for event in before:
+        reporter.submit(event)          # on disk: no controller yet
+    wait_for(lambda: reporter.stats()["retries"] >= 1, 30,
+             "a failed attempt")
+    fillers = fill(small_disk)
+    during = []
+    while reporter.stats()["in_memory"] == 0:
+        assert len(during) < 10000, "the outbox never failed"
+        event = faults(1, start=len(during))[0]
+        during.append(event)
+        reporter.submit(event)
+    during += faults(20, start=len(during))
+    for event in during[-20:]:
+        reporter.submit(event)
+    assert reporter.stats()["disk_error"]
+
+    # the controller comes, the disk still full: everything is delivered,
+    # in order, once
+    controller.start()
+    wait_for(lambda: reporter.stats()["pending"] == 0, 60,
+             "delivery with the disk full")
+    assert controller.accepted_ids() == [e["id"] for e in before + during]
+    assert not any(dup for dup, _ in controller.received())
+
+    # the disk is freed: the held events and the deletes are written in
+    # a second or so (disk_retry), and nothing is sent again
+    for filler in fillers:
+        os.unlink(filler)
+    wait_for(lambda: reporter.stats()["disk_error"] is None, 30,
+             "the outbox written again")
+    assert len(reporter.outbox) == 0
+    more = faults(3, start=1000)
+    for event in more:
+        reporter.submit(event)
+    wait_for(lambda: reporter.stats()["delivered"] == len(
+        before + during + more), 30, "delivery after the disk came back")
+    received = controller.received()
+    assert [e["id"] for _, e in received] == [
+        e["id"] for e in before + during + more]
+    assert not any(dup for dup, _ in received)
