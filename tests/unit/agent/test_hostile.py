@@ -108,12 +108,15 @@ def test_a_held_recovery_shows_and_a_new_fault_keeps_it_open():
     assert "held back" in st["note"]
     h.guest.frozen = True  # hangs again: the same fault goes on
     h.advance(1)
-    h.guest.frozen = False
-    h.advance(31)
+    assert h.inst.status(h.now)["recovery_held"] is None
+    assert len(h.faults()) == 1 and h.inst.fault is not None
+    h.guest.frozen = False  # healthy again: held until the window allows
+    h.advance(1)
+    assert h.recoveries() == [] and h.inst.status(h.now)["recovery_held"]
+    h.advance(29)
     assert len(h.faults()) == 1
-    assert len(h.recoveries()) == 0 or h.inst.fault is None
-    h.advance(30)
     assert len(h.recoveries()) == 1 and h.inst.fault is None
+    assert "held back" in h.recoveries()[0]["details"]["why"]
 
 
 def test_a_stopped_instance_recovers_at_once_even_when_held():
