@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Set up libvirtd and QEMU for guestha's real-libvirt tests (idempotent;
 # run as root).
 #
