@@ -205,11 +205,24 @@ def ensure_rabbitmq():
 
 
 def ensure_databases():
+    """Create the missing databases; forget the syncs of those created.
+
+    (A stamp says a service's sync ran; a database dropped behind the
+    harness's back must be synced again.)
+    """
+    existing = set(our_databases())
     conn = db_connect()
     with conn.cursor() as cur:
         for name in DATABASES:
-            cur.execute("CREATE DATABASE IF NOT EXISTS `%s%s` CHARACTER SET "
-                        "utf8mb4" % (DB_PREFIX, name))
+            full = DB_PREFIX + name
+            if full in existing:
+                continue
+            cur.execute("CREATE DATABASE `%s` CHARACTER SET utf8mb4" % full)
+            service = "nova" if name.startswith("nova") else name
+            try:
+                os.unlink(os.path.join(STAMPS, service))
+            except FileNotFoundError:
+                pass
     conn.close()
 
 
@@ -858,10 +871,10 @@ def up(args):
     if args.no_compute:
         say("nova-compute not started (--no-compute)")
     else:
-        if not stamp_done("libvirt"):
+        if not pid_of("nova-compute"):
+            # idempotent: libvirtd and virtlogd running, QEMU as root
             run(["bash", os.path.join(ROOT, "tools", "libvirt-setup.sh")],
                 "libvirt", timeout=300)
-            stamp("libvirt")
         if start("nova-compute"):
             stamp("compute-started")
             say("nova-compute: started")
@@ -1037,6 +1050,9 @@ def main(argv=None):
         return {"up": up, "down": down, "status": status}[args.command](args)
     except CloudError as exc:
         say("ERROR: %s" % exc)
+        if args.command == "up":
+            say("what did start is left running for a look at %s; "
+                "'bash tools/cloud.sh down' removes everything" % LOG)
         return 1
 
 
