@@ -47,7 +47,6 @@ figures of such a run are inflated by the profiler.
 
 import argparse
 import collections
-import ctypes
 import json
 import math
 import os
@@ -69,6 +68,7 @@ sys.path.insert(0, REPO)
 import libvirt  # noqa: E402
 
 from guestha.agent import status as agent_status  # noqa: E402
+from tools import proc as procs  # noqa: E402
 
 LIBVIRT_URI = "test+unix:///default"
 PREFIX = "ghbench-"
@@ -146,22 +146,12 @@ def log(fmt, *args):
 
 # -- processes ---------------------------------------------------------------
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
-
-
-def _child_setup():
-    # Our own session, so that a Ctrl-C reaches the benchmark only and it
-    # stops the children in order; and SIGTERM to the child should the
-    # benchmark die without cleaning up.
-    os.setsid()
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def spawn(argv, stdout, stderr, env=None):
-    return subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL,
-                            stdout=stdout, stderr=stderr, env=env,
-                            preexec_fn=_child_setup)
+    # tools/proc.py: our own session, so that a Ctrl-C reaches the
+    # benchmark only and it stops the children in order; and the child
+    # dies with the benchmark however that ends
+    return procs.spawn(argv, cwd=REPO, stdout=stdout, stderr=stderr,
+                       env=env)
 
 
 def wait_ready(proc, what, timeout):

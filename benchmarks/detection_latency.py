@@ -110,6 +110,7 @@ sys.path.insert(0, REPO)
 from guestha.agent import status as agent_status  # noqa: E402
 from tests.fakes.nova import FakeNova  # noqa: E402
 from tests.functional import serverctl  # noqa: E402
+from tools import proc as procs  # noqa: E402
 from tools import vm as vmlib  # noqa: E402
 
 URI = vmlib.URI
@@ -215,8 +216,14 @@ connection_uri = {uri}
 
 #: The agent's mount namespace: a tmpfs on /tmp (other runs' VM sockets
 #: vanish), this VM's moved channel socket bound back at its XML path.
-AGENT_SHELL = ('mount -t tmpfs -o size=4m ghlat /tmp && mkdir -p "$1" && '
-               'mount --bind "$2" "$1" && shift 2 && exec "$@"')
+# $1 the VM's socket directory, $2 where its socket was moved, $3 the
+# checkout, $4 an empty directory outside /tmp: the checkout is bound there
+# before the tmpfs hides /tmp and bound back after, so that a checkout
+# under /tmp stays importable (issue 8)
+AGENT_SHELL = ('mkdir -p "$4" && mount --bind "$3" "$4" && '
+               'mount -t tmpfs -o size=4m ghlat /tmp && mkdir -p "$1" "$3" && '
+               'mount --bind "$2" "$1" && mount --bind "$4" "$3" && '
+               'shift 4 && exec "$@"')
 
 
 class SinkTail(object):
@@ -294,25 +301,22 @@ class GuesthaRig(object):
             f.write(AGENT_CONF.format(url=url, dir=self.workdir, uri=URI))
         env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1")
         with open(os.path.join(self.workdir, "agent.stderr"), "ab") as err:
-            self.agent = subprocess.Popen(
+            # tools/proc.py: a process group of its own (the shell and
+            # the agent it runs), killed with the benchmark
+            self.agent = procs.spawn(
                 ["unshare", "-m", "--propagation", "private", "sh", "-c",
-                 AGENT_SHELL, "sh", vm.workdir, self.hidden, PYTHON, "-W",
+                 AGENT_SHELL, "sh", vm.workdir, self.hidden, REPO,
+                 os.path.join(self.workdir, "repo"), PYTHON, "-W",
                  "ignore", "-m", "guestha.cmd.agent", "--config-file",
-                 conf], stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                cwd=REPO, env=env)
+                 conf], stdout=err, stderr=err, cwd=REPO, env=env)
         self.cleanups.append(self._stop_agent)
         self.status_socket = os.path.join(self.workdir, "agent.sock")
         vm.wait_booted(BOOT_TIMEOUT)
         self.wait_ready(interval_ms, timeout=BOOT_TIMEOUT)
 
     def _stop_agent(self):
-        if self.agent is not None and self.agent.poll() is None:
-            self.agent.terminate()
-            try:
-                self.agent.wait(15)
-            except subprocess.TimeoutExpired:
-                self.agent.kill()
-                self.agent.wait(5)
+        if self.agent is not None:
+            procs.stop(self.agent, 15)
 
     def _stop_server(self):
         try:
@@ -613,19 +617,13 @@ class MasakariVM(object):
 
     def start_monitor(self):
         with open(self.log_path + ".stderr", "ab") as err:
-            self.proc = subprocess.Popen(
+            self.proc = procs.spawn(
                 [self.monitor_bin, "--config-file", self.conf],
-                stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                cwd=self.workdir)
+                stdout=err, stderr=err, cwd=self.workdir)
 
     def stop_monitor(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            procs.stop(self.proc, 15)
 
     def failures_since(self, since):
         """Wall times of the failed pings logged after ``since``."""

@@ -65,7 +65,6 @@ Standard library only, Python 3.8 and newer, like the daemon.
 """
 
 import argparse
-import ctypes
 import json
 import math
 import os
@@ -85,6 +84,7 @@ from guestha_guest import protocol as p  # noqa: E402
 from guestha_guest.client import GuestHAClient, GuestHAError  # noqa: E402
 from guestha_guest.protocol import heartbeat as hb  # noqa: E402
 from tests.unit.guest.simhost import SimHost  # noqa: E402
+from tools import proc as procs  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1024.0 * 1024.0
@@ -132,18 +132,6 @@ def percentile(values, pct):
 
 
 # -- processes ---------------------------------------------------------------
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
-
-
-def _child_setup():
-    # Our own session, so that a Ctrl-C reaches the benchmark only and it
-    # stops the daemon itself (SIGTERM); and SIGTERM to the daemon should
-    # the benchmark die without cleaning up.
-    os.setsid()
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
 
 def proc_times(pid):
     """(own, reaped children's) CPU seconds of ``pid``."""
@@ -293,12 +281,14 @@ class Bench(object):
             [REPO] + [x for x in [env.get("PYTHONPATH")] if x])
         self.log_path = os.path.join(self.dir, "daemon.log")
         self.log_file = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
+        # tools/proc.py: our own session, so that a Ctrl-C reaches the
+        # benchmark only and it stops the daemon itself (SIGTERM); and the
+        # daemon dies with the benchmark however that ends
+        self.proc = procs.spawn(
             [self.args.python, "-m", "guestha_guest", "--config",
              self.config, "--port", "unix-listen:" + self.port],
-            cwd=self.dir, env=env, stdin=subprocess.DEVNULL,
-            stdout=self.log_file, stderr=subprocess.STDOUT,
-            preexec_fn=_child_setup)
+            cwd=self.dir, env=env, stdout=self.log_file,
+            stderr=subprocess.STDOUT)
         end = time.monotonic() + 20.0
         while not os.path.exists(self.port):
             if self.proc.poll() is not None:

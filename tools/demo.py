@@ -40,7 +40,11 @@ Ctrl-C, SIGTERM, ``q`` or ``stop`` tear everything down: the VMs are
 destroyed and undefined, the agent and the server stopped (SIGTERM, then
 SIGKILL after 10 s), RabbitMQ stopped if the demo started it; nothing is
 left behind but ``<dir>`` with the logs (``--dir``, default
-``/tmp/guestha-demo``).
+``/tmp/guestha-demo``).  An error tears down the same way.  Should the
+demo itself be killed (SIGKILL), the agent and the server die with it and
+its watchdog destroys the VMs (``tools/proc.py``); RabbitMQ, a system
+service, is then left running.  The checkout may be anywhere (``/tmp``, a
+path with spaces): the VMs get it over a 9p share of its own.
 """
 
 import argparse
@@ -58,6 +62,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from guestha.agent import status as agent_status  # noqa: E402
+from tools import proc  # noqa: E402
 from tools import vm as vmlib  # noqa: E402
 
 DEFAULT_DIR = os.environ.get("GUESTHA_DEMO_DIR", "/tmp/guestha-demo")
@@ -170,11 +175,12 @@ class Service(object):
     def start(self, stderr_path):
         env = dict(os.environ, PYTHONPATH=ROOT)
         with open(stderr_path, "ab") as err:
-            self.proc = subprocess.Popen(
+            # a session of its own (a Ctrl-C is the demo's to handle), and
+            # killed with the demo however it ends (tools/proc.py)
+            self.proc = proc.spawn(
                 [sys.executable, "-W", "ignore", "-m", self.module,
                  "--config-file", self.conf],
-                stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=ROOT,
-                env=env, start_new_session=True)
+                stdout=err, stderr=err, cwd=ROOT, env=env)
         say("%s started (pid %d, log %s)", self.name, self.proc.pid,
             self.log)
 
@@ -186,13 +192,12 @@ class Service(object):
     def stop(self, timeout=10.0):
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.terminate()
+        proc.signal_group(self.proc, signal.SIGTERM)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             say("%s did not stop in %.0f s: killed", self.name, timeout)
-            self.proc.kill()
-            self.proc.wait()
+        proc.kill(self.proc)
         say("%s stopped", self.name)
 
 
@@ -269,7 +274,8 @@ class Demo(object):
         with open(os.path.join(self.dir, "demo.pid"), "w") as f:
             f.write("%d\n" % os.getpid())
         say("working directory %s", self.dir)
-        removed = vmlib.cleanup_leftovers()
+        # what an earlier run that was killed may have left
+        removed = proc.reap_orphans() + vmlib.cleanup_leftovers()
         if removed:
             say("removed leftovers of earlier runs: %s", ", ".join(removed))
 
@@ -321,7 +327,10 @@ class Demo(object):
                 say("%s: %s", vm.label, exc)
         for service in (self.agent, self.server):
             if service is not None:
-                service.stop()
+                try:
+                    service.stop()
+                except Exception as exc:  # keep tearing down the rest
+                    say("%s: %s", service.name, exc)
         if self.started_rabbit:
             subprocess.run(["rabbitmqctl", "stop"], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
@@ -591,7 +600,7 @@ def cmd_stop(args):
     pid = _read_pid(os.path.join(args.dir, "demo.pid"))
     if pid is None or not _alive(pid):
         say("no demo is running; removing leftovers, if any")
-        removed = vmlib.cleanup_leftovers()
+        removed = proc.reap_orphans() + vmlib.cleanup_leftovers()
         say("removed: %s", ", ".join(removed) or "nothing")
         return 0
     say("stopping the demo (pid %d) ...", pid)

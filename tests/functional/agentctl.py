@@ -30,8 +30,10 @@ an agent serves every domain it sees: :func:`foreign_agents` finds other
 agents on it (they would connect to these tests' channels too).
 
 Every child process is registered with a :class:`Processes`, whose
-:meth:`~Processes.kill_all` (a fixture's teardown) continues stopped
-processes and kills whatever is left, even after a failure.
+:meth:`~Processes.kill_all` (a fixture's teardown) kills whatever is left,
+stopped processes too, even after a failure.  They are started by
+``tools/proc.py``: each in a process group of its own (a stop reaches
+what it started) and killed with the test process, however that ends.
 """
 
 import errno
@@ -53,6 +55,7 @@ import uuid as uuidlib
 from guestha_guest import protocol as p
 from guestha_guest.protocol import heartbeat as hb
 from guestha_guest.protocol import messages
+from tools import proc as procs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -108,9 +111,8 @@ class Processes(object):
         env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
         env.update(kwargs.pop("env", {}))
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL,
-                stdout=kwargs.pop("stdout", log), stderr=log, cwd=ROOT,
+            proc = procs.spawn(
+                argv, stdout=kwargs.pop("stdout", log), stderr=log, cwd=ROOT,
                 env=env, **kwargs)
         self._procs.append(proc)
         return proc
@@ -119,25 +121,12 @@ class Processes(object):
         return [proc for proc in self._procs if proc.poll() is None]
 
     def kill_all(self):
+        """SIGKILL every process (and its group) still there."""
         for proc in self._procs:
-            if proc.poll() is None:
-                _continue(proc)
-                proc.kill()
+            procs.signal_group(proc, signal.SIGKILL)
         for proc in self._procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-            if proc.stdout is not None:
-                proc.stdout.close()
+            procs.kill(proc)
         self._procs = []
-
-
-def _continue(proc):
-    try:
-        os.kill(proc.pid, signal.SIGCONT)
-    except ProcessLookupError:
-        pass
 
 
 def terminate(proc, timeout=15.0):
@@ -145,21 +134,10 @@ def terminate(proc, timeout=15.0):
     return terminate_all([proc], timeout)[0]
 
 
-def terminate_all(procs, timeout=15.0):
+def terminate_all(processes, timeout=15.0):
     """:func:`terminate` several processes at once (their clean stops
     take seconds each); returns their exit codes."""
-    for proc in procs:
-        if proc.poll() is None:
-            _continue(proc)
-            proc.terminate()
-    deadline = time.monotonic() + timeout
-    for proc in procs:
-        try:
-            proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    return [proc.returncode for proc in procs]
+    return procs.stop_all(processes, timeout)
 
 
 def foreign_agents(exclude=()):
@@ -521,8 +499,7 @@ class GuestProcess(object):
         return code
 
     def kill(self):
-        self.proc.kill()
-        self.proc.wait(5)
+        procs.kill(self.proc)
 
     def hang(self):
         os.kill(self.proc.pid, signal.SIGSTOP)

@@ -11,6 +11,14 @@ an earlier run's messages.
 
 Where ``rabbitmqctl`` is not installed the tests are skipped, except in CI
 (``CI`` set in the environment), where a missing broker is a failure.
+
+Leftovers
+---------
+``_no_leftovers`` (session, automatic) first removes what an earlier run
+that was killed left behind: harness processes whose owner is gone
+(``tools/proc.py``) and the test VMs and work directories of processes
+that are gone (``tools/vm.py``), so that they cannot hold QEMU's one
+client slot of a channel or the shared libvirt state in this run.
 """
 
 import os
@@ -20,6 +28,8 @@ import time
 import uuid
 
 import pytest
+
+from tools import proc
 
 BROKER_HOST = "127.0.0.1:5672"
 BROKER_USER = "guest"
@@ -96,6 +106,30 @@ class RabbitCtl(object):
             if time.monotonic() > deadline:
                 raise RuntimeError("RabbitMQ app did not come back")
             time.sleep(0.5)
+
+
+def _remove_leftovers():
+    removed = ["process %s" % line for line in proc.reap_orphans()]
+    if os.geteuid() == 0 and os.path.exists(LIBVIRT_SOCKET):
+        try:
+            from tools import vm
+            removed += vm.cleanup_leftovers()
+        except Exception as exc:  # noqa: BLE001 - libvirtError, ImportError
+            # libvirtd down or no libvirt-python: the VM tests say so
+            removed.append("(VM leftovers not checked: %s)" % exc)
+    return removed
+
+
+LIBVIRT_SOCKET = "/var/run/libvirt/libvirt-sock"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_leftovers():
+    """Remove what a killed earlier run left (see the module docstring)."""
+    removed = _remove_leftovers()
+    if removed:
+        print("\nremoved leftovers of earlier runs: %s" % "; ".join(removed))
+    yield
 
 
 @pytest.fixture(scope="session")

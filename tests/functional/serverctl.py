@@ -34,6 +34,7 @@ from oslo_config import cfg
 
 from guestha import rpc
 from guestha.rpc import api
+from tools import proc as procs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -104,11 +105,11 @@ class ServerProcess(object):
         env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
         with open(os.path.join(self.workdir, "%s.stderr" % self.name),
                   "ab") as err:
-            self.proc = subprocess.Popen(
+            # its own process group, killed with the test process
+            self.proc = procs.spawn(
                 [sys.executable, "-W", "ignore", "-m", "guestha.cmd.server",
                  "--config-file", self.conf_path],
-                stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=ROOT,
-                env=env)
+                stdout=err, stderr=err, cwd=ROOT, env=env)
 
         def ready():
             if self.proc.poll() is not None:
@@ -140,20 +141,18 @@ class ServerProcess(object):
         """SIGTERM: the clean stop; returns the exit code."""
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
+        procs.signal_group(self.proc, signal.SIGTERM)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+            procs.kill(self.proc)
             raise AssertionError("guestha-server %s did not stop on SIGTERM"
                                  % self.server_id)
 
     def kill(self):
-        """SIGKILL: no goodbye."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        """SIGKILL (to its group): no goodbye."""
+        if self.proc is not None:
+            procs.kill(self.proc)
 
     def sink_records(self):
         return read_jsonl(self.sink_log)
@@ -195,7 +194,7 @@ class Servers(object):
         running = [s for s in self.all
                    if s.proc is not None and s.proc.poll() is None]
         for server in running:
-            server.proc.send_signal(signal.SIGTERM)
+            procs.signal_group(server.proc, signal.SIGTERM)
         unclean = []
         deadline = time.monotonic() + timeout
         for server in running:

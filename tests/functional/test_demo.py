@@ -1,9 +1,12 @@
 """The README's run command, tools/demo.py, on real parts: it brings up
 RabbitMQ, guestha-server, guestha-agent and a real VM, takes injected
-faults from another shell, shows them, and leaves nothing behind."""
+faults from another shell, shows them, and leaves nothing behind: neither
+when it is stopped nor when it is killed (issue 8)."""
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import threading
@@ -11,6 +14,7 @@ import time
 
 import pytest
 
+from tools import proc as procs
 from tools import vm as vmlib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -87,17 +91,33 @@ def test_inject_without_a_running_demo_says_so(tmp_path):
     assert "no running demo answers" in result.stdout
 
 
-def test_demo_shows_an_injected_fault_and_its_recovery_then_stops(tmp_path):
+def _start_demo(workdir):
+    """The demo in a child process (tools/proc.py: it and what it started
+    go with this test process, however it ends) and its output."""
     if os.geteuid() != 0:
         pytest.skip("the demo needs root")
     vmlib.build_assets()
-    workdir = str(tmp_path / "demo")
-    proc = subprocess.Popen(
+    proc = procs.spawn(
         DEMO + ["--dir", workdir, "run", "--vms", "1", "--interval-ms",
                 "500", "--refresh", "1"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, universal_newlines=True, cwd=ROOT)
-    out = Output(proc)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        universal_newlines=True, cwd=ROOT)
+    return proc, Output(proc)
+
+
+def _stop_demo(proc):
+    """The demo's clean stop (SIGTERM: it tears down), SIGKILL after a
+    minute."""
+    procs.stop(proc, timeout=60)
+
+
+def _alive(pid):
+    return procs.start_time(pid) is not None
+
+
+def test_demo_shows_an_injected_fault_and_its_recovery_then_stops(tmp_path):
+    workdir = str(tmp_path / "demo")
+    proc, out = _start_demo(workdir)
     try:
         _until(lambda: "MONITORED" in out.get(), 150,
                "the VM to be MONITORED on the demo's screen", out)
@@ -125,9 +145,7 @@ def test_demo_shows_an_injected_fault_and_its_recovery_then_stops(tmp_path):
         assert stop.returncode == 0, stop.stdout
         assert proc.wait(60) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _stop_demo(proc)
     text = out.get()
     assert "vm1 destroyed and undefined" in text
     assert "guestha-agent stopped" in text and "guestha-server stopped" in text
@@ -138,3 +156,33 @@ def test_demo_shows_an_injected_fault_and_its_recovery_then_stops(tmp_path):
         ["pgrep", "-f", "--config-file %s/" % workdir],
         stdout=subprocess.PIPE, universal_newlines=True).stdout.split()
     assert leftovers == []
+
+
+def test_a_killed_demo_takes_its_agent_server_and_vms_with_it(tmp_path):
+    """SIGKILL, which the demo cannot catch: the agent and the server die
+    with it (they would otherwise hold QEMU's one client slot of every
+    channel on qemu:///system), and its watchdog removes its VMs."""
+    workdir = str(tmp_path / "demo")
+    proc, out = _start_demo(workdir)
+    try:
+        _until(lambda: "MONITORED" in out.get(), 150,
+               "the VM to be MONITORED on the demo's screen", out)
+        children = [int(pid) for pid in re.findall(
+            r"guestha-(?:server|agent) started \(pid (\d+)", out.get())]
+        assert len(children) == 2, out.get()
+        assert all(_alive(pid) for pid in children)
+        assert _our_domains(proc.pid) != []
+        token = procs.owner_token(proc.pid)
+        assert sorted(procs.owned_by(token)) == sorted(children)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        _until(lambda: not any(_alive(pid) for pid in children), 10,
+               "the agent and the server to die with the demo", out)
+        _until(lambda: _our_domains(proc.pid) == [], 60,
+               "the demo's watchdog to remove its VM", out)
+    finally:
+        _stop_demo(proc)
+    # nothing of it is left: no process it owned, no work directory
+    assert procs.owned_by(token) == []
+    assert [e for e in os.listdir("/tmp")
+            if e.startswith("%s%d-" % (vmlib.PREFIX, proc.pid))] == []

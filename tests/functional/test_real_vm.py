@@ -38,6 +38,7 @@ import pytest
 from tests.fakes.nova import FakeNova
 from tests.functional import agentctl
 from tests.functional import serverctl
+from tools import proc as procs
 from tools import vm as vmlib
 
 pytestmark = [pytest.mark.functional, pytest.mark.libvirt, pytest.mark.vm]
@@ -127,8 +128,7 @@ class Agent(object):
 
     def kill(self):
         """SIGKILL: no goodbye."""
-        self.proc.kill()
-        self.proc.wait(10)
+        procs.kill(self.proc)
 
     def status(self):
         if self.proc.poll() is not None:
@@ -275,24 +275,23 @@ class Rig(object):
         return "\n".join(parts)
 
     def close(self):
-        try:
-            if self.vm is not None:
-                self.vm.close()
-            if self.agent is not None and self.agent.proc is not None:
-                agentctl.terminate_all([self.agent.proc], timeout=15)
-            if self.server is not None:
-                self.server.stop()
-        finally:
-            self.procs.kill_all()
-            if self.server is not None:
-                self.server.kill()
-            if self.nova is not None:
-                self.nova.stop()
-            if self.vhost is not None:
-                if not self.rabbitmq.app_running():
-                    self.rabbitmq.start_app()
-                self.rabbitmq.run("delete_vhost", self.vhost, check=False)
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        """Every step, even after one failed (tools/proc.py teardown): no
+        process, domain or vhost of this rig is left."""
+        procs.teardown(
+            self.vm and self.vm.close,
+            self.agent and self.agent.proc and (
+                lambda: agentctl.terminate_all([self.agent.proc], 15)),
+            self.server and self.server.stop,
+            self.procs.kill_all,
+            self.server and self.server.kill,
+            self.nova and self.nova.stop,
+            self.vhost and self._delete_vhost,
+            lambda: shutil.rmtree(self.workdir, ignore_errors=True))
+
+    def _delete_vhost(self):
+        if not self.rabbitmq.app_running():
+            self.rabbitmq.start_app()
+        self.rabbitmq.run("delete_vhost", self.vhost, check=False)
 
 
 def other_agents(exclude=()):

@@ -54,6 +54,7 @@ from tests.fakes.nova import FakeNova
 from tests.functional import agentctl
 from tests.functional import serverctl
 from tests.functional import test_real_vm as real
+from tools import proc as procs
 from tools import vm as vmlib
 
 pytestmark = [pytest.mark.functional, pytest.mark.libvirt, pytest.mark.vm]
@@ -361,26 +362,24 @@ class Cloud(object):
         return "\n".join(parts)
 
     def close(self):
-        try:
-            for guest in self.vms.values():
-                guest.close()
-            if self.agent is not None and self.agent.proc is not None:
-                agentctl.terminate_all([self.agent.proc], timeout=15)
-            if self.server is not None:
-                self.server.stop()
-        finally:
-            self.procs.kill_all()
-            if self.notifier is not None:
-                self.notifier.close()
-            if self.server is not None:
-                self.server.kill()
-            if self.nova is not None:
-                self.nova.stop()
-            if self.vhost is not None:
-                if not self.rabbitmq.app_running():
-                    self.rabbitmq.start_app()
-                self.rabbitmq.run("delete_vhost", self.vhost, check=False)
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        """Every step, even after one failed (tools/proc.py teardown): no
+        process, domain or vhost of this cloud is left."""
+        procs.teardown(
+            *[guest.close for guest in self.vms.values()],
+            self.agent and self.agent.proc and (
+                lambda: agentctl.terminate_all([self.agent.proc], 15)),
+            self.server and self.server.stop,
+            self.procs.kill_all,
+            self.notifier and self.notifier.close,
+            self.server and self.server.kill,
+            self.nova and self.nova.stop,
+            self.vhost and self._delete_vhost,
+            lambda: shutil.rmtree(self.workdir, ignore_errors=True))
+
+    def _delete_vhost(self):
+        if not self.rabbitmq.app_running():
+            self.rabbitmq.start_app()
+        self.rabbitmq.run("delete_vhost", self.vhost, check=False)
 
 
 def wait_for(predicate, what, timeout=ARRIVAL, cloud=None, labels=None):

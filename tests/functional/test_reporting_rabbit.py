@@ -18,6 +18,7 @@ from guestha import rpc
 from guestha.agent.outbox import Outbox
 from guestha.agent.reporter import Reporter
 from guestha.rpc import api
+from tools import proc as procs
 
 pytestmark = pytest.mark.functional
 
@@ -41,11 +42,10 @@ class StubController(object):
     def start(self, timeout=60.0):
         env = dict(os.environ, PYTHONPATH=ROOT)
         with open(self.log, "a") as log:
-            self.proc = subprocess.Popen(
+            self.proc = procs.spawn(
                 [sys.executable, "-W", "ignore", STUB, "--url", self.url,
                  "--out", self.out, "--casts", self.casts],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=log, cwd=ROOT, env=env)
+                stdout=subprocess.PIPE, stderr=log, cwd=ROOT, env=env)
         sel = selectors.DefaultSelector()
         sel.register(self.proc.stdout, selectors.EVENT_READ)
         seen = b""
@@ -65,13 +65,7 @@ class StubController(object):
         if self.proc is None:
             return
         # SIGTERM: the stub's clean stop (background jobs ignore SIGINT)
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.proc.stdout.close()
+        procs.stop(self.proc, 15)
         self.proc = None
 
     def received(self):

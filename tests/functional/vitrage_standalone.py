@@ -48,6 +48,8 @@ import tarfile
 import tempfile
 import time
 
+from tools import proc as procs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 VENV = os.path.join(ROOT, ".venv-vitrage")
@@ -326,12 +328,12 @@ class VitrageStandalone(object):
                                     "%s.out" % service), "ab")
             with log:
                 # A session of its own: stop() signals the whole group
-                # (vitrage-graph forks workers), and nothing else.
-                self.procs[service] = subprocess.Popen(
+                # (vitrage-graph forks workers), and nothing else; killed
+                # with this process (tools/proc.py).
+                self.procs[service] = procs.spawn(
                     [self._bin("vitrage-%s" % service), "--config-file",
-                     self.conf], stdin=subprocess.DEVNULL, stdout=log,
-                    stderr=subprocess.STDOUT, cwd=self.workdir,
-                    start_new_session=True)
+                     self.conf], stdout=log,
+                    stderr=subprocess.STDOUT, cwd=self.workdir)
 
     def wait_ready(self, timeout=240.0, client=None):
         """Until the API answers and the graph holds the static
@@ -370,21 +372,8 @@ class VitrageStandalone(object):
 
     def stop(self, timeout=15.0):
         """SIGTERM each service's process group, SIGKILL what is left."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            # Forked workers may outlive their parent: the group goes.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
+        # Forked workers may outlive their parent: the groups go.
+        procs.stop_all(list(self.procs.values()), timeout)
         self.procs = {}
 
     def log_tail(self, lines=30):
