@@ -148,6 +148,7 @@ class Reporter(object):
         # are newer than every event on disk.  While there are any, new
         # ones queue behind them, so that order holds.
         self._held = collections.deque()
+        self._held_waiting = 0        # held and not delivered
         self._held_dropped = 0        # since this start
         self._dropped_unlogged = 0    # since the disk started failing
         self._submit_lock = threading.Lock()
@@ -159,6 +160,7 @@ class Reporter(object):
         self._disk_failing = set()
         self._disk_error = None
         self._disk_due = None
+        self._disk_failed_ops = set()  # since the disk was last fine
         self._saved = 0               # held events written since failing
         self._deleted = 0
 
@@ -209,6 +211,7 @@ class Reporter(object):
         if len(self._held) >= MAX_UNSAVED:
             old = self._held.popleft()
             if not old.delivered:
+                self._held_waiting -= 1
                 self._held_dropped += 1
                 self._dropped_unlogged += 1
                 if self._dropped_unlogged == 1:
@@ -221,6 +224,7 @@ class Reporter(object):
                               old.event.get("type"), old.event.get("id"),
                               old.event.get("instance"))
         self._held.append(_Held(event))
+        self._held_waiting += 1
 
     def cast_relay(self, method, **kwargs):
         """Cast ``method`` (one of :data:`RELAY_METHODS`) to the
@@ -240,8 +244,8 @@ class Reporter(object):
 
     def _counts(self):
         """``(on disk, in memory)``: events waiting for delivery."""
-        in_memory = sum(1 for h in self._held if not h.delivered)
-        return max(0, len(self.outbox) - len(self._acks)), in_memory
+        return (max(0, len(self.outbox) - len(self._acks)),
+                self._held_waiting)
 
     def stats(self):
         """Counters for the agent's status output."""
@@ -315,11 +319,21 @@ class Reporter(object):
             return
         if sender_idle:
             self._disk_step()
-            undelivered = any(not h.delivered for h in self._held)
+            undelivered = self._held_waiting > 0
             left = (self.timeout if deadline is None
                     else min(self.timeout, deadline - time.monotonic()))
             if undelivered and left >= 0.1:
-                self._bus_step(timeout=left)
+                # in a thread of its own: a process's first call can block
+                # until the broker is back, whatever its timeout (see the
+                # module docstring), and a stop must not
+                last = threading.Thread(
+                    target=self._last_attempt, args=(left,),
+                    name="guestha-reporter-stop", daemon=True)
+                last.start()
+                last.join(left)
+                if last.is_alive():
+                    LOG.warning("reporter: the delivery attempt at stop is "
+                                "still in flight after %.1f s", left)
         else:
             # the sender is in a call and owns the rest; held events are
             # safe to write under the submit lock
@@ -327,9 +341,11 @@ class Reporter(object):
                 self._save_held()
             except sqlite3.Error:
                 pass
-        lost = collections.Counter(h.event.get("type") for h in self._held
+        with self._submit_lock:
+            held = list(self._held)
+        lost = collections.Counter(h.event.get("type") for h in held
                                    if not h.delivered)
-        unrecorded = sum(1 for h in self._held if h.delivered
+        unrecorded = sum(1 for h in held if h.delivered
                          and h.event.get("type") in ("fault", "recovery"))
         if lost:
             LOG.error("reporter: stopping with %d event(s) held in memory "
@@ -349,6 +365,12 @@ class Reporter(object):
                         "deleted from the outbox %s: they will be sent "
                         "again after the restart (the controller ignores "
                         "duplicates)", len(self._acks), self.outbox.path)
+
+    def _last_attempt(self, timeout):
+        try:
+            self._bus_step(timeout=timeout)
+        except Exception:  # noqa: BLE001 - top of the thread
+            LOG.exception("reporter: unexpected error delivering at stop")
 
     def _run_sender(self):
         while not self._stopping.is_set():
@@ -433,7 +455,17 @@ class Reporter(object):
 
     def _disk_step(self):
         """Delete what was delivered, write what is held in memory."""
+        # the next try, unless this one clears every condition
+        self._disk_due = self._clock() + self.disk_retry
         failed = False
+        if "read" in self._disk_failing:
+            try:
+                self.outbox.peek(1, skip=self._acks)
+            except sqlite3.Error as exc:
+                failed = True
+                self._disk_error = "%s: %s" % (type(exc).__name__, exc)
+            else:
+                self._disk_failing.discard("read")
         if self._acks:
             rowids = sorted(self._acks)
             try:
@@ -468,6 +500,8 @@ class Reporter(object):
                                       for h in chunk])
                 for _ in chunk:
                     self._held.popleft()
+                self._held_waiting -= sum(1 for h in chunk
+                                          if not h.delivered)
                 self._saved += len(chunk)
 
     def _disk_failed(self, what, exc):
@@ -476,6 +510,7 @@ class Reporter(object):
         if what in self._disk_failing:
             return
         self._disk_failing.add(what)
+        self._disk_failed_ops.add(what)
         on_disk, in_memory = self._counts()
         if what == "write":
             LOG.error("reporter: cannot write the outbox %s: %s; %d event(s) "
@@ -496,18 +531,19 @@ class Reporter(object):
                       self._disk_error, on_disk, in_memory, self.disk_retry)
 
     def _disk_recovered(self):
-        if not self._disk_failing and self._disk_error is not None:
-            saved, deleted, dropped = (self._saved, self._deleted,
-                                       self._dropped_unlogged)
-            self._saved = self._deleted = self._dropped_unlogged = 0
-            self._disk_error = None
-            self._disk_due = None
-            LOG.info("reporter: outbox %s writable again: saved %d "
-                     "event(s) held in memory, deleted %d delivered "
-                     "event(s)%s", self.outbox.path, saved, deleted,
-                     "; %d event(s) were dropped meanwhile (more than %d "
-                     "in memory)" % (dropped, MAX_UNSAVED) if dropped
-                     else "")
+        if self._disk_failing or self._disk_error is None:
+            return
+        saved, deleted, dropped = (self._saved, self._deleted,
+                                   self._dropped_unlogged)
+        self._saved = self._deleted = self._dropped_unlogged = 0
+        self._disk_error = None
+        self._disk_due = None
+        ops, self._disk_failed_ops = self._disk_failed_ops, set()
+        LOG.info("reporter: outbox %s %s again: saved %d event(s) held in "
+                 "memory, deleted %d delivered event(s)%s", self.outbox.path,
+                 "readable" if ops == {"read"} else "writable", saved,
+                 deleted, "; %d event(s) were dropped meanwhile (more than "
+                 "%d in memory)" % (dropped, MAX_UNSAVED) if dropped else "")
 
     def _bus_step(self, timeout=None):
         """Deliver one batch: the oldest undelivered events on disk, then
@@ -572,7 +608,10 @@ class Reporter(object):
             if h is None:
                 done_rows.append(rowid)
             else:
-                h.delivered = True
+                with self._submit_lock:
+                    if not h.delivered:
+                        h.delivered = True
+                        self._held_waiting -= 1
         if done_rows:
             try:
                 self.outbox.ack(done_rows)

@@ -8,6 +8,7 @@ raise what sqlite raises on a full disk."""
 
 import logging
 import sqlite3
+import threading
 
 import oslo_messaging
 import pytest
@@ -160,6 +161,24 @@ def test_held_events_wait_while_the_disk_cannot_be_read(disk, caplog):
     assert len(api.calls) == 1 and len(api.accepted) == 2
 
 
+def test_an_unreadable_disk_is_retried_every_second_not_in_a_spin(disk):
+    clock = FakeClock(0.0)
+    api = FakeAPI([oslo_messaging.MessageDeliveryFailure("down")])
+    rep = make(disk, api, clock=clock, backoff=(10.0, 10.0))
+    rep.submit(fault(0))
+    assert rep.step() == pytest.approx(10.0)   # the bus's back-off
+    disk.unreadable = True
+    clock.now = 10.0
+    assert rep.step() == pytest.approx(1.0)    # the disk's retry
+    for t in (10.5, 10.9):
+        clock.now = t
+        assert rep.step() > 0                  # nothing due: no spin
+    clock.now = 11.0
+    disk.unreadable = False
+    assert rep.step() is None                  # read, delivered
+    assert rep.stats()["disk_error"] is None and api.accepted
+
+
 def test_disk_errors_do_not_grow_the_backoff_and_recovery_is_prompt(disk):
     # On the issue's timeline the disk stayed full 25 s and the back-off,
     # grown by disk errors, reached 30 s.  Here the bus is up throughout:
@@ -310,6 +329,24 @@ def test_a_stop_that_can_neither_write_nor_deliver_says_how_many_it_lost(
     assert len(lost) == 1
     assert "8 event(s)" in lost[0] and "7 fault" in lost[0] \
         and "1 recovery" in lost[0]
+
+
+def test_a_stop_does_not_hang_in_a_call_that_blocks(disk, caplog):
+    # a process's first call can block until the broker is back, whatever
+    # its timeout: the stop's attempt runs in a thread it does not wait for
+    # beyond its own timeout
+    release = threading.Event()
+    api = FakeAPI()
+    api.during_call = lambda: release.wait(30)
+    rep, events = held(disk, api)
+    try:
+        with caplog.at_level(logging.WARNING, logger=reporter_mod.__name__):
+            rep.stop(timeout=0.2)
+    finally:
+        release.set()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("still in flight" in m for m in messages)
+    assert any("7 event(s)" in m and "they are lost" in m for m in messages)
 
 
 def test_a_stop_with_nothing_held_does_nothing(disk, caplog):
