@@ -41,7 +41,7 @@ _COLUMNS = ["seq", "id", "body"]
 _SCHEMA_FAULTS = ("CREATE TABLE IF NOT EXISTS open_faults ("
                   "instance TEXT PRIMARY KEY, "
                   "id TEXT NOT NULL, "
-                  "kind TEXT)")
+                  "kind TEXT) WITHOUT ROWID")
 _SCHEMA_META = ("CREATE TABLE IF NOT EXISTS meta ("
                 "key TEXT PRIMARY KEY, value TEXT)")
 # sqlite's primary result codes for "this is not a (sane) database file"

@@ -94,7 +94,7 @@ DELIVERY_ERRORS = rpc.TRANSIENT_ERRORS + (rpc_api.InvalidAnswer,)
 MAX_UNSAVED = 10000
 # Held events written to the outbox in one transaction (the I/O loop's
 # submit waits for at most one such transaction).
-_SAVE_CHUNK = 500
+_SAVE_CHUNK = 100
 
 
 class _Held(object):
@@ -503,6 +503,10 @@ class Reporter(object):
                 self._held_waiting -= sum(1 for h in chunk
                                           if not h.delivered)
                 self._saved += len(chunk)
+            # Let a waiting submit in: a lock is not fair, and this
+            # thread would take it back at once, chunk after chunk
+            # (measured: submits waited up to 270 ms for 10,000 events).
+            time.sleep(0.001)
 
     def _disk_failed(self, what, exc):
         self._disk_due = self._clock() + self.disk_retry
@@ -662,7 +666,7 @@ class Reporter(object):
             on_disk, in_memory = self._counts()
             LOG.warning("reporter: cannot deliver: %s, %d event(s) waiting "
                         "(%d on disk, %d in memory); retrying in %.1f s, "
-                        "then less often, up to every %.0f s: %s", why,
+                        "then less often, up to every %g s: %s", why,
                         on_disk + in_memory, on_disk, in_memory, delay,
                         self.backoff[1], error)
         else:
