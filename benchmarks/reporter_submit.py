@@ -215,11 +215,11 @@ def main():
                                                r["p50_ms"], r["p99_ms"],
                                                r["max_ms"]))
         if r["p99_ms"] > P99_TARGET_MS:
-            missed.append("%s: p99 %.3f ms > %.1f" % (phase, r["p99_ms"],
-                                                     P99_TARGET_MS))
+            missed.append("%s: p99 %.3f ms > %.1f"
+                          % (phase, r["p99_ms"], P99_TARGET_MS))
         if r["max_ms"] > MAX_TARGET_MS:
-            missed.append("%s: max %.3f ms > %.1f" % (phase, r["max_ms"],
-                                                     MAX_TARGET_MS))
+            missed.append("%s: max %.3f ms > %.1f"
+                          % (phase, r["max_ms"], MAX_TARGET_MS))
     back = results["disk back"]
     print("%d held events on disk %.3f s after the disk came back; "
           "meanwhile %d submits: p50 %.3f ms, p99 %.3f ms, max %.3f ms"

@@ -89,8 +89,6 @@ def setup(tmp_path):
     outbox.close()
 
 
-
-
 def test_monitors_and_serves_its_status(setup):
     loop, rep, guest, tmp = setup
     assert rep.until(lambda: loop.answers >= 5)
@@ -132,7 +130,7 @@ def test_server_group_messages_reach_the_guest_and_back(setup):
     guest._send(p.Broadcast(payload=b"to peers",
                             sender=PEER))  # a lie, ignored by the host
     assert rep.until(lambda: any(m == "relay_broadcast"
-                              for m, _ in rep.casts))
+                                 for m, _ in rep.casts))
     relay = [k for m, k in rep.casts if m == "relay_broadcast"][0]
     assert relay["instance"] == UUID
     assert base64.b64decode(relay["payload_b64"]) == b"to peers"
@@ -157,7 +155,7 @@ def test_a_gone_domain_leaves_and_open_faults_survive_a_restart(setup):
     assert inst.fault == {"id": fault_id, "kind": "unhealthy"}
     loop.post(ev.Reconciled(frozenset(), 0))
     assert rep.until(lambda: UUID not in loop.instances
-                  and rep.events[-1]["type"] == "recovery")
+                     and rep.events[-1]["type"] == "recovery")
     # the domain stopped: the fault was cleared by a recovery
     assert [e["type"] for e in rep.events] == ["fault", "recovery"]
     assert rep.events[-1]["fault_id"] == fault_id

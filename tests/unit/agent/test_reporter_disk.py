@@ -15,7 +15,10 @@ import pytest
 
 from guestha.agent import reporter as reporter_mod
 from guestha.agent.outbox import Outbox
-from tests.unit.agent.test_reporter import FakeAPI, FakeClock, fault, make
+from tests.unit.agent.test_reporter import FakeAPI
+from tests.unit.agent.test_reporter import FakeClock
+from tests.unit.agent.test_reporter import fault
+from tests.unit.agent.test_reporter import make
 
 FULL = sqlite3.OperationalError("database or disk is full")
 
