@@ -30,6 +30,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 
 LOG = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ _SCHEMA_META = ("CREATE TABLE IF NOT EXISTS meta ("
                 "key TEXT PRIMARY KEY, value TEXT)")
 # sqlite's primary result codes for "this is not a (sane) database file"
 _SQLITE_CORRUPT = 11
+_SQLITE_IOERR = 10
+_SQLITE_FULL = 13
 _SQLITE_NOTADB = 26
 # Bound the number of host parameters in one statement (old sqlite
 # versions allow 999).
@@ -101,14 +104,38 @@ class Outbox(object):
         self.dropped = 0
         self._lock = threading.Lock()
         self._conn = None
+        self._closed = False
         self._count = 0
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
-        self._open()
+        with self._lock:
+            try:
+                self._open()
+            except sqlite3.OperationalError as exc:
+                if not _is_disk_trouble(exc):
+                    raise
+                # A full disk: sqlite cannot even set up its WAL.  The
+                # agent must start and monitor all the same; every use
+                # tries to open the file again (and raises meanwhile, so
+                # the reporter holds events in memory).
+                LOG.error("cannot open the outbox %s: %s; trying again at "
+                          "each use", self.path, exc)
+
+    @property
+    def unknown(self):
+        """True while the file could not be opened and may hold events
+        (from before this start) that cannot be seen yet."""
+        if self._conn is not None or self._closed:
+            return False
+        try:
+            return os.path.getsize(self.path) > 0
+        except OSError:
+            return False
 
     # -- opening ------------------------------------------------------------
 
     def _open(self):
+        """Open the file (the caller holds the lock)."""
         try:
             self._conn, self._count = self._connect()
         except sqlite3.DatabaseError as exc:
@@ -121,9 +148,8 @@ class Outbox(object):
                      "start", self.path, self._count)
         if self._count > self.max_events:
             # max_events was lowered since they were queued
-            with self._lock:
-                self._transaction(self._drop_oldest,
-                                  self._count - self.max_events)
+            self._transaction(self._drop_oldest,
+                              self._count - self.max_events)
 
     def _connect(self):
         # isolation_level=None: no implicit transactions, we BEGIN and
@@ -278,8 +304,12 @@ class Outbox(object):
 
     def _check_open(self):
         if self._conn is None:
-            # an sqlite3.Error, like every other failure to store
-            raise sqlite3.ProgrammingError("outbox %s is closed" % self.path)
+            if self._closed:
+                # an sqlite3.Error, like every other failure to store
+                raise sqlite3.ProgrammingError("outbox %s is closed"
+                                               % self.path)
+            self._open()
+            LOG.info("outbox %s opened", self.path)
 
     def _delete(self, rowids):
         deleted = 0
@@ -310,12 +340,39 @@ class Outbox(object):
     # -- open faults ----------------------------------------------------------
 
     def open_faults(self):
-        """The open faults: ``{instance: {"id": ..., "kind": ...}}``."""
+        """The open faults: ``{instance: {"id": ..., "kind": ...}}``.
+
+        If the file cannot be opened (a full disk), they are read from
+        the file as it is, read-only: as of its last checkpoint, which a
+        clean stop makes.
+        """
         with self._lock:
-            self._check_open()
+            try:
+                self._check_open()
+            except sqlite3.OperationalError as exc:
+                if not _is_disk_trouble(exc) or not self.unknown:
+                    raise
+                return self._read_only_faults(exc)
             return {instance: {"id": fault_id, "kind": kind}
                     for instance, fault_id, kind in self._conn.execute(
                         "SELECT instance, id, kind FROM open_faults")}
+
+    def _read_only_faults(self, why):
+        uri = "file:%s?immutable=1" % urllib.parse.quote(
+            os.path.abspath(self.path))
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            rows = conn.execute(
+                "SELECT instance, id, kind FROM open_faults").fetchall()
+        except sqlite3.OperationalError:
+            rows = []  # a file from before the table existed
+        finally:
+            conn.close()
+        LOG.warning("outbox %s cannot be opened (%s): read %d open "
+                    "fault(s) from it as last checkpointed", self.path, why,
+                    len(rows))
+        return {instance: {"id": fault_id, "kind": kind}
+                for instance, fault_id, kind in rows}
 
     def adopt_faults_json(self, path):
         """Take the open faults of an older agent's ``faults.json`` into
@@ -371,6 +428,7 @@ class Outbox(object):
 
     def close(self):
         with self._lock:
+            self._closed = True
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
@@ -403,6 +461,15 @@ def _record_fault(conn, event):
     elif kind == "recovery":
         conn.execute("DELETE FROM open_faults WHERE instance = ? AND id = ?",
                      (event["instance"], event["fault_id"]))
+
+
+def _is_disk_trouble(exc):
+    """A full disk or an I/O error, not a wrong path or permission."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xff in (_SQLITE_IOERR, _SQLITE_FULL)
+    message = str(exc)
+    return "disk" in message or "I/O" in message
 
 
 def _decode(body):

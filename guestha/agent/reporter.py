@@ -529,10 +529,12 @@ class Reporter(object):
                       "us", self.outbox.path, self._disk_error,
                       len(self._acks))
         else:
-            LOG.error("reporter: cannot read the outbox %s: %s; %d event(s) "
+            LOG.error("reporter: cannot read the outbox %s: %s; %s event(s) "
                       "on disk wait, and %d held in memory wait behind "
                       "them (tried every %.0f s)", self.outbox.path,
-                      self._disk_error, on_disk, in_memory, self.disk_retry)
+                      self._disk_error,
+                      "an unknown number of" if self.outbox.unknown
+                      else on_disk, in_memory, self.disk_retry)
 
     def _disk_recovered(self):
         if self._disk_failing or self._disk_error is None:
@@ -568,7 +570,7 @@ class Reporter(object):
         with self._submit_lock:
             on_disk = len(self.outbox) - len(self._acks)
             if rows is None:
-                if on_disk > 0:
+                if on_disk > 0 or self.outbox.unknown:
                     # which events on disk wait is unknown: held ones
                     # would overtake them
                     return None

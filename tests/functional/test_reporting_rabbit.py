@@ -382,3 +382,31 @@ def test_a_full_disk_stops_no_delivery_and_recovers_at_once(
     assert [e["id"] for _, e in received] == [
         e["id"] for e in before + during + more]
     assert not any(dup for dup, _ in received)
+
+
+def test_an_agent_started_on_a_full_disk_runs_and_catches_up(
+        small_disk, agent, controller):
+    # sqlite cannot open a WAL database on a full disk ("disk I/O
+    # error"): before, the agent could not start at all
+    agent.path = str(small_disk / "outbox.sqlite")
+    old = faults(2)
+    box = Outbox(agent.path, 1000)
+    for event in old:
+        box.put(event)
+    box.close()                     # the agent stops...
+    fillers = fill(small_disk)      # ...the disk fills, and it starts
+    controller.start()
+    reporter = agent.reporter(timeout=2.0, backoff=(0.2, 2.0))
+    assert reporter.outbox.unknown
+    new = faults(3, start=2)
+    for event in new:
+        reporter.submit(event)
+    assert reporter.stats()["in_memory"] == 3
+    # held, not sent ahead of the two on disk it cannot see yet
+    assert controller.received() == []
+
+    for filler in fillers:
+        os.unlink(filler)
+    wait_for(lambda: reporter.stats()["delivered"] == 5, 30,
+             "delivery once the outbox could be opened")
+    assert controller.accepted_ids() == [e["id"] for e in old + new]

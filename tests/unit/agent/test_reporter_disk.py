@@ -17,6 +17,7 @@ from guestha.agent import reporter as reporter_mod
 from guestha.agent.outbox import Outbox
 from tests.unit.agent.test_reporter import FakeAPI
 from tests.unit.agent.test_reporter import FakeClock
+from tests.unit.agent.test_reporter import drain
 from tests.unit.agent.test_reporter import fault
 from tests.unit.agent.test_reporter import make
 
@@ -61,6 +62,10 @@ class DiskOutbox(object):
     @property
     def dropped(self):
         return self.box.dropped
+
+    @property
+    def unknown(self):
+        return self.box.unknown
 
     def __len__(self):
         return len(self.box)
@@ -360,3 +365,70 @@ def test_a_stop_with_nothing_held_does_nothing(disk, caplog):
         rep.stop(timeout=5)
     assert caplog.records == [] and api.calls == []
     assert len(disk) == 1
+
+
+# -- a full disk at start -----------------------------------------------------
+
+class Unopenable(object):
+    """Makes Outbox._connect fail as sqlite does on a full disk, which
+    cannot set up its WAL, while ``full`` is set."""
+
+    def __init__(self, monkeypatch):
+        self.full = True
+        connect = Outbox._connect
+
+        def _connect(box):
+            if self.full:
+                raise sqlite3.OperationalError("disk I/O error")
+            return connect(box)
+        monkeypatch.setattr(Outbox, "_connect", _connect)
+
+
+def test_an_agent_started_on_a_full_disk_runs_and_catches_up(
+        tmp_path, monkeypatch, caplog):
+    path = str(tmp_path / "outbox.sqlite")
+    before = Outbox(path, 1000)             # the last run left 2 events
+    old = [fault(n) for n in range(2)]
+    for e in old:
+        before.put(e)
+    before.close()
+
+    disk = Unopenable(monkeypatch)
+    box = Outbox(path, 1000)                # no exception: the agent runs
+    assert box.unknown
+    api = FakeAPI()
+    rep = make(box, api)
+    new = [fault(n) for n in range(2, 5)]
+    with caplog.at_level(logging.ERROR, logger=reporter_mod.__name__):
+        for e in new:
+            rep.submit(e)
+        assert rep.deliver_once() == rep.disk_retry
+    # the held events must not overtake the ones on disk, unseen yet
+    assert api.calls == []
+    assert any("an unknown number of event(s) on disk wait, and 3 held"
+               in r.getMessage() for r in caplog.records)
+
+    disk.full = False
+    drain(rep)
+    assert api.accepted == ids(old + new)
+    assert len(box) == 0 and not box.unknown
+    box.close()
+
+
+def test_a_bad_path_still_fails_at_start(tmp_path):
+    (tmp_path / "outbox.sqlite").mkdir()     # a directory, not a file
+    with pytest.raises(sqlite3.OperationalError):
+        Outbox(str(tmp_path / "outbox.sqlite"), 10)
+
+
+def test_open_faults_are_read_from_a_file_that_cannot_be_opened(
+        tmp_path, monkeypatch):
+    path = str(tmp_path / "outbox.sqlite")
+    before = Outbox(path, 1000)
+    opened = fault(0)
+    before.put(opened)
+    before.close()                          # a clean stop checkpoints
+    Unopenable(monkeypatch)
+    box = Outbox(path, 1000)
+    assert box.open_faults() == {opened["instance"]: {
+        "id": opened["id"], "kind": "missed"}}
