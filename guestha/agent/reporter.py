@@ -31,8 +31,10 @@ bus does.  Meanwhile delivery goes on: the events on disk first, then
 the held ones.  A held event that was delivered is not written as
 pending, only its effect on the open faults (see the outbox); a
 delivered event the outbox cannot delete is remembered in memory, not
-sent again, and deleted when the disk lets us.  Only a failed delivery
-grows the back-off; the disk's errors never do.  A stop writes what is
+sent again, and deleted when the disk lets us.  While the outbox cannot
+be read (or not even opened: a full disk when the agent starts), the held
+events wait, since events in the file may be older.  Only a failed
+delivery grows the back-off; the disk's errors never do.  A stop writes what is
 held if it can, else tries to deliver it within its timeout, and logs how
 many events it loses if neither works.  Each condition (cannot write,
 delete or read the outbox; cannot deliver) is logged once when it starts,
