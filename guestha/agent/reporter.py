@@ -356,6 +356,12 @@ class Reporter(object):
                       sum(lost.values()), self.outbox.path,
                       ", ".join("%d %s" % (n, t)
                                 for t, n in sorted(lost.items())))
+        if self._dropped_unlogged:
+            LOG.error("reporter: %d event(s) were dropped while the outbox "
+                      "%s could not be written (more than %d held in "
+                      "memory)", self._dropped_unlogged, self.outbox.path,
+                      MAX_UNSAVED)
+            self._dropped_unlogged = 0
         if unrecorded:
             LOG.error("reporter: stopping with %d delivered fault or "
                       "recovery record(s) not written to the outbox %s: "

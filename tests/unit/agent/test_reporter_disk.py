@@ -357,6 +357,19 @@ def test_a_stop_does_not_hang_in_a_call_that_blocks(disk, caplog):
     assert any("7 event(s)" in m and "they are lost" in m for m in messages)
 
 
+def test_a_stop_counts_the_events_the_memory_bound_dropped(
+        disk, caplog, monkeypatch):
+    monkeypatch.setattr(reporter_mod, "MAX_UNSAVED", 5)
+    api = FakeAPI([oslo_messaging.MessageDeliveryFailure("down")])
+    rep, events = held(disk, api, n=8)
+    with caplog.at_level(logging.ERROR, logger=reporter_mod.__name__):
+        rep.stop(timeout=5)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("3 event(s) were dropped" in m for m in messages)
+    assert any("5 event(s) held in memory" in m and "they are lost" in m
+               for m in messages)
+
+
 def test_a_stop_with_nothing_held_does_nothing(disk, caplog):
     api = FakeAPI()
     rep = make(disk, api)
