@@ -521,7 +521,8 @@ def pid_of(name):
         pid = int(pid_s)
     except (OSError, ValueError):
         return None
-    return pid if _start_time(pid) == start else None
+    st = _stat(pid)
+    return pid if st and st[1] == start else None
 
 
 def start(name):
@@ -560,10 +561,13 @@ def wait_api(name, deadline_s=API_WAIT_S):
 
 
 def _stat(pid):
-    """(session id, start time) of a process, or None."""
+    """(session id, start time) of a live process, or None (a zombie is
+    dead: its parent has only to reap it)."""
     try:
         with open("/proc/%d/stat" % pid) as f:
             fields = f.read().rsplit(")", 1)[1].split()
+        if fields[0] == "Z":
+            return None
         return int(fields[3]), fields[19]
     except (OSError, IndexError, ValueError):
         return None
