@@ -243,8 +243,17 @@ def _channel_path(devices):
 
 
 def _nova_metadata(metadata):
-    """``{"name":..., "flavor":..., "project":...}`` from Nova's metadata
-    element, with only the keys found; empty outside Nova."""
+    """``{"name":..., "flavor":..., "project":..., "extra_specs": {...}}``
+    from Nova's metadata element, with only the keys found; empty outside
+    Nova.
+
+    ``extra_specs`` are the flavor's, as Nova embeds them in
+    ``<nova:flavor>``: ``<nova:extraSpecs><nova:extraSpec
+    name="guestha:heartbeat">true</nova:extraSpec></nova:extraSpecs>``
+    (nova.virt.libvirt.config.LibvirtConfigGuestMetaNovaFlavorExtraSpecs,
+    namespace version 1.1 in Nova 34).  The key is absent when Nova wrote
+    no ``<nova:extraSpecs>`` (an older Nova), present and empty for a
+    flavor without extra specs."""
     if metadata is None:
         return {}
     for element in metadata:
@@ -266,6 +275,15 @@ def _nova_instance(ns, instance):
     project = instance.find("%sowner/%sproject" % (ns, ns))
     if project is not None and project.get("uuid"):
         nova["project"] = project.get("uuid")
+    extra_specs = None if flavor is None else flavor.find(ns + "extraSpecs")
+    if extra_specs is not None:
+        # Nova writes <nova:extraSpecs> always (empty when the flavor has
+        # none) since it started to write it at all; its absence means an
+        # older Nova, whose flavor settings only its API can tell
+        nova["extra_specs"] = {
+            spec.get("name"): (spec.text or "").strip()
+            for spec in extra_specs.findall(ns + "extraSpec")
+            if spec.get("name")}
     return nova
 
 

@@ -2,9 +2,14 @@
 """Whether to hot-plug the guestha channel into a running domain.
 
 Nova has no hook to add a device to the domains it defines, so the agent
-adds the channel itself, live, when the instance's flavor asks for guestha
-(:mod:`guestha.agent.nova`), and again after every (re)start (a live
-device does not survive a restart).  This module only decides; the loop
+adds the channel itself, live, when the instance's flavor asks for guestha,
+and again after every (re)start (a live device does not survive a
+restart).  The flavor's extra specs come from the domain itself: Nova
+writes them into the domain's metadata (``<nova:extraSpecs>``, see
+:func:`guestha.agent.domain.parse_domain`), so a compute host needs no
+Nova credentials.  Only for a domain of an older Nova, which writes no
+extra specs there, is Nova's API asked (:mod:`guestha.agent.nova`), and
+only if ``[nova]`` has credentials.  This module only decides; the loop
 calls :meth:`HotplugPolicy.decide` in a worker thread (Nova is HTTP) and
 hands an ``attach`` to the libvirt watcher, which does it and reports
 whether the domain had the virtio-serial controller the channel needs.
@@ -15,6 +20,8 @@ restarts so that a restarted agent finds the channels it plugged.
 """
 
 import os
+
+from guestha.agent import nova as nova_mod
 
 #: The longest path a UNIX socket may have on Linux: ``sun_path`` holds 108
 #: bytes, the last one the terminating NUL.  QEMU cannot bind a longer one.
@@ -32,8 +39,9 @@ def socket_path(socket_dir, instance_uuid):
 class HotplugPolicy(object):
     """Decides, per domain, whether the agent adds the guestha channel.
 
-    :param nova: asks Nova for the flavor's settings
-        (:meth:`guestha.agent.nova.NovaClient.guestha_features`).
+    :param nova: asks Nova for the flavor's settings of a domain whose XML
+        has none (:meth:`guestha.agent.nova.NovaClient.guestha_features`),
+        or None when the agent has no Nova credentials.
     :param socket_dir: where the channels' host-side sockets go
         (``[agent] socket_dir``).
     :raises ValueError: ``socket_dir`` is too long for a UNIX socket path
@@ -69,7 +77,11 @@ class HotplugPolicy(object):
             # no flavor to ask, and not ours to change
             return ("skip", "not a Nova instance (no Nova metadata in the "
                             "domain XML)")
-        features = self.nova.guestha_features(info.uuid)
+        features = self.features(info)
+        if features is None:
+            return ("skip", "Nova wrote no flavor extra specs into the "
+                            "domain XML (an older Nova) and [nova] has no "
+                            "credentials to ask its API")
         if not (features["heartbeat"] or features["server_group_messaging"]):
             return ("skip", "flavor %s does not enable guestha (neither "
                             "guestha:heartbeat nor "
@@ -83,3 +95,19 @@ class HotplugPolicy(object):
                             "bytes a UNIX socket path may have"
                     % (path, MAX_SOCKET_PATH))
         return ("attach", path)
+
+    def features(self, info):
+        """What the flavor of a Nova instance asks of guestha
+        (:func:`guestha.agent.nova.features_from_extra_specs`).
+
+        :returns: the settings, or None when the domain XML has no extra
+            specs and there is no Nova client to ask.
+        :raises guestha.agent.nova.NovaUnavailable: Nova was asked and did
+            not answer.
+        """
+        extra_specs = info.nova.get("extra_specs")
+        if extra_specs is not None:
+            return nova_mod.features_from_extra_specs(extra_specs)
+        if self.nova is None:
+            return None
+        return self.nova.guestha_features(info.uuid)

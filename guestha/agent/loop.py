@@ -457,9 +457,9 @@ class AgentLoop(inst_mod.Env):
             return
         if info.nova:
             try:
-                # cached by the Nova client since decide() asked
-                features = self.hotplug_policy.nova.guestha_features(
-                    info.uuid)
+                # from the domain XML, or cached by the Nova client since
+                # decide() asked
+                features = self.hotplug_policy.features(info)
             except Exception:  # noqa: BLE001 - informational only
                 features = None
             if features:

@@ -16,10 +16,13 @@ Enabling is per flavor, through extra specs that an operator sets with
 The first two are booleans: ``true``, ``True``, ``1`` and ``yes`` (any
 case) turn them on; anything else, or no such key, leaves them off.
 
-Nova embeds the flavor, with its extra specs, in ``GET /servers/{id}``
-from microversion 2.47 on, so one request per instance tells everything;
-the answer is cached for ``[nova] flavor_cache_ttl`` seconds.  Showing
-extra specs needs Nova's ``os_compute_api:servers:show:flavor-extra-specs``
+The agent reads them from the domain XML, where Nova writes the flavor
+with its extra specs (:func:`guestha.agent.domain.parse_domain`), and asks
+Nova's API only for a domain of an older Nova that does not: Nova embeds
+the flavor, with its extra specs, in ``GET /servers/{id}`` from
+microversion 2.47 on, so one request per instance tells everything; the
+answer is cached for ``[nova] flavor_cache_ttl`` seconds.  Showing extra
+specs needs Nova's ``os_compute_api:servers:show:flavor-extra-specs``
 policy (admin by default).
 """
 
@@ -84,10 +87,21 @@ class NovaClient(object):
         self._lock = threading.Lock()
 
     @classmethod
-    def from_conf(cls, conf, group=nova_conf.GROUP.name):
+    def from_conf(cls, conf, group=nova_conf.GROUP.name, optional=False):
         """A client configured by the ``[nova]`` group of ``conf`` (which
-        :func:`guestha.conf.nova.register_opts` registered)."""
+        :func:`guestha.conf.nova.register_opts` registered).
+
+        :param optional: return None, rather than a client that fails
+            every request, when the group configures no ``auth_type``: a
+            compute agent reads the flavor from the domain XML and needs
+            Nova only for domains of an older Nova.
+        """
         group_conf = conf[group]
+        if optional and not group_conf.auth_type:
+            LOG.info("[%s] has no auth_type: Nova's API is not asked; the "
+                     "flavor extra specs come from the domain XML only",
+                     group)
+            return None
         version = api_versions.APIVersion(group_conf.api_microversion)
         if version < api_versions.APIVersion(nova_conf.MIN_MICROVERSION):
             raise ValueError(

@@ -69,7 +69,7 @@ class AgentService(object):
             from guestha.agent.hotplug import HotplugPolicy
             from guestha.agent.nova import NovaClient
             os.makedirs(agent.socket_dir, exist_ok=True)
-            hotplug = HotplugPolicy(NovaClient.from_conf(conf),
+            hotplug = HotplugPolicy(NovaClient.from_conf(conf, optional=True),
                                     agent.socket_dir)
         loop = AgentLoop(agent.host, inst_mod.Policy.from_conf(agent),
                          reporter, agent.state_dir,

@@ -13,13 +13,17 @@ from oslo_config import cfg
 def _group():
     return cfg.OptGroup(
         "nova", title="Nova API",
-        help="Credentials and endpoint for the Nova API. The compute agent "
-             "reads each instance's flavor extra specs (guestha:heartbeat, "
-             "guestha:server_group_messaging, guestha:corrective_action); "
-             "the controller reads server groups and applies corrective "
-             "actions. The user needs the Nova policy rights to show "
-             "servers of all projects with their flavor extra specs (admin "
-             "by default).")
+        help="Credentials and endpoint for the Nova API. The controller "
+             "reads server groups and servers and applies corrective "
+             "actions: it needs them, with Nova's policy rights to show, "
+             "reboot and stop servers of all projects (admin by default). "
+             "On a compute host they are optional: the agent reads each "
+             "instance's flavor extra specs (guestha:heartbeat, "
+             "guestha:server_group_messaging, guestha:corrective_action) "
+             "from the domain XML, where Nova writes them, and asks Nova's "
+             "API (with the right to show flavor extra specs) only for a "
+             "domain of an older Nova that does not; leave auth_type unset "
+             "to never ask.")
 
 
 # ConfigOpts.register_group keeps a shallow copy of the group it is given,

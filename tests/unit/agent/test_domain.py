@@ -189,6 +189,66 @@ def test_partial_nova_metadata_gives_what_is_there():
     assert info.nova == {"name": "only-a-name"}
 
 
+# What Nova 34 writes (nova.virt.libvirt.config, NOVA_NS version 1.1): the
+# flavor with its extra specs, then the image with its properties.
+NOVA_METADATA_WITH_EXTRA_SPECS = """
+  <metadata>
+    <nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.1">
+      <nova:package version="34.0.0"/>
+      <nova:name>vnf-1</nova:name>
+      <nova:flavor name="m1.guestha" id="3">
+        <nova:memory>128</nova:memory>
+        <nova:disk>1</nova:disk>
+        <nova:swap>0</nova:swap>
+        <nova:ephemeral>0</nova:ephemeral>
+        <nova:vcpus>1</nova:vcpus>
+        <nova:extraSpecs>%s</nova:extraSpecs>
+      </nova:flavor>
+      <nova:image uuid="a1b2c3d4-0000-4000-8000-000000000001">
+        <nova:properties>
+          <nova:property name="hw_qemu_guest_agent">yes</nova:property>
+        </nova:properties>
+      </nova:image>
+      <nova:owner>
+        <nova:project
+            uuid="6f70656e737461636b20342065766572">demo</nova:project>
+      </nova:owner>
+    </nova:instance>
+  </metadata>"""
+
+
+def test_flavor_extra_specs_from_novas_metadata():
+    specs = ('<nova:extraSpec name="guestha:heartbeat">true</nova:extraSpec>'
+             '<nova:extraSpec name="hw:cpu_policy">shared</nova:extraSpec>'
+             '<nova:extraSpec name="guestha:corrective_action"> reboot '
+             '</nova:extraSpec>')
+    info = domain.parse_domain(
+        domain_xml(metadata=NOVA_METADATA_WITH_EXTRA_SPECS % specs),
+        ev.RUNNING)
+
+    assert info.nova["extra_specs"] == {
+        "guestha:heartbeat": "true", "hw:cpu_policy": "shared",
+        "guestha:corrective_action": "reboot"}
+    assert info.nova["flavor"] == "m1.guestha"
+
+
+def test_a_flavor_without_extra_specs_says_so():
+    # Nova writes an empty <nova:extraSpecs/>: known to have none
+    info = domain.parse_domain(
+        domain_xml(metadata=NOVA_METADATA_WITH_EXTRA_SPECS % ""),
+        ev.RUNNING)
+
+    assert info.nova["extra_specs"] == {}
+
+
+def test_an_older_nova_writes_no_extra_specs():
+    # no <nova:extraSpecs> at all: unknown, for the Nova API to tell
+    info = domain.parse_domain(domain_xml(metadata=NOVA_METADATA % "1.1"),
+                               ev.RUNNING)
+
+    assert "extra_specs" not in info.nova
+
+
 @pytest.mark.parametrize("text", [
     "", "<domain", "<network><uuid>%s</uuid></network>" % UUID,
     "<domain><name>no-uuid</name></domain>",

@@ -127,3 +127,114 @@ def test_decision_against_nova_over_http():
         fake.servers[UUID]["flavor"]["extra_specs"] = {}
         # cached: the flavor cannot change without a restart of the domain
         assert policy.decide(info())[0] == "attach"
+
+
+# -- the flavor from the domain XML (Nova writes its extra specs there) -------
+
+def with_specs(specs):
+    return dict(NOVA_META, extra_specs=dict(specs))
+
+
+@pytest.mark.parametrize("nova_client", [StubNova(), None],
+                         ids=["with-credentials", "without-credentials"])
+def test_extra_specs_in_the_domain_xml_need_no_nova_lookup(nova_client):
+    policy = hotplug.HotplugPolicy(nova_client, SOCKET_DIR)
+
+    decision = policy.decide(info(nova_meta=with_specs(
+        {"guestha:heartbeat": "True", "hw:cpu_policy": "shared"})))
+
+    assert decision == ("attach", "%s/%s.sock" % (SOCKET_DIR, UUID))
+    if nova_client is not None:
+        assert nova_client.asked == []
+
+
+def test_extra_specs_in_the_domain_xml_win_over_the_api():
+    # the domain's own flavor is the truth; the API is not even asked
+    stub = StubNova({"heartbeat": True})
+    policy = hotplug.HotplugPolicy(stub, SOCKET_DIR)
+
+    decision, reason = policy.decide(info(nova_meta=with_specs({})))
+
+    assert decision == "skip" and "m1.vnf" in reason
+    assert stub.asked == []
+
+
+def test_features_from_the_domain_xml():
+    policy = hotplug.HotplugPolicy(None, SOCKET_DIR)
+
+    assert policy.features(info(nova_meta=with_specs({
+        "guestha:server_group_messaging": "yes",
+        "guestha:corrective_action": "reboot"}))) == {
+        "heartbeat": False, "server_group_messaging": True,
+        "corrective_action": "reboot"}
+
+
+def test_an_older_nova_is_asked_through_its_api():
+    stub = StubNova({"heartbeat": True})
+    policy = hotplug.HotplugPolicy(stub, SOCKET_DIR)
+
+    assert policy.decide(info())[0] == "attach"
+    assert stub.asked == [UUID]
+
+
+def test_an_older_nova_without_credentials_is_skipped_with_the_reason():
+    policy = hotplug.HotplugPolicy(None, SOCKET_DIR)
+
+    decision, reason = policy.decide(info())
+
+    assert decision == "skip"
+    assert "no flavor extra specs" in reason and "credentials" in reason
+    assert policy.features(info()) is None
+
+
+def test_no_credentials_means_no_nova_client():
+    from oslo_config import cfg
+
+    from guestha.conf import nova as nova_opts
+
+    conf = cfg.ConfigOpts()
+    nova_opts.register_opts(conf)
+    conf([], project="guestha-tests", default_config_files=[],
+         default_config_dirs=[])
+
+    assert nova.NovaClient.from_conf(conf, optional=True) is None
+    # the controller cannot do without: it still gets its client
+    assert nova.NovaClient.from_conf(conf) is not None
+
+
+def test_with_credentials_the_optional_client_is_made():
+    with FakeNova() as fake:
+        fake.add_server(UUID, flavor_extra_specs={"guestha:heartbeat": "1"})
+        client = nova.NovaClient.from_conf(nova_conf(fake), optional=True)
+
+        assert client.guestha_features(UUID)["heartbeat"] is True
+
+
+
+def test_the_loop_learns_the_features_from_the_domain_xml_too():
+    # the agent loop's hot-plug worker: with no Nova client, the flavor's
+    # settings (corrective action, messaging) still reach the instance
+    from guestha.agent import loop as loop_mod
+
+    class Watcher(object):
+        def __init__(self):
+            self.hotplugs = []
+
+        def request_hotplug(self, uuid, path):
+            self.hotplugs.append((uuid, path))
+
+    agent_loop = loop_mod.AgentLoop.__new__(loop_mod.AgentLoop)
+    agent_loop.hotplug_policy = hotplug.HotplugPolicy(None, SOCKET_DIR)
+    agent_loop.watcher = Watcher()
+    posted = []
+    agent_loop.post = posted.append
+
+    agent_loop._decide_hotplug(info(nova_meta=with_specs({
+        "guestha:heartbeat": "true",
+        "guestha:corrective_action": "stop"})))
+
+    assert [(p.instance, p.features) for p in posted] == [
+        (UUID, {"heartbeat": True, "server_group_messaging": False,
+                "corrective_action": "stop"})]
+    assert agent_loop.watcher.hotplugs == [
+        (UUID, "%s/%s.sock" % (SOCKET_DIR, UUID))]
