@@ -104,7 +104,7 @@ else
     "$VENV/bin/python" -m pip install -qq \
         -c upper-constraints.txt \
         -r requirements.txt -r test-requirements.txt \
-        -r doc/requirements.txt -e . </dev/null
+        -r doc/requirements.txt -e ".[vitrage,compute]" </dev/null
     echo "$want" > "$STAMP"
     say "python packages installed"
 fi

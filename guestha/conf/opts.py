@@ -12,11 +12,14 @@ or a list of ``(group, [opts])`` pairs), add the module to
 
 from guestha.conf import actions
 from guestha.conf import agent
+from guestha.conf import coordination
+from guestha.conf import database
 from guestha.conf import libvirt
 from guestha.conf import nova
 from guestha.conf import reporting
 from guestha.conf import server
 from guestha.conf import sinks
+from guestha.conf import upgrade_levels
 
 # One entry per option group module, e.g. ``agent,`` after
 # ``from guestha.conf import agent``.  Empty until the first host service
@@ -29,6 +32,9 @@ _CONF_MODULES = (
     server,
     actions,
     sinks,
+    database,
+    coordination,
+    upgrade_levels,
 )
 
 

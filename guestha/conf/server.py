@@ -35,7 +35,8 @@ OPTS = [
                     "answering the agent, and its delivery to each fault "
                     "sink. Several guestha-server processes on one host "
                     "share it; controllers on different hosts cannot "
-                    "share a SQLite file (see the documentation)."),
+                    "share a SQLite file: they share a database, "
+                    "[database] connection, which replaces this file."),
     cfg.FloatOpt("lease_seconds", default=30.0, min=3.0, max=3600,
                  help="A controller renews its lease in the ledger every "
                       "third of this. When a controller's lease is this "

@@ -9,14 +9,19 @@ this process dies the next moment.  Events new to the ledger are then
 handed to the sinks and the worker; events the ledger already held (the
 agent sent them again after losing an answer) are accepted again but not
 handed on a second time.
+
+When the ledger's database fails (it restarts, the connection drops), the
+call raises :class:`LedgerUnavailable`: the agent accepts nothing and
+drops nothing, and sends the batch again later, to this controller or
+another.
 """
 
 import logging
-import sqlite3
 import uuid
 
 import oslo_messaging
 
+from guestha.db import api as db_api
 from guestha import rpc
 
 LOG = logging.getLogger(__name__)
@@ -60,7 +65,7 @@ class ControllerEndpoint(object):
             return {"accepted": [], "rejected": {}}
         try:
             result = self.ledger.accept(events)
-        except sqlite3.Error as exc:
+        except db_api.DB_ERRORS as exc:
             LOG.error("report_events from %s: %d event(s) not accepted: "
                       "the ledger failed: %s", host, len(events), exc)
             raise LedgerUnavailable("the controller's ledger failed: %s"

@@ -1,20 +1,21 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The ledger: what the controllers of one host have accepted, and what
-they still owe.
+"""The ledger: what the controllers have accepted, and what they still
+owe.
 
 Theory of operation
 -------------------
 An agent deletes a fault from its outbox once a controller has answered
 ``report_events`` with the fault's id in ``accepted``
-(:mod:`guestha.rpc.api`).  From that moment the controller alone answers
-for it, so the controller writes every event here, in one transaction per
-call, and answers only after the commit:
+(:mod:`guestha.rpc.api`).  From that moment the controllers alone answer
+for it, so the controller writes every event here, in a committed
+transaction, before it answers:
 
 * ``events`` holds each event once, keyed by its id (the agent's
-  idempotency key), with the controller (``server``) that accepted it
-  first.  An agent whose answer was lost sends the same events again;
-  they are accepted again (the agent must stop resending them) but are
-  not new, so nothing dispatches them a second time.
+  idempotency key), with the controller (``server``) that owns it: the
+  one that accepted it first, or took it over.  An agent whose answer was
+  lost sends the same events again, to any controller; they are accepted
+  again (the agent must stop resending them) but are not new, so nothing
+  dispatches them a second time.
 * ``deliveries`` holds one row per event and delivery target: each fault
   sink, and :data:`ACTIONS` for the corrective-action worker.  A row is
   ``pending`` until the target reports ``done`` (or ``dropped``, after its
@@ -24,34 +25,53 @@ call, and answers only after the commit:
   whose lease ran out.
 * ``servers`` holds each controller's lease: its host name, pid and last
   heartbeat.  A controller is dead when its heartbeat is older than the
-  lease, or, at once, when it ran on this host and its pid is gone (so the
-  controllers sharing a file must share a PID namespace too, or have
-  distinct host names).  The lease also keeps two processes from using
-  one ``server_id``.
+  lease, or, at once, when it ran on this host and its pid is gone.  The
+  lease also keeps two processes from using one ``server_id``.
 * ``action_slots`` counts the corrective actions per instance, for the
-  cap of ``[actions] max_actions`` per window; being in the ledger, the
-  count holds across controllers and restarts.
+  cap of ``[actions] max_actions`` per window, and ``action_caps`` has a
+  row per capped instance that a controller locks while it counts: being
+  in the shared database, the count holds across every controller host
+  and restarts.
+
+Where it is kept (:mod:`guestha.db`): the SQLite file ``[server]
+ledger_path`` by default, for the controllers of one host; a database
+all controller hosts share (``[database] connection``, MySQL/MariaDB or
+Galera) for several.  The tables are versioned by alembic migrations.
+
+A database that fails (restarts, loses the connection, deadlocks) makes
+:meth:`Ledger.accept` raise one of :data:`~guestha.db.api.DB_ERRORS`: the
+controller then answers the agent with an error, accepts nothing and
+rejects nothing, and the agent sends the batch again.  Nothing is
+"accepted" that is not committed.
+
+Several calls' events are committed in one transaction when they arrive
+together (group commit, :meth:`Ledger.accept`): each caller waits for the
+commit that holds its events, and a commit's cost (an fsync on SQLite, a
+round trip and a log flush on MySQL) is shared.
 
 Delivery to the sinks is at least once: a controller killed after a sink
 took an event but before the ledger heard of it delivers that event again
 after the restart.  Sinks get the event id and can deduplicate.
-
-One SQLite file (WAL journal, ``busy_timeout``) serves every
-``guestha-server`` process of one host; SQLite locks the file for each
-write transaction, and the processes take turns.  Controllers on several
-NODES cannot share a SQLite file (network file systems break its
-locking): they need a shared database.  The class is kept small so that
-a SQL database backend can replace it with the same methods.
 """
 
 import json
 import logging
 import os
 import socket
-import sqlite3
 import threading
 import time
+import uuid
 
+from oslo_db import exception as db_exc
+import sqlalchemy as sa
+
+from guestha.db import api as db_api
+from guestha.db import migration
+from guestha.db.models import action_caps
+from guestha.db.models import action_slots
+from guestha.db.models import deliveries
+from guestha.db.models import events as events_t
+from guestha.db.models import servers
 from guestha.rpc import api
 
 LOG = logging.getLogger(__name__)
@@ -62,50 +82,14 @@ ACTIONS = "@actions"
 
 PENDING, DONE, DROPPED = "pending", "done", "dropped"
 
-SCHEMA_VERSION = 1
+#: What a failing database raises (see :mod:`guestha.db.api`).
+DB_ERRORS = db_api.DB_ERRORS
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    id TEXT PRIMARY KEY,
-    type TEXT NOT NULL,
-    instance TEXT NOT NULL,
-    host TEXT NOT NULL,
-    body TEXT NOT NULL,
-    received REAL NOT NULL,
-    server TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_instance
-    ON events (instance, type, received);
-CREATE INDEX IF NOT EXISTS events_by_received ON events (received);
-CREATE TABLE IF NOT EXISTS deliveries (
-    event_id TEXT NOT NULL,
-    sink TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    updated REAL NOT NULL,
-    PRIMARY KEY (event_id, sink)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS deliveries_pending
-    ON deliveries (event_id) WHERE state = 'pending';
-CREATE TABLE IF NOT EXISTS servers (
-    id TEXT PRIMARY KEY,
-    hostname TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    started REAL NOT NULL,
-    heartbeat REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS action_slots (
-    instance TEXT NOT NULL,
-    at REAL NOT NULL,
-    fault_id TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS action_slots_by_instance
-    ON action_slots (instance, at);
-"""
-
-# SQLite's default limit of host parameters in one statement is 999 on
-# old builds; stay below it.
+# Bound parameters per IN (...) list: SQLite's old limit is 999.
 _CHUNK = 500
+# A transaction that lost a race (a deadlock, a duplicate key another
+# controller inserted a moment earlier) is run again this many times.
+_RACE_RETRIES = 5
 
 
 class LedgerError(Exception):
@@ -140,6 +124,20 @@ class Accepted(object):
         return ids
 
 
+class _Request(object):
+    """One caller's share of a group commit."""
+
+    __slots__ = ("valid", "now", "new", "duplicates", "error", "done")
+
+    def __init__(self, valid, now):
+        self.valid = valid
+        self.now = now
+        self.new = []
+        self.duplicates = []
+        self.error = None
+        self.done = False
+
+
 def _pid_alive(pid):
     try:
         os.kill(pid, 0)
@@ -156,22 +154,45 @@ def _rejected_key(index, event):
     return "#%d" % index
 
 
+def _chunks(values):
+    values = list(values)
+    for start in range(0, len(values), _CHUNK):
+        yield values[start:start + _CHUNK]
+
+
+def _group_work(rows):
+    """``[(id, body, sink)]`` -> ``[(event, [sinks])]``, in row order."""
+    result = []
+    by_id = {}
+    for event_id, body, sink in rows:
+        if event_id not in by_id:
+            by_id[event_id] = (json.loads(body), [])
+            result.append(by_id[event_id])
+        by_id[event_id][1].append(sink)
+    return result
+
+
 class Ledger(object):
     """The ledger of one controller process (see the module docstring).
 
-    :param path: the SQLite file, shared by the controllers of this host.
+    :param connection: a database URL (``[database] connection``) or the
+        path of a SQLite file.
     :param server_id: this controller's name (``[server] server_id``).
     :param sinks: names of the delivery targets every new event gets a
         row for (the configured sinks); faults also get :data:`ACTIONS`.
     :param lease: seconds after its last heartbeat at which a controller
         counts as dead.
-    :param clock: wall-clock seconds (shared between processes, so not
-        ``time.monotonic``).
+    :param clock: wall-clock seconds (shared between processes and hosts,
+        so not ``time.monotonic``).
+    :param migrate: bring the database to the newest revision at start
+        (None: only a SQLite file, which belongs to this host; a shared
+        database is migrated by ``guestha-manage db sync``).
+    :param conf: the configuration, for ``[database]``'s engine options.
     """
 
-    def __init__(self, path, server_id, sinks=(), lease=30.0,
-                 clock=time.time, hostname=None, pid=None):
-        self.path = path
+    def __init__(self, connection, server_id, sinks=(), lease=30.0,
+                 clock=time.time, hostname=None, pid=None, migrate=None,
+                 conf=None):
         self.server_id = server_id
         self.sinks = tuple(sinks)
         if ACTIONS in self.sinks:
@@ -181,74 +202,71 @@ class Ledger(object):
         self._clock = clock
         self.hostname = hostname or socket.gethostname()
         self.pid = os.getpid() if pid is None else pid
-        self._lock = threading.Lock()
         self._marks = []
         self._marks_lock = threading.Lock()
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE
-        # takes the write lock at once, so two processes never deadlock
-        # upgrading a read to a write).
-        self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA busy_timeout = 30000")
-        mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise LedgerError("%s: SQLite refused the WAL journal (%s); "
-                              "is it on a network file system?"
-                              % (path, mode))
-        # FULL: in WAL mode, each commit is on disk before accept()
-        # returns, so an answer to an agent survives a power cut too.
-        self._db.execute("PRAGMA synchronous = FULL")
-        with self._transaction():
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise LedgerError("%s has schema version %d; this "
-                                  "guestha-server knows up to %d"
-                                  % (path, version, SCHEMA_VERSION))
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
-            self._db.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
+        self._gc_cond = threading.Condition()
+        self._gc_queue = []
+        self._gc_leader = False
+        # orders the events one controller received at the same instant;
+        # starts above the last run's (nanoseconds since the epoch)
+        self._seq = time.time_ns()
+        self._seq_lock = threading.Lock()
+        try:
+            self._engine = db_api.create_engine(connection, conf=conf)
+        except DB_ERRORS as exc:
+            raise LedgerError("cannot open the ledger database: %s"
+                              % exc) from None
+        self.url = self._engine.url.render_as_string(hide_password=True)
+        self.sqlite = self._engine.dialect.name == "sqlite"
+        try:
+            if migrate or (migrate is None and self.sqlite):
+                migration.upgrade(self._engine)
+            else:
+                migration.check(self._engine)
+        except migration.MigrationError as exc:
+            self._engine.dispose()
+            raise LedgerError("%s: %s" % (self.url, exc)) from None
+        except Exception as exc:  # alembic: any failure to migrate
+            self._engine.dispose()
+            raise LedgerError("%s: cannot migrate the ledger: %s"
+                              % (self.url, exc)) from exc
 
     def close(self):
-        with self._lock:
-            self._db.close()
+        self._engine.dispose()
 
     # -- transactions ----------------------------------------------------
 
-    class _Transaction(object):
-        def __init__(self, ledger):
-            self.ledger = ledger
-
-        def __enter__(self):
-            self.ledger._lock.acquire()
+    def _run(self, work):
+        """``work(conn)`` in a transaction, run again when it lost a race
+        with another controller; DB_ERRORS otherwise."""
+        for attempt in range(_RACE_RETRIES):
             try:
-                self.ledger._db.execute("BEGIN IMMEDIATE")
-            except BaseException:
-                self.ledger._lock.release()
-                raise
-            return self.ledger._db
+                with self._engine.begin() as conn:
+                    return work(conn)
+            except (db_exc.DBDeadlock, db_exc.DBDuplicateEntry,
+                    sa.exc.IntegrityError) as exc:
+                if attempt + 1 == _RACE_RETRIES:
+                    raise
+                LOG.debug("ledger: transaction lost a race, again: %s", exc)
 
-        def __exit__(self, exc_type, exc, tb):
-            try:
-                self.ledger._db.execute(
-                    "COMMIT" if exc_type is None else "ROLLBACK")
-            finally:
-                self.ledger._lock.release()
-
-    def _transaction(self):
-        return self._Transaction(self)
+    def _next_seq(self):
+        with self._seq_lock:
+            self._seq += 1
+            return self._seq
 
     # -- events ----------------------------------------------------------
 
     def accept(self, events, now=None):
-        """Validate ``events`` and store the valid ones in one transaction.
+        """Validate ``events`` and store the valid ones.
 
-        When this returns, every event in ``new`` and ``duplicates`` is on
-        disk: the caller may answer the agent.
+        When this returns, every event in ``new`` and ``duplicates`` is
+        committed: the caller may answer the agent.  Callers that come
+        together share one transaction (group commit): the first one in
+        commits for everyone queued, the others wait for that commit.
 
         :returns: :class:`Accepted`.
+        :raises: one of :data:`DB_ERRORS`: nothing of the batch is
+            accepted (nor rejected for good).
         """
         now = self._clock() if now is None else now
         rejected = {}
@@ -269,27 +287,61 @@ class Ledger(object):
             valid.append((event, body))
         new = []
         if valid:
-            with self._transaction() as db:
-                stored = self._existing(db, [e["id"] for e, _ in valid])
-                rows = []
-                deliveries = []
-                for event, body in valid:
-                    if event["id"] in stored:
-                        duplicates.append(event["id"])
-                        continue
-                    new.append(event)
-                    rows.append((event["id"], event["type"],
-                                 event["instance"], event["host"], body,
-                                 now, self.server_id))
-                    deliveries.extend(self._delivery_rows(event, now))
-                db.executemany(
-                    "INSERT INTO events (id, type, instance, host, body, "
-                    "received, server) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-                db.executemany(
-                    "INSERT INTO deliveries (event_id, sink, state, "
-                    "attempts, updated) VALUES (?, ?, 'pending', 1, ?)",
-                    deliveries)
+            request = _Request(valid, now)
+            self._commit_grouped(request)
+            new = request.new
+            duplicates.extend(request.duplicates)
         return Accepted(new, duplicates, rejected)
+
+    def _commit_grouped(self, request):
+        with self._gc_cond:
+            self._gc_queue.append(request)
+            while not request.done and self._gc_leader:
+                self._gc_cond.wait()
+            if not request.done:
+                # the leader now: commit whatever is queued, own included
+                self._gc_leader = True
+                batch, self._gc_queue = self._gc_queue, []
+            else:
+                batch = None
+        if batch is not None:
+            try:
+                self._run(lambda conn: self._store(conn, batch))
+            except BaseException as exc:
+                for req in batch:
+                    req.error = exc
+                    req.new, req.duplicates = [], []
+            finally:
+                with self._gc_cond:
+                    for req in batch:
+                        req.done = True
+                    self._gc_leader = False
+                    self._gc_cond.notify_all()
+        if request.error is not None:
+            raise request.error
+
+    def _store(self, conn, batch):
+        stored = self._existing(conn, [e["id"] for req in batch
+                                       for e, _ in req.valid])
+        rows = []
+        targets = []
+        for req in batch:
+            req.new, req.duplicates = [], []
+            for event, body in req.valid:
+                if event["id"] in stored:
+                    req.duplicates.append(event["id"])
+                    continue
+                stored.add(event["id"])
+                req.new.append(event)
+                rows.append({"id": event["id"], "type": event["type"],
+                             "instance": event["instance"],
+                             "host": event["host"], "body": body,
+                             "received": req.now, "server": self.server_id,
+                             "seq": self._next_seq()})
+                targets.extend(self._delivery_rows(event, req.now))
+        if rows:
+            conn.execute(events_t.insert(), rows)
+            conn.execute(deliveries.insert(), targets)
 
     def record(self, event, now=None):
         """Store an event this controller made itself (an action record)
@@ -300,63 +352,68 @@ class Ledger(object):
         """
         now = self._clock() if now is None else now
         body = json.dumps(event, separators=(",", ":"))
-        with self._transaction() as db:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO events (id, type, instance, host, "
-                "body, received, server) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (event["id"], event["type"], event["instance"],
-                 event.get("host") or "", body, now, self.server_id))
-            if cur.rowcount != 1:
+
+        def work(conn):
+            if self._existing(conn, [event["id"]]):
                 return False
-            db.executemany(
-                "INSERT INTO deliveries (event_id, sink, state, attempts, "
-                "updated) VALUES (?, ?, 'pending', 1, ?)",
-                [(event["id"], sink, now) for sink in self.sinks])
-        return True
+            conn.execute(events_t.insert(), [{
+                "id": event["id"], "type": event["type"],
+                "instance": event["instance"],
+                "host": event.get("host") or "", "body": body,
+                "received": now, "server": self.server_id,
+                "seq": self._next_seq()}])
+            if self.sinks:
+                conn.execute(deliveries.insert(), [
+                    {"event_id": event["id"], "sink": sink,
+                     "state": PENDING, "attempts": 1, "updated": now}
+                    for sink in self.sinks])
+            return True
+
+        return self._run(work)
 
     def _delivery_rows(self, event, now):
-        rows = [(event["id"], sink, now) for sink in self.sinks]
+        rows = [{"event_id": event["id"], "sink": sink, "state": PENDING,
+                 "attempts": 1, "updated": now} for sink in self.sinks]
         if event["type"] == "fault":
-            rows.append((event["id"], ACTIONS, now))
+            rows.append({"event_id": event["id"], "sink": ACTIONS,
+                         "state": PENDING, "attempts": 1, "updated": now})
         return rows
 
-    def _existing(self, db, ids):
+    def _existing(self, conn, ids):
         found = set()
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start:start + _CHUNK]
-            found.update(row[0] for row in db.execute(
-                "SELECT id FROM events WHERE id IN (%s)"
-                % ",".join("?" * len(chunk)), chunk))
+        for chunk in _chunks(ids):
+            found.update(conn.execute(sa.select(events_t.c.id).where(
+                events_t.c.id.in_(chunk))).scalars())
         return found
 
     def owner(self, event_id):
         """The controller that owns an event (accepted it, or took it
         over), or None if the ledger does not hold it."""
-        with self._lock:
-            row = self._db.execute("SELECT server FROM events WHERE id = ?",
-                                   (event_id,)).fetchone()
-        return row[0] if row else None
+        with self._engine.connect() as conn:
+            return conn.execute(sa.select(events_t.c.server).where(
+                events_t.c.id == event_id)).scalar()
 
     def recovered_since(self, instance, since):
         """Whether a recovery of ``instance`` arrived at or after
         ``since`` (ledger clock), through any controller."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT 1 FROM events WHERE instance = ? AND type = "
-                "'recovery' AND received >= ? LIMIT 1",
-                (instance, since)).fetchone()
-        return row is not None
+        with self._engine.connect() as conn:
+            return conn.execute(sa.select(events_t.c.id).where(
+                events_t.c.instance == instance,
+                events_t.c.type == "recovery",
+                events_t.c.received >= since).limit(1)).first() is not None
 
     def fault_recovered(self, fault):
         """Whether a recovery of ``fault`` (a fault event) is in the
         ledger."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT body FROM events WHERE instance = ? AND type = "
-                "'recovery' AND received >= (SELECT received FROM events "
-                "WHERE id = ?)", (fault["instance"], fault["id"])).fetchall()
+        received = sa.select(events_t.c.received).where(
+            events_t.c.id == fault["id"]).scalar_subquery()
+        with self._engine.connect() as conn:
+            bodies = conn.execute(sa.select(events_t.c.body).where(
+                events_t.c.instance == fault["instance"],
+                events_t.c.type == "recovery",
+                events_t.c.received >= received)).scalars().all()
         return any(json.loads(body).get("fault_id") == fault["id"]
-                   for body, in rows)
+                   for body in bodies)
 
     # -- deliveries ------------------------------------------------------
 
@@ -366,12 +423,13 @@ class Ledger(object):
         if not results:
             return
         now = self._clock() if now is None else now
-        with self._transaction() as db:
-            db.executemany(
-                "UPDATE deliveries SET state = ?, updated = ? "
-                "WHERE event_id = ? AND sink = ?",
-                [(state, now, event_id, sink)
-                 for event_id, sink, state in results])
+        statement = deliveries.update().where(
+            deliveries.c.event_id == sa.bindparam("b_id"),
+            deliveries.c.sink == sa.bindparam("b_sink")).values(
+                state=sa.bindparam("b_state"), updated=now)
+        self._run(lambda conn: conn.execute(statement, [
+            {"b_id": event_id, "b_sink": sink, "b_state": state}
+            for event_id, sink, state in results]))
 
     def mark_later(self, event_id, sink, state):
         """Queue an outcome for the next :meth:`flush` (any thread).
@@ -384,49 +442,67 @@ class Ledger(object):
             self._marks.append((event_id, sink, state))
 
     def flush(self, now=None):
-        """Write the outcomes queued by :meth:`mark_later`."""
+        """Write the outcomes queued by :meth:`mark_later`; if the
+        database fails, they stay queued for the next flush."""
         with self._marks_lock:
             marks, self._marks = self._marks, []
-        self.mark(marks, now=now)
+        try:
+            self.mark(marks, now=now)
+        except DB_ERRORS:
+            with self._marks_lock:
+                self._marks[:0] = marks
+            raise
         return len(marks)
+
+    def _pending_rows(self, conn, where):
+        return conn.execute(
+            sa.select(events_t.c.id, events_t.c.body, deliveries.c.sink)
+            .select_from(deliveries.join(
+                events_t, events_t.c.id == deliveries.c.event_id))
+            .where(deliveries.c.state == PENDING, where)
+            .order_by(events_t.c.received, events_t.c.seq,
+                      deliveries.c.sink)).all()
+
+    def _count_attempts(self, conn, rows, now):
+        if rows:
+            conn.execute(deliveries.update().where(
+                deliveries.c.event_id == sa.bindparam("b_id"),
+                deliveries.c.sink == sa.bindparam("b_sink")).values(
+                    attempts=deliveries.c.attempts + 1, updated=now),
+                [{"b_id": event_id, "b_sink": sink}
+                 for event_id, _, sink in rows])
 
     def pending(self):
         """This controller's undelivered work: ``[(event, [targets])]``,
         oldest first, each dispatch counted as an attempt."""
         now = self._clock()
-        with self._transaction() as db:
-            rows = db.execute(
-                "SELECT e.id, e.body, d.sink FROM deliveries d "
-                "JOIN events e ON e.id = d.event_id "
-                "WHERE d.state = 'pending' AND e.server = ? "
-                "ORDER BY e.received, e.rowid", (self.server_id,)).fetchall()
-            db.executemany(
-                "UPDATE deliveries SET attempts = attempts + 1, updated = ? "
-                "WHERE event_id = ? AND sink = ?",
-                [(now, event_id, sink) for event_id, _, sink in rows])
-        result = []
-        by_id = {}
-        for event_id, body, sink in rows:
-            if event_id not in by_id:
-                by_id[event_id] = (json.loads(body), [])
-                result.append(by_id[event_id])
-            by_id[event_id][1].append(sink)
-        return result
+
+        def work(conn):
+            rows = self._pending_rows(conn,
+                                      events_t.c.server == self.server_id)
+            self._count_attempts(conn, rows, now)
+            return rows
+
+        return _group_work(self._run(work))
 
     def counts(self):
         """``{state: rows}`` of the delivery rows (for status and tests).
         """
-        with self._lock:
-            return dict(self._db.execute(
-                "SELECT state, count(*) FROM deliveries GROUP BY state"))
+        with self._engine.connect() as conn:
+            return dict(conn.execute(
+                sa.select(deliveries.c.state, sa.func.count())
+                .group_by(deliveries.c.state)).all())
 
     # -- leases ------------------------------------------------------------
 
     def _dead(self, row, now):
-        _, hostname, pid, _, heartbeat = row
-        if heartbeat < now - self.lease:
+        if row.heartbeat < now - self.lease:
             return True
-        return hostname == self.hostname and not _pid_alive(pid)
+        return row.hostname == self.hostname and not _pid_alive(row.pid)
+
+    def _lease_row(self, now, started):
+        return {"hostname": self.hostname, "pid": self.pid,
+                "started": started, "heartbeat": now}
 
     def register(self):
         """Take this controller's lease; at start, before anything else.
@@ -434,95 +510,110 @@ class Ledger(object):
         :raises ServerIdInUse: a live process holds ``server_id``.
         """
         now = self._clock()
-        with self._transaction() as db:
-            row = db.execute("SELECT id, hostname, pid, started, heartbeat "
-                             "FROM servers WHERE id = ?",
-                             (self.server_id,)).fetchone()
-            if row is not None and not self._dead(row, now) and not (
-                    row[1] == self.hostname and row[2] == self.pid):
+
+        def work(conn):
+            row = conn.execute(sa.select(servers).where(
+                servers.c.id == self.server_id).with_for_update()).first()
+            if row is None:
+                conn.execute(servers.insert().values(
+                    id=self.server_id, **self._lease_row(now, now)))
+                return
+            if not self._dead(row, now) and not (
+                    row.hostname == self.hostname and row.pid == self.pid):
                 raise ServerIdInUse(
                     "server_id %r is in use by pid %d on %s (heartbeat "
                     "%.0f s ago): give each guestha-server its own "
-                    "[server] server_id" % (self.server_id, row[2], row[1],
-                                            now - row[4]))
-            db.execute("INSERT OR REPLACE INTO servers (id, hostname, pid, "
-                       "started, heartbeat) VALUES (?, ?, ?, ?, ?)",
-                       (self.server_id, self.hostname, self.pid, now, now))
+                    "[server] server_id" % (self.server_id, row.pid,
+                                            row.hostname,
+                                            now - row.heartbeat))
+            conn.execute(servers.update().where(
+                servers.c.id == self.server_id).values(
+                    **self._lease_row(now, now)))
+
+        self._run(work)
 
     def renew(self):
         """Renew the lease (every third of it)."""
         now = self._clock()
-        with self._transaction() as db:
-            db.execute("INSERT OR REPLACE INTO servers (id, hostname, pid, "
-                       "started, heartbeat) VALUES (?, ?, ?, "
-                       "COALESCE((SELECT started FROM servers WHERE id = ?),"
-                       " ?), ?)",
-                       (self.server_id, self.hostname, self.pid,
-                        self.server_id, now, now))
+
+        def work(conn):
+            updated = conn.execute(servers.update().where(
+                servers.c.id == self.server_id).values(
+                    hostname=self.hostname, pid=self.pid,
+                    heartbeat=now)).rowcount
+            if not updated:
+                # another controller thought this one dead (its lease ran
+                # out while the database was away) and took its work over
+                LOG.warning("%s: lease found expired; taken again",
+                            self.server_id)
+                conn.execute(servers.insert().values(
+                    id=self.server_id, **self._lease_row(now, now)))
+
+        self._run(work)
 
     def unregister(self):
         """Give up the lease at a clean stop: another controller takes
         over at once whatever this one leaves pending."""
-        with self._transaction() as db:
-            db.execute("DELETE FROM servers WHERE id = ? AND pid = ?",
-                       (self.server_id, self.pid))
+        self._run(lambda conn: conn.execute(servers.delete().where(
+            servers.c.id == self.server_id, servers.c.pid == self.pid)))
 
     def live_servers(self):
         """Ids of the controllers holding a lease, sorted."""
         now = self._clock()
-        with self._lock:
-            rows = self._db.execute("SELECT id, hostname, pid, started, "
-                                    "heartbeat FROM servers").fetchall()
-        return sorted(row[0] for row in rows if not self._dead(row, now))
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.select(servers)).all()
+        return sorted(row.id for row in rows if not self._dead(row, now))
 
     def claim_orphans(self):
         """Take over the pending work of dead controllers.
+
+        Safe when several controllers look at once: the events change
+        owner in one UPDATE (rows locked, the condition checked again on
+        the committed row), to a token of this call, and only the rows
+        that carry the token are dispatched, so an orphan goes to one
+        controller.
 
         :returns: the taken-over work, as :meth:`pending` lists it (only
             the events taken over now).
         """
         now = self._clock()
-        with self._transaction() as db:
-            rows = db.execute("SELECT id, hostname, pid, started, heartbeat "
-                              "FROM servers").fetchall()
-            live = [row[0] for row in rows if not self._dead(row, now)]
-            if self.server_id not in live:
-                live.append(self.server_id)
-            dead = [row[0] for row in rows if row[0] not in live]
-            owners = [row[0] for row in db.execute(
-                "SELECT DISTINCT e.server FROM deliveries d JOIN events e "
-                "ON e.id = d.event_id WHERE d.state = 'pending'")]
-            orphaned = [o for o in owners if o not in live]
-            if dead:
-                db.execute("DELETE FROM servers WHERE id IN (%s)"
-                           % ",".join("?" * len(dead)), dead)
+        token = "%s#%s" % (self.server_id[:200], uuid.uuid4().hex)
+
+        def work(conn):
+            rows = conn.execute(sa.select(servers)).all()
+            live = {row.id for row in rows if not self._dead(row, now)}
+            live.add(self.server_id)
+            dead = [row for row in rows if row.id not in live]
+            owners = conn.execute(
+                sa.select(events_t.c.server).distinct()
+                .select_from(deliveries.join(
+                    events_t, events_t.c.id == deliveries.c.event_id))
+                .where(deliveries.c.state == PENDING)).scalars().all()
+            orphaned = sorted(o for o in owners if o not in live)
+            for row in dead:  # unless it came back meanwhile
+                conn.execute(servers.delete().where(
+                    servers.c.id == row.id,
+                    servers.c.heartbeat == row.heartbeat))
             if not orphaned:
-                return []
-            marks = ",".join("?" * len(orphaned))
-            taken = db.execute(
-                "SELECT e.id, e.body, d.sink FROM deliveries d JOIN events e"
-                " ON e.id = d.event_id WHERE d.state = 'pending' AND "
-                "e.server IN (%s) ORDER BY e.received, e.rowid" % marks,
-                orphaned).fetchall()
-            db.execute(
-                "UPDATE events SET server = ? WHERE server IN (%s) AND id IN"
-                " (SELECT event_id FROM deliveries WHERE state = 'pending')"
-                % marks, [self.server_id] + orphaned)
-            db.executemany(
-                "UPDATE deliveries SET attempts = attempts + 1, updated = ? "
-                "WHERE event_id = ? AND sink = ?",
-                [(now, event_id, sink) for event_id, _, sink in taken])
-        LOG.warning("took over %d undelivered event(s) of controller(s) "
-                    "%s, which stopped without delivering them",
-                    len({row[0] for row in taken}), ", ".join(orphaned))
-        result = []
-        by_id = {}
-        for event_id, body, sink in taken:
-            if event_id not in by_id:
-                by_id[event_id] = (json.loads(body), [])
-                result.append(by_id[event_id])
-            by_id[event_id][1].append(sink)
-        return result
+                return orphaned, []
+            pending_ids = sa.select(deliveries.c.event_id).where(
+                deliveries.c.state == PENDING)
+            conn.execute(events_t.update().where(
+                events_t.c.server.in_(orphaned),
+                events_t.c.id.in_(pending_ids)).values(server=token))
+            taken = self._pending_rows(conn, events_t.c.server == token)
+            conn.execute(events_t.update().where(
+                events_t.c.server == token).values(server=self.server_id))
+            self._count_attempts(conn, taken, now)
+            return orphaned, taken
+
+        orphaned, taken = self._run(work)
+        if taken:
+            LOG.warning("took over %d undelivered event(s) of "
+                        "controller(s) %s, which stopped without "
+                        "delivering them", len({row[0] for row in taken}),
+                        ", ".join(orphaned))
+        return _group_work(taken)
 
     # -- corrective-action cap -------------------------------------------
 
@@ -530,24 +621,39 @@ class Ledger(object):
         """Count an action on ``instance`` if fewer than ``limit`` were
         counted in the last ``window`` seconds (by any controller).
 
+        Atomic across controllers: the instance's ``action_caps`` row is
+        locked for the count and the insert.
+
         :returns: ``(granted, count)``, ``count`` being the actions in the
             window before this one; ``granted`` is None when an action
             was counted for ``fault_id`` already (at most one per fault).
         """
         now = self._clock() if now is None else now
-        with self._transaction() as db:
-            if db.execute("SELECT 1 FROM action_slots WHERE instance = ? "
-                          "AND fault_id = ?",
-                          (instance, fault_id)).fetchone() is not None:
+
+        def work(conn):
+            locked = conn.execute(sa.select(action_caps.c.instance).where(
+                action_caps.c.instance == instance).with_for_update()).first()
+            if locked is None:
+                # a duplicate key here (another controller inserted it
+                # first) runs the transaction again, which then locks it
+                conn.execute(action_caps.insert().values(
+                    instance=instance, updated=now))
+            if conn.execute(sa.select(action_slots.c.at).where(
+                    action_slots.c.instance == instance,
+                    action_slots.c.fault_id == fault_id)).first():
                 return None, 0
-            count = db.execute(
-                "SELECT count(*) FROM action_slots WHERE instance = ? AND "
-                "at > ?", (instance, now - window)).fetchone()[0]
+            count = conn.execute(sa.select(sa.func.count()).where(
+                action_slots.c.instance == instance,
+                action_slots.c.at > now - window)).scalar()
             if count >= limit:
                 return False, count
-            db.execute("INSERT INTO action_slots (instance, at, fault_id) "
-                       "VALUES (?, ?, ?)", (instance, now, fault_id))
-        return True, count
+            conn.execute(action_slots.insert().values(
+                instance=instance, at=now, fault_id=fault_id))
+            conn.execute(action_caps.update().where(
+                action_caps.c.instance == instance).values(updated=now))
+            return True, count
+
+        return self._run(work)
 
     # -- housekeeping ------------------------------------------------------
 
@@ -557,15 +663,22 @@ class Ledger(object):
 
         :returns: the number of events forgotten.
         """
-        with self._transaction() as db:
-            db.execute(
-                "DELETE FROM deliveries WHERE event_id IN (SELECT id FROM "
-                "events WHERE received < ?) AND event_id NOT IN (SELECT "
-                "event_id FROM deliveries WHERE state = 'pending')",
-                (before,))
-            pruned = db.execute(
-                "DELETE FROM events WHERE received < ? AND NOT EXISTS "
-                "(SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
-                (before,)).rowcount
-            db.execute("DELETE FROM action_slots WHERE at < ?", (before,))
-        return pruned
+        def work(conn):
+            old = sa.select(events_t.c.id).where(events_t.c.received < before)
+            still = sa.select(deliveries.c.event_id).where(
+                deliveries.c.state == PENDING)
+            done = conn.execute(old.where(
+                events_t.c.id.not_in(still))).scalars().all()
+            pruned = 0
+            for chunk in _chunks(done):
+                conn.execute(deliveries.delete().where(
+                    deliveries.c.event_id.in_(chunk)))
+                pruned += conn.execute(events_t.delete().where(
+                    events_t.c.id.in_(chunk))).rowcount
+            conn.execute(action_slots.delete().where(
+                action_slots.c.at < before))
+            conn.execute(action_caps.delete().where(
+                action_caps.c.updated < before))
+            return pruned
+
+        return self._run(work)

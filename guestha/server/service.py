@@ -18,10 +18,11 @@ drain_timeout`` seconds to deliver what they hold; what they do not is
 still pending in the ledger, and the lease is handed back so that another
 controller takes it over at once.
 
-Which controller relays Nova's state changes to the agents: the one with
-the smallest ``server_id`` among those holding a lease (every controller
-gets every notification, in its own pool, and keeps its cache; one tells
-the peers).
+Which controller relays Nova's state changes to the agents: the holder
+of a tooz lock when ``[coordination] backend_url`` is set, else the one
+with the smallest ``server_id`` among those holding a lease in the ledger
+(every controller gets every notification, in its own pool, and keeps its
+cache; one tells the peers): :mod:`guestha.server.coordination`.
 """
 
 import logging
@@ -32,8 +33,10 @@ import time
 import oslo_messaging
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
+from guestha.db import api as db_api
 from guestha import rpc
 from guestha.server import actions as actions_mod
+from guestha.server import coordination as coordination_mod
 from guestha.server import endpoint as endpoint_mod
 from guestha.server import groups as groups_mod
 from guestha.server import ledger as ledger_mod
@@ -86,24 +89,30 @@ class LedgerKeeper(object):
     """The ledger's periodic work, in one thread."""
 
     def __init__(self, ledger, deliveries, retention, lease,
-                 clock=time.monotonic):
+                 clock=time.monotonic, coordination=None):
         self.ledger = ledger
         self.deliveries = deliveries
         self.retention = retention
         self.lease = lease
         self._clock = clock
+        self.coordination = (coordination if coordination is not None
+                             else coordination_mod.LeaseRelay(ledger))
         self._stopping = threading.Event()
         self._thread = None
         self.relay = False
 
     def update_relay(self):
-        live = self.ledger.live_servers()
-        relay = bool(live) and live[0] == self.ledger.server_id
+        relay, who = self.coordination.elect()
         if relay != self.relay:
             LOG.info("%s relays Nova's state changes to the agents: %s",
                      self.ledger.server_id, "yes" if relay else
-                     "no (%s does)" % (live[0] if live else "nobody"))
+                     "no (%s does)" % (who or "nobody"))
         self.relay = relay
+
+    def take_over(self):
+        """Dispatch the work of dead controllers that this one takes."""
+        return self.deliveries.redispatch(
+            self.coordination.takeover(self.ledger.claim_orphans))
 
     def is_relay(self):
         return self.relay
@@ -130,13 +139,17 @@ class LedgerKeeper(object):
                     next_renew = now + renew_every
                     self.ledger.renew()
                     self.update_relay()
-                    self.deliveries.redispatch(self.ledger.claim_orphans())
+                    self.take_over()
                 if now >= next_prune:
                     next_prune = now + PRUNE_INTERVAL
                     pruned = self.ledger.prune(time.time() - self.retention)
                     if pruned:
                         LOG.info("ledger: forgot %d delivered event(s) "
                                  "older than %d s", pruned, self.retention)
+            except db_api.DB_ERRORS as exc:
+                # the database is away: the agents' calls fail and are
+                # sent again; the upkeep resumes when it is back
+                LOG.warning("ledger upkeep: the database failed: %s", exc)
             except Exception:  # a thread's top level: keep the lease
                 LOG.exception("ledger upkeep failed")
 
@@ -166,16 +179,19 @@ class ServerService(object):
         sinks = sinks_base.load_sinks(conf)
         # the window of the cap must outlive pruning
         retention = max(server.ledger_retention, conf.actions.window)
-        ledger = ledger_mod.Ledger(server.ledger_path, server.server_id,
+        ledger = ledger_mod.Ledger(db_api.connection_url(conf),
+                                   server.server_id,
                                    sinks=[sink.name for sink in sinks],
-                                   lease=server.lease_seconds)
+                                   lease=server.lease_seconds, conf=conf)
         nova = actions_mod.NovaActions.from_conf(conf)
         deliveries = Deliveries(ledger, None, None)
         dispatcher = sinks_base.SinkDispatcher.from_conf(
             conf, sinks=sinks, on_result=deliveries.on_result)
         deliveries.dispatcher = dispatcher
         keeper = LedgerKeeper(ledger, deliveries, retention,
-                              server.lease_seconds)
+                              server.lease_seconds,
+                              coordination=coordination_mod.from_conf(
+                                  conf, ledger))
         worker = actions_mod.ActionWorker.from_conf(
             conf, nova, ledger, deliveries.report_action)
         deliveries.actions = worker
@@ -186,18 +202,22 @@ class ServerService(object):
         notification_transport = oslo_messaging.get_notification_transport(
             conf)
         groups = groups_mod.ServerGroups.from_conf(
-            conf, nova, api.AgentAPI(transport), keeper.is_relay)
+            conf, nova, api.AgentAPI(
+                transport,
+                version_cap=conf.upgrade_levels.guestha_agent or None),
+            keeper.is_relay)
         return cls(conf, ledger, deliveries, keeper, dispatcher, worker,
                    groups, transport, notification_transport)
 
     def start(self):
         server = self.conf.server
         self.ledger.register()
+        self.keeper.coordination.start()
         self.keeper.update_relay()
         self.dispatcher.start()
         self.actions.start()
         owed = self.deliveries.redispatch(self.ledger.pending())
-        taken = self.deliveries.redispatch(self.ledger.claim_orphans())
+        taken = self.keeper.take_over()
         if owed or taken:
             LOG.info("dispatching %d event(s) owed from the last run and %d "
                      "taken over from dead controllers", owed, taken)
@@ -215,10 +235,11 @@ class ServerService(object):
             [endpoint],
             access_policy=rpc_dispatcher.DefaultRPCAccessPolicy)
         self.rpc_server.start()
-        LOG.info("guestha-server %s running (sinks: %s; ledger %s)",
-                 server.server_id,
+        LOG.info("guestha-server %s running (sinks: %s; ledger %s; "
+                 "coordination %s)", server.server_id,
                  ", ".join(self.dispatcher.sink_names) or "none",
-                 server.ledger_path)
+                 self.ledger.url,
+                 self.keeper.coordination.backend or "by the ledger")
 
     def run(self):
         def _stop(signum, frame):
@@ -257,6 +278,7 @@ class ServerService(object):
         clean = self.dispatcher.stop(timeout=self.conf.server.drain_timeout)
         LOG.debug("sinks stopped")
         self.keeper.stop()
+        self.keeper.coordination.stop()
         try:
             self.ledger.flush()
             self.ledger.unregister()

@@ -131,8 +131,8 @@ def test_pending_counts_attempts(path, clock):
     ledger.accept([state()])
     ledger.pending()
     ledger.pending()
-    with ledger._lock:
-        attempts, = ledger._db.execute(
+    with ledger._engine.connect() as conn:
+        attempts, = conn.exec_driver_sql(
             "SELECT attempts FROM deliveries").fetchone()
     assert attempts == 3
 
@@ -284,9 +284,11 @@ def test_prune_keeps_pending_and_recent(path, clock):
 
 def test_newer_schema_is_refused(path, clock):
     ledger = make(path, clock)
-    ledger._db.execute("PRAGMA user_version = 99")
+    with ledger._engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = "
+                             "'999_from_the_future'")
     ledger.close()
-    with pytest.raises(ledger_mod.LedgerError):
+    with pytest.raises(ledger_mod.LedgerError, match="999_from_the_future"):
         Ledger(path, "ctl-a", clock=clock)
 
 
@@ -326,3 +328,93 @@ def test_concurrent_processes_store_each_event_once(tmp_path):
     assert sorted(new) == sorted(e["id"] for e in events)
     ledger = Ledger(path, "check")
     assert ledger.counts() == {"pending": len(events)}
+
+
+# -- group commit and a failing database --------------------------------------
+
+def test_calls_that_come_together_share_one_commit(path, clock):
+    import threading
+    ledger = make(path, clock)
+    stores = []
+    entered = threading.Event()
+    release = threading.Event()
+    real_store = ledger._store
+
+    def store(conn, batch):
+        stores.append([len(req.valid) for req in batch])
+        if len(stores) == 1:  # the first commit holds until the others wait
+            entered.set()
+            assert release.wait(30)
+        return real_store(conn, batch)
+
+    ledger._store = store
+    first = [fault()]
+    later = [[fault(), fault()], [state()], [fault()]]
+    results = {}
+
+    def call(name, batch):
+        results[name] = ledger.accept(batch)
+
+    threads = [threading.Thread(target=call, args=("first", first))]
+    threads[0].start()
+    assert entered.wait(30)
+    for n, batch in enumerate(later):
+        threads.append(threading.Thread(target=call, args=(n, batch)))
+        threads[-1].start()
+    with ledger._gc_cond:  # all three queued behind the first commit
+        while len(ledger._gc_queue) < len(later):
+            ledger._gc_cond.wait(1)
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    # two transactions: the first call's, then the three queued together
+    assert sorted(stores[1]) == [1, 1, 2] and len(stores) == 2
+    assert [e["id"] for e in results["first"].new] == [first[0]["id"]]
+    for n, batch in enumerate(later):
+        assert [e["id"] for e in results[n].new] == [e["id"] for e in batch]
+    # the same event in two calls of one commit: new once
+    ev = fault()
+    assert len(ledger.accept([ev]).new) == 1
+
+
+def test_a_failing_database_accepts_nothing_and_the_retry_does(path, clock):
+    from oslo_db import exception as db_exc
+    ledger = make(path, clock)
+    batch = [fault(), state()]
+    real_store = ledger._store
+
+    def down(conn, batch):
+        raise db_exc.DBConnectionError("lost connection to the database")
+
+    ledger._store = down
+    with pytest.raises(ledger_mod.DB_ERRORS):
+        ledger.accept(batch)
+    assert ledger.counts() == {}
+    ledger._store = real_store
+    result = ledger.accept(batch)  # the agent sends it again
+    assert [e["id"] for e in result.new] == [e["id"] for e in batch]
+
+
+def test_a_lost_race_is_run_again(path, clock):
+    from oslo_db import exception as db_exc
+    ledger = make(path, clock)
+    real_store = ledger._store
+    calls = []
+
+    def deadlock_once(conn, batch):
+        calls.append(1)
+        if len(calls) == 1:
+            raise db_exc.DBDeadlock()
+        return real_store(conn, batch)
+
+    ledger._store = deadlock_once
+    assert len(ledger.accept([fault()]).new) == 1
+    assert len(calls) == 2
+
+
+def test_the_cap_is_counted_once_by_two_controllers(path, clock):
+    a = make(path, clock, "ctl-a")
+    b = make(path, clock, "ctl-b")
+    granted = [ledger.take_action_slot(INSTANCE, str(uuid.uuid4()), 3600, 2)
+               for ledger in (a, b, a, b)]
+    assert [g for g, _ in granted] == [True, True, False, False]
