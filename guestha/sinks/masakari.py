@@ -41,11 +41,11 @@ acts on it at most as often as the operator allows.
 
 import datetime
 import logging
-import sqlite3
 
 from keystoneauth1 import exceptions as ks_exc
 from keystoneauth1 import adapter as ks_adapter_mod
 
+from guestha.db import api as db_api
 from guestha.sinks import base
 
 LOG = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class MasakariSink(base.FaultSink):
         try:
             granted, count = cap.take(event["instance"], event["id"],
                                       path=self.name)
-        except sqlite3.Error as exc:
+        except db_api.DB_ERRORS as exc:
             raise base.SinkUnavailable(
                 sink=self.name, reason="cannot count the recovery in the "
                 "ledger: %s" % exc)
