@@ -20,9 +20,15 @@ its parent can end:
   about (:func:`guard_domains`, used by ``tools/vm.py``);
 * **a run was interrupted before all this existed, or the watchdog
   itself was killed**: each child carries its owner in its environment
-  (:data:`OWNER_ENV`, the owner's pid and start time, so a reused pid
-  does not count), and :func:`reap_orphans`, called when a session
-  starts, kills every harness process whose owner is gone.
+  (:data:`OWNER_ENV`: the owner's pid and start time, so that a reused
+  pid does not count, and the child's session), and :func:`reap_orphans`,
+  called when a session starts, kills every harness process whose owner
+  is gone.
+
+What a child started is its owner's as long as it stays in the child's
+session: a daemon it started (``rabbitmq-server -detached``, ``libvirtd
+-d``), which made a session of its own, inherits the mark but is never
+killed for it.
 
 Standard library only, Linux only (``/proc``, ``prctl``).
 """
@@ -38,8 +44,8 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-#: Environment variable naming the process that spawned a harness process:
-#: ``<pid>:<start time in clock ticks>``.
+#: Environment variable naming the process that spawned a harness process
+#: and the session it gave it: ``<pid>:<start time in clock ticks>/<sid>``.
 OWNER_ENV = "GUESTHA_HARNESS_OWNER"
 _PR_SET_PDEATHSIG = 1
 
@@ -92,8 +98,9 @@ def token_alive(token):
         return False
 
 
-def owner_of(pid):
-    """The :data:`OWNER_ENV` token in ``pid``'s environment, or None."""
+def _mark(pid):
+    """``(owner token, session)`` of :data:`OWNER_ENV` in ``pid``'s
+    environment, or None."""
     try:
         with open("/proc/%d/environ" % pid, "rb") as f:
             environ = f.read()
@@ -102,8 +109,25 @@ def owner_of(pid):
     key = OWNER_ENV.encode() + b"="
     for item in environ.split(b"\0"):
         if item.startswith(key):
-            return item[len(key):].decode("ascii", "replace")
+            token, _, sid = item[len(key):].decode(
+                "ascii", "replace").partition("/")
+            return token, sid
     return None
+
+
+def owner_of(pid):
+    """The owner token of harness process ``pid``, or None: the process
+    carries the mark and is still in the session its owner gave the
+    child it descends from (a daemon that made a session of its own is
+    nobody's)."""
+    mark = _mark(pid)
+    if mark is None:
+        return None
+    fields = _stat(pid)
+    # fields[3]: the session id (field 6)
+    if not fields or fields[3] != mark[1]:
+        return None
+    return mark[0]
 
 
 def _pids():
@@ -161,13 +185,20 @@ def reap_orphans():
 
 # -- spawning -----------------------------------------------------------------
 
-def _die_with(parent):
+def _child_setup(parent, token, setenv, unsetenv, die_with_parent):
     def preexec():
-        # SIGKILL when the parent (the thread that forked) ends; if it
-        # ended before this line, nobody would send it: check.
-        if _prctl is not None:
+        # the environment the child execs with (Popen's env=None: the C
+        # environ), marked with its session, which only the child knows
+        for key in unsetenv:
+            os.unsetenv(key)
+        for key, value in setenv:
+            os.putenv(key, value)
+        os.putenv(OWNER_ENV, "%s/%d" % (token, os.getsid(0)))
+        if die_with_parent and _prctl is not None:
+            # SIGKILL when the parent (the thread that forked) ends
             _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:
+            # it ended before the line above: nobody would send it
             os._exit(125)
     return preexec
 
@@ -177,15 +208,21 @@ def spawn(argv, env=None, die_with_parent=True, **kwargs):
     a session (and process group) of its own, :data:`OWNER_ENV` in its
     environment, killed with this process.  ``env``: the whole
     environment (default: this process's).  Also starts the
-    :func:`watchdog` if it does not run yet."""
-    env = dict(os.environ if env is None else env)
-    env[OWNER_ENV] = owner_token()
-    if die_with_parent and threading.current_thread() is \
-            threading.main_thread():
-        kwargs["preexec_fn"] = _die_with(os.getpid())
+    :func:`watchdog` if it does not run yet.  The death signal is set
+    only from the main thread (the kernel sends it when the thread that
+    forked ends); the watchdog covers the others."""
+    target = dict(os.environ if env is None else env)
+    target.pop(OWNER_ENV, None)
+    setenv = [(k, v) for k, v in target.items() if os.environ.get(k) != v]
+    unsetenv = [k for k in os.environ if k not in target] + [OWNER_ENV]
+    kwargs["preexec_fn"] = _child_setup(
+        os.getpid(), owner_token(), setenv, unsetenv,
+        die_with_parent and threading.current_thread() is
+        threading.main_thread())
     kwargs.setdefault("stdin", subprocess.DEVNULL)
     ensure_watchdog()
-    proc = subprocess.Popen(argv, env=env, start_new_session=True, **kwargs)
+    proc = subprocess.Popen(argv, env=None, start_new_session=True,
+                            **kwargs)
     with _lock:
         _children[:] = [p for p in _children if p.poll() is None]
         _children.append(proc)

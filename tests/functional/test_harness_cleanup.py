@@ -48,17 +48,25 @@ HARNESS = textwrap.dedent("""\
     guest = agentctl.GuestProcess(processes, workdir, workdir, "g1").start()
     server = serverctl.ServerProcess(workdir, url, "ghhc-ctl",
                                      "http://127.0.0.1:9/nova").start()
-    shell = processes.spawn(["sh", "-c", "sleep 600 & wait"],
-                            os.path.join(workdir, "sh.log"))
+    # a child of its own, and a daemon (a session of its own, as
+    # rabbitmq-server -detached or libvirtd -d make): not ours to kill
+    shell = processes.spawn(["sh", "-c", "setsid sleep 601 & sleep 600 & "
+                             "wait"], os.path.join(workdir, "sh.log"))
     deadline = time.monotonic() + 10
     grandchildren = []
-    while not grandchildren and time.monotonic() < deadline:
+    while len(grandchildren) < 2 and time.monotonic() < deadline:
         with open("/proc/%d/task/%d/children" % (shell.pid, shell.pid)) as f:
             grandchildren = [int(p) for p in f.read().split()]
+    while time.monotonic() < deadline and not all(
+            proc.cmdline(p).startswith("sleep") for p in grandchildren):
+        pass
+    daemon = [p for p in grandchildren if proc.cmdline(p) == "sleep 601"]
     print(json.dumps({"token": proc.owner_token(),
                       "children": [guest.proc.pid, server.proc.pid,
                                    shell.pid],
-                      "grandchildren": grandchildren}), flush=True)
+                      "grandchildren": [p for p in grandchildren
+                                        if p not in daemon],
+                      "daemon": daemon}), flush=True)
     time.sleep(600)
     """)
 
@@ -86,6 +94,7 @@ def test_a_killed_harness_takes_its_processes_with_it(tmp_path, rabbit_vhost):
             [sys.executable, "-W", "ignore", str(script), workdir,
              rabbit_vhost], stdout=subprocess.PIPE, stderr=err, cwd=ROOT,
             env=env)
+    started = None
     try:
         line = harness.stdout.readline()
         assert line, "the harness did not start:\n%s" % (
@@ -93,7 +102,8 @@ def test_a_killed_harness_takes_its_processes_with_it(tmp_path, rabbit_vhost):
         started = json.loads(line)
         everything = started["children"] + started["grandchildren"]
         assert len(started["grandchildren"]) == 1
-        assert all(_alive(pid) for pid in everything)
+        assert len(started["daemon"]) == 1
+        assert all(_alive(pid) for pid in everything + started["daemon"])
         assert sorted(procs.owned_by(started["token"])) == sorted(everything)
         watchdogs = _watchdogs_of(started["token"])
         assert len(watchdogs) == 1
@@ -108,8 +118,12 @@ def test_a_killed_harness_takes_its_processes_with_it(tmp_path, rabbit_vhost):
         # the watchdog is no leftover either
         wait_until(lambda: not any(_alive(pid) for pid in watchdogs), 10,
                    "the watchdog to end")
+        # and the daemon was not the harness's to kill
+        assert all(_alive(pid) for pid in started["daemon"])
     finally:
         procs.kill(harness)
+        for pid in started["daemon"] if started else []:
+            os.kill(pid, signal.SIGKILL)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
