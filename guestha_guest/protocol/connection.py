@@ -222,7 +222,9 @@ class Connection(object):
 
         :raises RemoteProtocolError: for a bad line while READY.  The line
             is consumed; the connection stays usable, so the caller may
-            answer with ``send(exc.to_message())`` and call again.
+            answer with ``send(exc.to_message())`` and call again, unless
+            ``exc.answerable`` is false (the bad line is an ``error``,
+            which is never answered).
         """
         while self._lines:
             item = self._lines.popleft()

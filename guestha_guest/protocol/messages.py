@@ -563,23 +563,25 @@ def _fast_response(obj):
     return msg
 
 
-_BRACKETS = re.compile(rb"[][{}]")
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 def _too_deep(line):
     """True if arrays and objects nest deeper than MAX_DEPTH in ``line``.
 
     Cheap for every real line: it counts brackets first, and scans only a
-    line with more than MAX_DEPTH opening brackets, skipping strings.  An
+    line with more than MAX_DEPTH opening brackets (a long status part),
+    skipping strings, and stops at the first bracket too deep.  An
     unterminated string can make the scan see brackets that are not there;
     such a line is not JSON anyway, and invalid_json either way.
     """
     if line.count(b"[") + line.count(b"{") <= MAX_DEPTH:
         return False
     depth = 0
-    for bracket in _BRACKETS.findall(_JSON_STRING.sub(b'""', line)):
-        if bracket in b"[{":
+    for byte in _JSON_STRING.sub(b'""', line).translate(None,
+                                                         _NOT_BRACKETS):
+        if byte == 0x5b or byte == 0x7b:  # [ or {
             depth += 1
             if depth > MAX_DEPTH:
                 return True

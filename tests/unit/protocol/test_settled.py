@@ -228,3 +228,38 @@ def channel_ready(conn):
                                "version": 1}) + b"\n")
     assert isinstance(conn.next_event(), c.Synced)
     assert conn.state == c.READY
+
+
+def _depth(value):
+    if isinstance(value, dict):
+        return 1 + max([_depth(v) for v in value.values()] or [0])
+    if isinstance(value, list):
+        return 1 + max([_depth(v) for v in value] or [0])
+    return 0
+
+
+def test_the_depth_scan_agrees_with_a_parser():
+    import random
+    rng = random.Random(8)
+    texts = ['"', "\\", "[", "]", "{", "}", '\\"]', "\u00e9", "x"]
+
+    def build(depth):
+        if depth == 0 or rng.random() < 0.1:
+            return "".join(rng.choice(texts) for _ in range(rng.randint(
+                0, 4)))
+        # one child goes deep, its siblings stay shallow
+        kids = [build(depth - 1)] + [build(rng.randint(0, 2))
+                                     for _ in range(rng.randint(0, 2))]
+        rng.shuffle(kids)
+        if rng.random() < 0.5:
+            return kids
+        return {"k%d%s" % (i, rng.choice(texts)): k
+                for i, k in enumerate(kids)}
+    seen = set()
+    for _ in range(300):
+        obj = {"a": build(rng.randint(25, 40))}
+        line = json.dumps(obj, ensure_ascii=rng.random() < 0.5).encode()
+        deep = _depth(obj) > m.MAX_DEPTH
+        assert m._too_deep(line) == deep, line
+        seen.add((deep, line.count(b"[") + line.count(b"{") > m.MAX_DEPTH))
+    assert seen == {(True, True), (False, True), (False, False)}
