@@ -311,6 +311,9 @@ class AgentLoop(inst_mod.Env):
             instance = self.instances.get(info.uuid)
             if instance is None:
                 if info.state == ev.SHUTOFF:
+                    # its next start boots a new guest: nothing from
+                    # before this start of the agent applies
+                    self._monitored.forget([info.uuid])
                     return
                 instance = inst_mod.Instance(
                     info.uuid, self, self.policy, now,
@@ -323,6 +326,9 @@ class AgentLoop(inst_mod.Env):
         elif isinstance(record, ev.Reconciled):
             for uuid in [u for u in self.instances if u not in record.uuids]:
                 self._gone(uuid, now)
+            # domains deleted or migrated away while the agent was down
+            self._monitored.forget(self._monitored.unclaimed()
+                                   - set(record.uuids))
         elif isinstance(record, ev.LibvirtStatus):
             self.libvirt_connected = record.connected
             if record.connected:

@@ -52,9 +52,23 @@ class MonitoredFile(object):
         instance keeps it from now on), or None."""
         return self._unclaimed.pop(uuid, None)
 
+    def forget(self, uuids):
+        """Drop the unclaimed entries of ``uuids``: domains that are gone,
+        or that are shut off (their next start boots a new guest, which
+        has no daemon answering yet and cannot have hung)."""
+        dropped = [u for u in uuids if self._unclaimed.pop(u, None)]
+        if dropped:
+            self.dirty = True
+        return dropped
+
+    def unclaimed(self):
+        """The uuids of the entries no instance has claimed yet."""
+        return set(self._unclaimed)
+
     def save(self, instances):
         """Write the entries of ``instances`` (uuid -> Instance) and those
-        not claimed yet."""
+        not claimed yet.  After a failure ``dirty`` stays set, so the
+        loop's housekeeping tries again."""
         self.dirty = False
         entries = dict(self._unclaimed)
         for uuid, instance in instances.items():
@@ -72,6 +86,7 @@ class MonitoredFile(object):
                 LOG.error("cannot save %s: %s (a hang during the agent's "
                           "next restart may go unreported)", self.path, exc)
             self._failing = True
+            self.dirty = True
             return
         if self._failing:
             LOG.info("%s saved again", self.path)

@@ -27,6 +27,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
 STUB = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                     "controller_stub.py")
 HOST = "compute-func"
+# What a call that waits for the broker takes at the least: the rabbit
+# driver's reconnect interval (see guestha/agent/reporter.py).
+BROKER_WAIT = 2.0
 
 
 class StubController(object):
@@ -221,10 +224,12 @@ def test_a_broker_outage_blocks_nobody_and_loses_nothing(
              "delivery after the broker came back")
     assert controller.accepted_ids() == [e["id"] for e in before + during]
     assert reporter.stats()["pending"] == 0
-    # the caller (the agent's I/O loop) never waited for the broker
-    assert statistics.median(submit_times) < 0.005
-    assert max(submit_times) < 0.05
-    assert max(relay_times) < 0.005
+    # The caller (the agent's I/O loop) never waited for the broker: a
+    # publish that waits for it takes at least the driver's 2 s reconnect
+    # interval.  The bound is that, not a speed target (the speed of
+    # submit is benchmarks/reporter_submit.py's).
+    assert max(submit_times) < BROKER_WAIT
+    assert max(relay_times) < BROKER_WAIT
     print("\nsubmit during the outage: median %.3f ms, max %.3f ms; "
           "cast_relay max %.3f ms; retries %d" % (
               statistics.median(submit_times) * 1e3,
@@ -250,7 +255,7 @@ def test_an_agent_started_during_a_broker_outage_reports_when_it_returns(
         wait_for(lambda: (reporter.stats()["in_flight_s"] or 0) > 2.0, 30,
                  "the first call to hang")
         assert reporter.stats()["pending"] == 10
-        assert longest < 0.05
+        assert longest < BROKER_WAIT  # submit never waited for the broker
     finally:
         rabbitmq.start_app()
 
