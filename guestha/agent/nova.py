@@ -47,6 +47,13 @@ CORRECTIVE_ACTION = "guestha:corrective_action"
 
 TRUE_VALUES = frozenset(("true", "1", "yes"))
 
+#: The first microversion that shows a server's ``server_groups``.
+SERVER_GROUPS_MICROVERSION = "2.71"
+
+#: Server groups asked for per request: Nova's default ``[api]
+#: max_limit``, the most it answers in one page anyway.
+GROUP_PAGE_SIZE = 1000
+
 NO_FEATURES = {"heartbeat": False, "server_group_messaging": False,
                "corrective_action": None}
 
@@ -77,10 +84,16 @@ class NovaClient(object):
     :param client: a python-novaclient client (``novaclient.client.Client``)
         at microversion 2.47 or later.
     :param cache_ttl: seconds to keep an instance's guestha settings.
+    :param groups_client: the same at microversion
+        :data:`SERVER_GROUPS_MICROVERSION` or later, for
+        :meth:`server_group_of` (default: ``client``).
     """
 
-    def __init__(self, client, cache_ttl=300, clock=time.monotonic):
+    def __init__(self, client, cache_ttl=300, clock=time.monotonic,
+                 groups_client=None):
         self._client = client
+        # at microversion 2.71 or later, for server_group_of
+        self._groups_client = groups_client or client
         self._cache_ttl = cache_ttl
         self._clock = clock
         self._cache = {}
@@ -126,7 +139,15 @@ class NovaClient(object):
         client = nova_client.Client(
             version, session=session, auth=auth,
             endpoint_type=endpoint_type, **adapter_kwargs)
-        return cls(client, cache_ttl=group_conf.flavor_cache_ttl)
+        groups_client = None
+        groups_version = api_versions.APIVersion(SERVER_GROUPS_MICROVERSION)
+        if version < groups_version:
+            # the same session, asking for a server's groups
+            groups_client = nova_client.Client(
+                groups_version, session=session, auth=auth,
+                endpoint_type=endpoint_type, **adapter_kwargs)
+        return cls(client, cache_ttl=group_conf.flavor_cache_ttl,
+                   groups_client=groups_client)
 
     # -- the agent --------------------------------------------------------
 
@@ -182,26 +203,67 @@ class NovaClient(object):
     def server_groups(self):
         """Every server group of every project, with its members.
 
+        Nova answers at most ``[api] max_limit`` groups (1000 by default)
+        per request, whatever ``limit`` asks, so the list is read page by
+        page (``limit`` and ``offset``, the only paging
+        ``os-server-groups`` has) until a page comes back empty: a short
+        page does not mean the end, since Nova's max_limit may be below
+        :data:`GROUP_PAGE_SIZE`.  A group created or deleted while the
+        pages are read may shift the offsets; a group read twice is kept
+        once, and one missed is found by the next read.
+
         :returns: ``[{"id", "name", "policy", "members", "project_id"}]``,
             ``policy`` being the first (before 2.64, the only) policy.
         :raises NovaUnavailable: Nova did not answer.
         """
+        groups = []
+        seen = set()
+        offset = 0
+        while True:
+            try:
+                page = self._client.server_groups.list(
+                    all_projects=True, limit=GROUP_PAGE_SIZE, offset=offset)
+            except (nova_exc.ClientException, ks_exc.ClientException) as exc:
+                raise NovaUnavailable("cannot list server groups: %s"
+                                      % _describe(exc))
+            if not page:
+                break
+            offset += len(page)
+            for group in page:
+                if group.id not in seen:
+                    seen.add(group.id)
+                    groups.append(group)
+        return [_group_dict(group) for group in groups]
+
+    def server_group_of(self, instance_uuid):
+        """The server group of one instance, with its members: two small
+        requests whatever the number of groups (``server_groups`` of the
+        server, microversion 2.71 or later, then ``GET
+        /os-server-groups/{id}``).
+
+        :returns: as one item of :meth:`server_groups`, or None when the
+            instance is in no group (or Nova knows neither).
+        :raises NovaUnavailable: Nova did not answer, or is older than
+            2.71 (then only :meth:`server_groups` can tell).
+        """
         try:
-            groups = self._client.server_groups.list(all_projects=True)
+            server = self._groups_client.servers.get(instance_uuid)
+            group_ids = getattr(server, "server_groups", None)
+            if group_ids is None:
+                raise NovaUnavailable(
+                    "instance %s: Nova shows no server_groups (needs "
+                    "microversion %s)" % (instance_uuid,
+                                          SERVER_GROUPS_MICROVERSION))
+            if not group_ids:
+                return None
+            group = self._groups_client.server_groups.get(group_ids[0])
+        except nova_exc.NotFound:
+            return None
         except (nova_exc.ClientException, ks_exc.ClientException) as exc:
-            raise NovaUnavailable("cannot list server groups: %s"
-                                  % _describe(exc))
-        result = []
-        for group in groups:
-            policy = getattr(group, "policy", None)
-            if policy is None:
-                policies = getattr(group, "policies", None) or [None]
-                policy = policies[0]
-            result.append({"id": group.id, "name": group.name,
-                           "policy": policy,
-                           "members": list(group.members or ()),
-                           "project_id": getattr(group, "project_id", None)})
-        return result
+            raise NovaUnavailable("instance %s: cannot read its server "
+                                  "group: %s" % (instance_uuid,
+                                                 _describe(exc)))
+        return _group_dict(group)
 
     def server(self, instance_uuid):
         """Nova's view of one instance, or None if Nova does not know it.
@@ -221,6 +283,16 @@ class NovaClient(object):
                 "host": info.get("OS-EXT-SRV-ATTR:host"),
                 "vm_state": info.get("OS-EXT-STS:vm_state"),
                 "task_state": info.get("OS-EXT-STS:task_state")}
+
+
+def _group_dict(group):
+    policy = getattr(group, "policy", None)
+    if policy is None:
+        policies = getattr(group, "policies", None) or [None]
+        policy = policies[0]
+    return {"id": group.id, "name": group.name, "policy": policy,
+            "members": list(group.members or ()),
+            "project_id": getattr(group, "project_id", None)}
 
 
 def _describe(exc):

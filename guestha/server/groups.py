@@ -7,11 +7,14 @@ Theory of operation
 The directory is a cache of three things, each with its source:
 
 * **membership** (instance -> server group): Nova's ``GET
-  /os-server-groups?all_projects=True``, read every ``[server]
-  group_refresh_interval`` seconds, after every ``server_group.*`` and
-  ``instance.delete.end`` notification, and (at most every
-  :data:`MISS_REFRESH_GAP` seconds) when an instance that is in no known
-  group speaks: it may have joined one a moment ago;
+  /os-server-groups?all_projects=True``, read page by page (Nova answers
+  at most ``[api] max_limit`` groups a request) every ``[server]
+  group_refresh_interval`` seconds and after every ``server_group.*`` and
+  ``instance.delete.end`` notification; and when an instance that is in
+  no known group speaks (it may have joined one a moment ago), at most
+  every :data:`MISS_REFRESH_GAP` seconds per instance, that instance's own
+  group: ``server_groups`` of the server (microversion 2.71) and ``GET
+  /os-server-groups/{id}``, or, from a Nova older than 2.71, every group;
 * **Nova state** of each instance (its ``vm_state``): Nova's versioned
   notifications, or ``GET /servers/{id}`` the first time it is needed;
 * **host** of each instance: the agents (``relay_broadcast``,
@@ -104,6 +107,7 @@ class ServerGroups(object):
         self._states = {}       # instance uuid -> vm_state
         self._hosts = {}        # instance uuid -> compute host
         self._buckets = collections.OrderedDict()
+        self._missed_at = collections.OrderedDict()  # instance -> time
         self._refreshed_at = None
         self._refresh_wanted = threading.Event()
         self._stopping = threading.Event()
@@ -165,9 +169,32 @@ class ServerGroups(object):
 
     def _group_or_refresh(self, instance):
         group, members = self.group_of(instance)
-        if group is None and (
-                self._refreshed_at is None
-                or self._clock() - self._refreshed_at >= MISS_REFRESH_GAP):
+        if group is not None:
+            return group, members
+        now = self._clock()
+        with self._lock:
+            last = self._missed_at.get(instance)
+            if last is not None and now - last < MISS_REFRESH_GAP:
+                return None, []
+            self._missed_at[instance] = now
+            self._missed_at.move_to_end(instance)
+            while len(self._missed_at) > _MAX_BUCKETS:
+                self._missed_at.popitem(last=False)
+        # the instance's own group: two requests however many groups
+        # there are, where a refresh reads them all
+        lookup = getattr(self.nova, "server_group_of", None)
+        if lookup is not None:
+            try:
+                found = lookup(instance)
+            except nova_mod.NovaUnavailable as exc:
+                LOG.info("instance %s: server group not looked up alone "
+                         "(%s); reading every group", instance, exc)
+            else:
+                if found is not None:
+                    self.update_group(found["id"], found["members"])
+                return self.group_of(instance)
+        if (self._refreshed_at is None
+                or now - self._refreshed_at >= MISS_REFRESH_GAP):
             self.refresh()
             group, members = self.group_of(instance)
         return group, members

@@ -17,7 +17,10 @@ Served:
   from 2.47, a ``{"id", "links"}`` reference before.
 - ``GET /v2.1/os-server-groups[?all_projects=True&limit=&offset=]``: the
   shape of 2.1, 2.13 (project and user ids) and 2.64 (``policy``,
-  ``rules``).
+  ``rules``); at most :attr:`FakeNova.max_limit` (Nova's ``[api]
+  max_limit``, 1000) groups per answer, whatever ``limit`` asks.
+- ``GET /v2.1/os-server-groups/{id}``: one group, same shapes.
+- From 2.71 a server shows ``server_groups`` (the id of its group).
 - ``POST /v2.1/servers/{id}/action``: ``reboot`` (SOFT/HARD), ``os-stop``,
   ``os-start``, recorded in :attr:`FakeNova.actions`; 409 when the state
   forbids them, as in Nova.  :attr:`FakeNova.on_action`, if set, is
@@ -78,6 +81,8 @@ class FakeNova(object):
         #: ``callable(uuid, action, args)``: carries out accepted actions
         self.on_action = None
         self.requests = []
+        #: nova.conf ``[api] max_limit``: the most items one list answers
+        self.max_limit = 1000
         self._failures = []
         self._lock = threading.Lock()
         self._httpd = None
@@ -199,6 +204,13 @@ class FakeNova(object):
         if path == "/v2.1/os-server-groups" and method == "GET":
             return 200, {"server_groups": self._groups_view(query,
                                                             version)}
+        match = re.fullmatch(r"/v2\.1/os-server-groups/([^/]+)", path)
+        if match and method == "GET":
+            group = self.server_groups.get(match.group(1))
+            if group is None:
+                raise _NovaError(404, "Instance group %s could not be "
+                                      "found." % match.group(1))
+            return 200, {"server_group": self._group_view(group, version)}
         raise _NovaError(404, "The resource could not be found.")
 
     def _version_doc(self):
@@ -233,7 +245,7 @@ class FakeNova(object):
                 "href": "%s/flavors/%s" % (self.url, flavor["id"])}]}
         vm_state, power_state = _STATES.get(server["status"], ("active", 1))
         link = "%s/servers/%s" % (self.endpoint, uuid)
-        return {
+        view = {
             "id": uuid, "name": server["name"], "status": server["status"],
             "tenant_id": server["project_id"], "user_id": DEFAULT_USER,
             "metadata": {}, "hostId": "", "image": "",
@@ -258,6 +270,11 @@ class FakeNova(object):
             "security_groups": [{"name": "default"}],
             "tags": [], "description": None,
         }
+        if version >= (2, 71):
+            view["server_groups"] = [
+                g["id"] for g in self.server_groups.values()
+                if uuid in g["members"]][:1]
+        return view
 
     def _groups_view(self, query, version):
         all_projects = query.get("all_projects", ["False"])[-1].lower() in (
@@ -265,24 +282,24 @@ class FakeNova(object):
         groups = [g for g in self.server_groups.values()
                   if all_projects or g["project_id"] == DEFAULT_PROJECT]
         groups.sort(key=lambda g: g["id"])
+        # nova.api.openstack.common.limited: no limit, 0 or more than
+        # max_limit all mean max_limit
         offset = int(query.get("offset", ["0"])[-1])
-        limit = query.get("limit")
-        groups = groups[offset:]
-        if limit:
-            groups = groups[:int(limit[-1])]
-        views = []
-        for group in groups:
-            view = {"id": group["id"], "name": group["name"],
-                    "members": list(group["members"])}
-            if version >= (2, 64):
-                view.update(policy=group["policy"], rules={})
-            else:
-                view.update(policies=[group["policy"]], metadata={})
-            if version >= (2, 13):
-                view.update(project_id=group["project_id"],
-                            user_id=DEFAULT_USER)
-            views.append(view)
-        return views
+        limit = int(query.get("limit", ["0"])[-1]) or self.max_limit
+        groups = groups[offset:offset + min(limit, self.max_limit)]
+        return [self._group_view(group, version) for group in groups]
+
+    def _group_view(self, group, version):
+        view = {"id": group["id"], "name": group["name"],
+                "members": list(group["members"])}
+        if version >= (2, 64):
+            view.update(policy=group["policy"], rules={})
+        else:
+            view.update(policies=[group["policy"]], metadata={})
+        if version >= (2, 13):
+            view.update(project_id=group["project_id"],
+                        user_id=DEFAULT_USER)
+        return view
 
     def _action(self, uuid, body):
         server = self._server(uuid)

@@ -232,7 +232,75 @@ def test_server_groups_of_all_projects(fake, microversion):
          "project_id": "6f70656e737461636b20342065766572"},
         {"id": "g-2", "name": "vnf-b", "policy": "affinity", "members": [],
          "project_id": "another-project"}]
-    assert fake.requests[-1]["query"] == {"all_projects": ["True"]}
+    group_lists = [r for r in fake.requests
+                   if r["path"] == "/v2.1/os-server-groups"]
+    assert group_lists[0]["query"] == {"all_projects": ["True"],
+                                       "limit": ["1000"]}
+
+
+def group_lists(fake):
+    return [r["query"] for r in fake.requests
+            if r["path"] == "/v2.1/os-server-groups"]
+
+
+@pytest.mark.parametrize("max_limit", [1000, 300])
+def test_more_server_groups_than_one_page_are_all_read(fake, max_limit):
+    # Nova answers at most [api] max_limit groups a request; one
+    # unpaginated list would stop at the first 1000
+    fake.max_limit = max_limit
+    count = 2345
+    for n in range(count):
+        fake.add_server_group("g-%05d" % n, "group-%d" % n,
+                              members=["m-%05d" % n])
+
+    groups = client_for(fake).server_groups()
+
+    assert len(groups) == count
+    assert len({g["id"] for g in groups}) == count
+    assert groups[-1]["members"] == ["m-%05d" % (count - 1)]
+    pages = -(-count // max_limit)
+    queries = group_lists(fake)
+    # every page, then the empty one that says it was the last
+    assert len(queries) == pages + 1
+    assert [q.get("offset", ["0"])[0] for q in queries] == [
+        str(n * max_limit) for n in range(pages)] + [str(count)]
+
+
+def test_an_exact_page_multiple_ends_on_an_empty_page(fake):
+    fake.max_limit = 2
+    for n in range(4):
+        fake.add_server_group("g-%d" % n, "group-%d" % n)
+
+    assert [g["id"] for g in client_for(fake).server_groups()] == [
+        "g-0", "g-1", "g-2", "g-3"]
+    assert len(group_lists(fake)) == 3
+
+
+def test_a_failure_on_a_later_page_is_nova_unavailable(fake):
+    fake.max_limit = 2
+    for n in range(5):
+        fake.add_server_group("g-%d" % n, "group-%d" % n)
+    client = client_for(fake)
+    client.server_groups()  # warm up (version discovery, if any)
+    fake.requests.clear()
+
+    class FailSecondPage(object):
+        def __init__(self, real):
+            self.real = real
+            self.calls = 0
+
+        def list(self, **kwargs):
+            self.calls += 1
+            if self.calls == 2:
+                from novaclient import exceptions as nova_exc
+                raise nova_exc.ClientException(503, "bad day")
+            return self.real.list(**kwargs)
+
+    client._client.server_groups = FailSecondPage(
+        client._client.server_groups)
+
+    with pytest.raises(nova.NovaUnavailable):
+        client.server_groups()
 
 
 def test_server_groups_when_nova_is_down(fake):
@@ -329,3 +397,50 @@ def test_fake_records_server_actions_and_refuses_impossible_ones(fake):
                             (UUID, "os-stop", None),
                             (UUID, "os-start", None)]
     assert fake.servers[UUID]["status"] == "ACTIVE"
+
+
+@pytest.mark.parametrize("microversion", ["2.47", "2.79"])
+def test_the_server_group_of_one_instance(fake, microversion):
+    # whatever the configured microversion, 2.71 is asked for this
+    for n in range(1500):
+        fake.add_server_group("g-%05d" % n, "group-%d" % n)
+    fake.add_server(UUID)
+    fake.add_server(OTHER)
+    fake.add_server_group("g-mine", "vnf-a", "soft-anti-affinity",
+                          members=[UUID, OTHER])
+    client = client_for(fake, api_microversion=microversion)
+
+    group = client.server_group_of(UUID)
+
+    assert group == {"id": "g-mine", "name": "vnf-a",
+                     "policy": "soft-anti-affinity",
+                     "members": [UUID, OTHER],
+                     "project_id": "6f70656e737461636b20342065766572"}
+    asked = [(r["path"], r["version"]) for r in fake.requests
+             if r["path"].startswith(("/v2.1/servers",
+                                      "/v2.1/os-server-groups"))]
+    expected = max(microversion, "2.71")
+    assert asked == [("/v2.1/servers/%s" % UUID, expected),
+                     ("/v2.1/os-server-groups/g-mine", expected)]
+
+
+def test_an_instance_in_no_group_or_unknown(fake):
+    fake.add_server(UUID)
+    client = client_for(fake)
+
+    assert client.server_group_of(UUID) is None
+    assert client.server_group_of(OTHER) is None
+
+
+def test_a_nova_older_than_2_71_cannot_tell_one_instances_group(fake):
+    import tests.fakes.nova as fake_mod
+
+    fake.add_server(UUID)
+    client = client_for(fake)
+    old_max = fake_mod.MAX_VERSION
+    fake_mod.MAX_VERSION = (2, 70)
+    try:
+        with pytest.raises(nova.NovaUnavailable):
+            client.server_group_of(UUID)
+    finally:
+        fake_mod.MAX_VERSION = old_max

@@ -390,3 +390,76 @@ def test_periodic_refresher_thread(nova, agents):
 
 def test_status_answer_is_bounded():
     assert groups_mod.MAX_STATUS_MEMBERS == 2560
+
+
+# -- one instance's group, looked up alone (Nova 2.71+) ----------------------
+
+class FakeNovaWithLookup(FakeNova):
+    """Also answers ``server_group_of``, as NovaClient does at 2.71+."""
+
+    def __init__(self):
+        super().__init__()
+        self.lookups = []
+        self.lookup_unsupported = False
+
+    def server_group_of(self, uuid):
+        self.lookups.append(uuid)
+        if self.down or self.lookup_unsupported:
+            raise NovaUnavailable("down")
+        for group in self.groups:
+            if uuid in group["members"]:
+                return dict(group, members=list(group["members"]))
+        return None
+
+
+@pytest.fixture
+def lookup_nova():
+    return FakeNovaWithLookup()
+
+
+def test_a_new_member_is_looked_up_alone_not_by_reading_every_group(
+        lookup_nova, agents, clock):
+    groups = ServerGroups(lookup_nova, agents, clock=clock)
+    groups.refresh()
+    reads = lookup_nova.group_reads
+    lookup_nova.groups[0]["members"].append(LONER)
+
+    groups.relay_broadcast("host-1", LONER, payload(), 3)
+
+    assert agents.of("deliver_error") == []
+    assert lookup_nova.lookups == [LONER]
+    assert lookup_nova.group_reads == reads
+    assert groups.group_of(LONER)[0] == lookup_nova.groups[0]["id"]
+
+
+def test_a_non_member_is_looked_up_once_per_gap(lookup_nova, agents,
+                                                clock):
+    groups = ServerGroups(lookup_nova, agents, clock=clock)
+    groups.refresh()
+    reads = lookup_nova.group_reads
+
+    groups.relay_broadcast("host-1", LONER, payload(), 3)
+    groups.relay_broadcast("host-1", LONER, payload(), 4)
+    assert lookup_nova.lookups == [LONER]
+    clock.now += groups_mod.MISS_REFRESH_GAP
+    groups.relay_broadcast("host-1", LONER, payload(), 5)
+
+    assert lookup_nova.lookups == [LONER, LONER]
+    assert lookup_nova.group_reads == reads
+    assert [e["code"] for _, e in agents.of("deliver_error")] == [
+        "not_member"] * 3
+
+
+def test_a_nova_before_2_71_falls_back_to_reading_every_group(
+        lookup_nova, agents, clock):
+    groups = ServerGroups(lookup_nova, agents, clock=clock)
+    groups.refresh()
+    clock.now += groups_mod.MISS_REFRESH_GAP
+    reads = lookup_nova.group_reads
+    lookup_nova.lookup_unsupported = True
+    lookup_nova.groups[0]["members"].append(LONER)
+
+    groups.relay_broadcast("host-1", LONER, payload(), 3)
+
+    assert agents.of("deliver_error") == []
+    assert lookup_nova.group_reads == reads + 1
