@@ -60,8 +60,9 @@ class AgentService(object):
         outbox = Outbox(os.path.join(agent.state_dir, "outbox.sqlite"),
                         rep.outbox_max_events)
         reporter = Reporter(
-            outbox, api.ControllerAPI(transport, agent.host,
-                                      timeout=rep.report_timeout),
+            outbox, api.ControllerAPI(
+                transport, agent.host, timeout=rep.report_timeout,
+                version_cap=conf.upgrade_levels.guestha_controller),
             batch=rep.report_batch, timeout=rep.report_timeout,
             backoff=(rep.retry_backoff_min, rep.retry_backoff_max))
         hotplug = None

@@ -73,9 +73,17 @@ each with a ``*_ts`` twin in float epoch seconds.
   None if unknown), ``recovered_at``.
 * state: ``state`` (a short name of the monitoring state), ``at``.
 
-Versioning: additions that old peers can ignore bump the minor version
-(1.1); a client pinned with ``version_cap`` does not send them to old
-servers.
+Versioning and rolling upgrades
+-------------------------------
+Additions that old peers can ignore bump the minor version (1.1), of the
+RPC API and of the event records alike; a new major version (2.0) is a
+break.  A controller accepts records of any minor version of its major
+one: it checks the fields it knows, and keeps and hands on the others
+(:func:`validate_event`), so an agent upgraded before its controllers
+loses no fault.  The other way round, ``[upgrade_levels]
+guestha_controller`` caps what an agent sends (``version_cap`` of
+:class:`ControllerAPI`): methods newer than the cap are not called, and
+records are sent as the cap's version (:func:`backport_event`).
 """
 
 import abc
@@ -95,6 +103,7 @@ from guestha_guest.protocol import ACTIONS
 #: The record format version (independent of, but today equal to, the RPC
 #: API version).
 EVENT_VERSION = "1.0"
+_EVENT_VERSION_RE = re.compile(r"(\d+)\.(\d+)\Z")
 EVENT_TYPES = ("fault", "recovery", "state")
 FAULT_KINDS = ("missed", "unhealthy", "guest-exit-unexpected",
                "channel-lost")
@@ -253,6 +262,10 @@ def make_state(instance, host, state, reason, at):
     return event
 
 
+#: The fields of a version-1.0 record: those every type has, then each
+#: type's own (what :func:`backport_event` keeps).
+_BASE_FIELDS = ("version", "id", "type", "instance", "host", "reason",
+                "details")
 _REQUIRED = {
     "fault": ("kind", "action", "detected_at", "detected_at_ts",
               "interval_ms", "misses"),
@@ -261,19 +274,59 @@ _REQUIRED = {
 }
 
 
+def _parse_version(version):
+    match = _EVENT_VERSION_RE.match(version) if isinstance(
+        version, str) else None
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(2))
+
+
+def supported_version(version):
+    """Whether a record of ``version`` can be accepted: the same major
+    version as :data:`EVENT_VERSION`, any minor one (a newer minor only
+    adds fields that may be ignored)."""
+    parsed = _parse_version(version)
+    return parsed is not None and parsed[0] == _parse_version(
+        EVENT_VERSION)[0]
+
+
+def backport_event(event, version_cap):
+    """``event`` as a peer of ``version_cap`` reads it: with that version
+    and without the fields newer minor versions added.  Records at or
+    below the cap are returned as they are.
+
+    :raises ValueError: ``version_cap`` is of another major version.
+    """
+    cap = _parse_version(version_cap)
+    if cap is None or not supported_version(version_cap):
+        raise ValueError("cannot send events as version %r (this guestha "
+                         "sends %s)" % (version_cap, EVENT_VERSION))
+    mine = _parse_version(event.get("version"))
+    if mine is None or mine <= cap:
+        return event
+    # 1.0 is the only minor version so far: nothing was added since
+    known = set(_BASE_FIELDS) | set(_REQUIRED.get(event.get("type"), ()))
+    return dict({k: v for k, v in event.items() if k in known},
+                version="%d.%d" % cap)
+
+
 def validate_event(event):
     """Check a record received over the wire; returns it.
 
     For the controller, before it accepts an event: a record that fails
-    here should be answered as ``rejected``.
+    here should be answered as ``rejected``.  A record of a newer minor
+    version passes if the fields this version knows are right; the others
+    stay in it, unchecked.
 
     :raises ValueError: saying what is wrong.
     """
     if not isinstance(event, dict):
         raise ValueError("an event must be a dict, not %r" % (event,))
-    if event.get("version") != EVENT_VERSION:
-        raise ValueError("unsupported event version %r (supported: %s)"
-                         % (event.get("version"), EVENT_VERSION))
+    if not supported_version(event.get("version")):
+        raise ValueError("unsupported event version %r (supported: %s.x)"
+                         % (event.get("version"),
+                            EVENT_VERSION.split(".")[0]))
     type_ = _check_choice("type", event.get("type"), EVENT_TYPES)
     missing = [k for k in ("id", "instance", "host", "reason", "details")
                + _REQUIRED[type_] if k not in event]
@@ -309,6 +362,9 @@ class ControllerAPI(object):
     :param host: this compute host, sent with every method.
     :param timeout: default seconds a ``report_events`` call waits for its
         answer.
+    :param version_cap: ``[upgrade_levels] guestha_controller``: the
+        newest API and record version the controllers understand (None:
+        this guestha's).
     :param retry: publish attempts after the first when the broker is
         unreachable.  0 (the default) fails at once with
         ``MessageDeliveryFailure``, so a broker outage costs the caller
@@ -319,6 +375,9 @@ class ControllerAPI(object):
     def __init__(self, transport, host, timeout=10, retry=0,
                  version_cap=None):
         self.host = _check_host(host)
+        self.version_cap = version_cap or None
+        if self.version_cap is not None:
+            backport_event({"version": EVENT_VERSION}, self.version_cap)
         self._client = oslo_messaging.get_rpc_client(
             transport, rpc.controller_target(), timeout=timeout,
             retry=retry, version_cap=version_cap)
@@ -333,8 +392,11 @@ class ControllerAPI(object):
         """
         cctxt = (self._client if timeout is None
                  else self._client.prepare(timeout=timeout))
+        events = list(events)
+        if self.version_cap is not None:
+            events = [backport_event(e, self.version_cap) for e in events]
         answer = cctxt.call({}, "report_events", host=self.host,
-                            events=list(events))
+                            events=events)
         return _check_answer(answer)
 
     def relay_broadcast(self, instance, payload_b64, seq):

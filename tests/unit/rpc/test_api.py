@@ -328,3 +328,62 @@ def test_targets_name_topics_namespaces_and_version():
     assert (target.topic, target.server, target.namespace) == (
         "guestha-controller", None, "guestha.controller")
     assert api.AgentEndpoint.target.namespace == rpc.AGENT_NAMESPACE
+
+
+# -- rolling upgrades ----------------------------------------------------------
+
+def newer(event, version="1.1"):
+    """``event`` as an agent of a newer minor version sends it: with a
+    field this version does not know."""
+    return dict(event, version=version, confidence={"score": 0.9})
+
+
+def test_a_record_of_a_newer_minor_version_is_accepted_as_is():
+    event = newer(fault())
+    assert api.validate_event(event) is event
+    assert event["confidence"] == {"score": 0.9}  # kept, not checked
+    assert api.validate_event(newer(fault(), "1.27"))
+
+
+@pytest.mark.parametrize("version", ["2.0", "0.9", "1", "1.x", None, 1.1])
+def test_a_record_of_another_major_version_is_refused(version):
+    with pytest.raises(ValueError, match="unsupported event version"):
+        api.validate_event(dict(fault(), version=version))
+
+
+def test_a_newer_minor_record_still_has_its_known_fields_checked():
+    event = newer(fault())
+    event["kind"] = "hung"
+    with pytest.raises(ValueError, match="kind must be one of"):
+        api.validate_event(event)
+
+
+def test_backport_event_sends_the_caps_version_without_newer_fields():
+    event = newer(fault(), "1.3")
+    old = api.backport_event(event, "1.0")
+    assert old == fault_fields(event) and old["version"] == "1.0"
+    plain = fault()
+    assert api.backport_event(plain, "1.0") is plain
+    with pytest.raises(ValueError):
+        api.backport_event(plain, "2.0")
+
+
+def fault_fields(event):
+    keys = set(fault())
+    return dict({k: v for k, v in event.items() if k in keys},
+                version="1.0")
+
+
+def test_version_cap_backports_what_report_events_sends(
+        transport, controller):
+    client = api.ControllerAPI(transport, "compute-1", timeout=5,
+                               version_cap="1.0")
+    event = newer(fault(), "1.2")
+    client.report_events([event])
+    (_, kwargs), = controller.received
+    assert kwargs["events"] == [fault_fields(event)]
+
+
+def test_a_version_cap_of_another_major_version_is_refused(transport):
+    with pytest.raises(ValueError):
+        api.ControllerAPI(transport, "compute-1", version_cap="2.0")
