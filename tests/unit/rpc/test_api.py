@@ -330,7 +330,7 @@ def test_targets_name_topics_namespaces_and_version():
     assert api.AgentEndpoint.target.namespace == rpc.AGENT_NAMESPACE
 
 
-# -- rolling upgrades ----------------------------------------------------------
+# -- rolling upgrades ---------------------------------------------------------
 
 def newer(event, version="1.1"):
     """``event`` as an agent of a newer minor version sends it: with a
