@@ -733,7 +733,8 @@ class Instance(object):
                 event = self.conn.next_event()
             except p.RemoteProtocolError as exc:
                 self.counters["protocol_errors"] += 1
-                if self._errors_sent.take(now):
+                # an error line is never answered, valid or not (issue 8)
+                if exc.answerable and self._errors_sent.take(now):
                     self._send(exc.to_message())
                 if self._misbehaved(now, "protocol error: %s" % exc):
                     return
