@@ -28,13 +28,19 @@ OPTS = [
                help="The most intrusive action the controller may take: "
                     "none (nothing, not even an action record), log (an "
                     "action record to the sinks and the log, nothing "
-                    "done to the instance), reboot (a soft reboot "
-                    "through Nova, then a hard one if the guest does not "
-                    "recover), stop (os-stop through Nova)."),
+                    "done to the instance), reboot (through Nova: hard "
+                    "at once for a guest that stopped answering, else "
+                    "soft, then hard if the guest does not recover and "
+                    "Nova's own reboot is over), stop (os-stop through "
+                    "Nova)."),
     cfg.FloatOpt("soft_reboot_timeout", default=120.0, min=1.0, max=3600,
                  help="Seconds after a soft reboot within which the guest "
                       "must recover (its agent reports a recovery); "
-                      "otherwise the controller reboots it hard."),
+                      "otherwise the controller reboots it hard, once "
+                      "Nova's own reboot (which falls back to hard after "
+                      "nova.conf's [libvirt] wait_soft_reboot_seconds) is "
+                      "over: while Nova's task state is a reboot one, it "
+                      "waits this long again, at most 3 times."),
     cfg.IntOpt("max_actions", default=3, min=0,
                help="Recoveries one instance may get within window "
                     "seconds, counted over every controller that shares "

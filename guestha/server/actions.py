@@ -17,11 +17,30 @@ none      nothing (a recommendation cut down to none is a refusal,
           recorded as ``refused: policy``)
 log       an action record to the sinks and the log; the instance is
           not touched
-reboot    a soft reboot through Nova; if no recovery of the instance
-          reaches any controller within ``soft_reboot_timeout``, a hard
-          reboot
+reboot    for a guest that stopped answering (kind ``missed``), a
+          hard reboot through Nova at once; for any other fault, a soft
+          reboot through Nova, and a hard one only if no recovery of
+          the instance reaches any controller within
+          ``soft_reboot_timeout`` AND Nova's own reboot is over (see
+          below)
 stop      ``os-stop`` through Nova
 ========  ==========================================================
+
+Reboots and Nova's own fallback.  A soft reboot in Nova (libvirt driver)
+asks the guest to shut down by ACPI, waits up to nova.conf's ``[libvirt]
+wait_soft_reboot_seconds`` (120 s by default, the same as
+``soft_reboot_timeout``'s default) and then reboots hard by itself.  A
+hard reboot asked meanwhile is accepted (Nova allows one in the soft
+reboot's task states), so a guestha follow-up timed on its own clock
+would race Nova's fallback and reboot the instance twice.  Hence: a hung
+guest, which ignores ACPI anyway, gets the hard reboot directly, which is
+also the fastest repair; a guest that still answers (``unhealthy`` and the
+rest) gets the soft one, Nova's fallback covers a guest that ignores it,
+and the follow-up first asks Nova for the server: while its
+``task_state`` is one of Nova's reboot states the follow-up waits another
+``soft_reboot_timeout`` (at most :data:`MAX_FOLLOW_UP_DEFERRALS` times),
+and it reboots hard only once Nova has finished and the guest has still
+not recovered.
 
 Reboots and stops are capped at ``[actions] max_actions`` per instance per
 ``window`` seconds, counted in the ledger (so across controllers and
@@ -72,6 +91,19 @@ REFUSED_POLICY = "refused: policy"
 SKIPPED_RECOVERED = "skipped: recovered"
 SKIPPED_ACTED = "skipped: already acted"
 FAILED = "failed"
+
+#: Fault kinds of a guest that stopped answering: hung, so it would ignore
+#: a soft reboot's ACPI request too; rebooted hard at once.
+UNRESPONSIVE_KINDS = frozenset(("missed",))
+#: Nova's task states of a reboot under way (nova.compute.task_states
+#: soft_reboot_states and hard_reboot_states): Nova is still at it, its
+#: own soft-to-hard fallback included.
+NOVA_REBOOT_TASK_STATES = frozenset((
+    "rebooting", "reboot_pending", "reboot_started",
+    "rebooting_hard", "reboot_pending_hard", "reboot_started_hard"))
+#: How many times a follow-up waits for Nova's reboot to end before it
+#: gives up (nova-compute may have died with the task state set).
+MAX_FOLLOW_UP_DEFERRALS = 3
 
 
 class Decision(object):
@@ -311,8 +343,9 @@ class ActionWorker(object):
             with self._cond:
                 if not self._timers or self._timers[0][0] > now:
                     break
-                _, _, fault, since, decision = heapq.heappop(self._timers)
-            self._follow_up(fault, since, decision, now)
+                _, _, fault, since, decision, deferrals = heapq.heappop(
+                    self._timers)
+            self._follow_up(fault, since, decision, now, deferrals)
         with self._cond:
             return (self._timers[0][0] - now) if self._timers else None
 
@@ -382,10 +415,13 @@ class ActionWorker(object):
                              self.max_actions),
                          now, decision=decision)
             return
-        step = "soft" if decision.action == "reboot" else None
+        step = None
+        if decision.action == "reboot":
+            step = ("hard" if fault.get("kind") in UNRESPONSIVE_KINDS
+                    else "soft")
         try:
             if decision.action == "reboot":
-                self.nova.reboot(instance, hard=False)
+                self.nova.reboot(instance, hard=step == "hard")
             else:
                 self.nova.stop(instance)
         except ActionFailed as exc:
@@ -393,23 +429,71 @@ class ActionWorker(object):
                          decision.reason, now, step=step, decision=decision,
                          level=logging.ERROR)
             return
-        self._record(fault, decision.action, APPLIED, decision.reason, now,
+        reason = decision.reason
+        if step == "hard":
+            reason = ("%s; the guest stopped answering (%s), so it would "
+                      "ignore a soft reboot" % (reason, fault.get("kind")))
+        self._record(fault, decision.action, APPLIED, reason, now,
                      step=step, decision=decision)
-        if decision.action == "reboot":
-            with self._cond:
-                heapq.heappush(self._timers, (
-                    now + self.soft_reboot_timeout, next(self._seq), fault,
-                    now, decision))
+        if step == "soft":
+            self._schedule_follow_up(fault, now, decision, now, 0)
 
-    def _follow_up(self, fault, since, decision, now):
-        """A soft reboot's time is up: hard reboot unless recovered."""
+    def _schedule_follow_up(self, fault, since, decision, now, deferrals):
+        with self._cond:
+            heapq.heappush(self._timers, (
+                now + self.soft_reboot_timeout, next(self._seq), fault,
+                since, decision, deferrals))
+
+    def _nova_still_rebooting(self, instance):
+        """Nova's task state if it is one of a reboot under way, "gone"
+        if Nova no longer knows the instance, else None.
+
+        :raises guestha.agent.nova.NovaUnavailable: Nova did not answer.
+        """
+        server_of = getattr(self.nova, "server", None)
+        if server_of is None:
+            return None
+        server = server_of(instance)
+        if server is None:
+            return "gone"
+        task_state = server.get("task_state")
+        return task_state if task_state in NOVA_REBOOT_TASK_STATES else None
+
+    def _follow_up(self, fault, since, decision, now, deferrals=0):
+        """A soft reboot's time is up: hard reboot unless recovered, or
+        unless Nova is still rebooting (its own fallback to hard)."""
         instance = fault["instance"]
         if self.ledger.recovered_since(instance, since):
             LOG.info("instance %s: fault %s: recovered after the soft "
                      "reboot", instance, fault["id"])
             return
-        reason = ("no recovery within %.0f s of the soft reboot"
-                  % self.soft_reboot_timeout)
+        try:
+            nova_state = self._nova_still_rebooting(instance)
+        except nova_mod.NovaUnavailable as exc:
+            nova_state = "unknown (%s)" % exc
+        if nova_state == "gone":
+            LOG.info("instance %s: fault %s: no hard reboot: Nova no "
+                     "longer knows the instance", instance, fault["id"])
+            return
+        if nova_state is not None:
+            if deferrals < MAX_FOLLOW_UP_DEFERRALS:
+                LOG.info("instance %s: fault %s: Nova's reboot is still "
+                         "under way (task state %s); hard reboot "
+                         "deferred %.0f s", instance, fault["id"],
+                         nova_state, self.soft_reboot_timeout)
+                self._schedule_follow_up(fault, since, decision, now,
+                                         deferrals + 1)
+                return
+            self._record(fault, "reboot", "%s: nova still rebooting"
+                         % FAILED,
+                         "Nova's reboot did not end within %d follow-ups "
+                         "(task state %s); no hard reboot asked" % (
+                             deferrals + 1, nova_state),
+                         now, step="hard", decision=decision,
+                         level=logging.ERROR)
+            return
+        reason = ("no recovery within %.0f s of the soft reboot, and "
+                  "Nova's reboot is over" % ((now - since)))
         try:
             self.nova.reboot(instance, hard=True)
         except ActionFailed as exc:

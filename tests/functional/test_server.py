@@ -293,9 +293,10 @@ def test_reboot_by_policy_then_the_cap(nova, servers, agents):
         "max_actions": "1", "window": "600"})
     client = agents.controller(HOST)
     # the guest recommends stop; the operator allows at most reboot
-    first = api.make_fault(vm, HOST, "missed", "hung", "stop", time.time(),
-                           1000, 2)
+    first = api.make_fault(vm, HOST, "unhealthy", "wedged", "stop",
+                           time.time(), 1000, 2)
     client.report_events([first])
+    # unhealthy: the guest answers, so a soft reboot first
     wait_for(lambda: len(nova.actions) == 2, 15,
              "a soft, then (no recovery) a hard reboot")
     assert nova.actions == [(vm, "reboot", {"type": "SOFT"}),

@@ -35,12 +35,28 @@ class FakeNovaActions(object):
         self.unavailable = False
         self.fail_with = None
         self.called = threading.Event()
+        self.task_states = {}
+        self.deleted = set()
+        self.server_reads = []
 
     def guestha_features(self, instance):
         if self.unavailable:
             raise NovaUnavailable("Nova is down")
         return {"heartbeat": True, "server_group_messaging": False,
                 "corrective_action": self.flavor_action.get(instance)}
+
+    def server(self, instance):
+        # Nova's view, as NovaClient.server gives it; task_states: what
+        # the next reads answer (the last one sticks)
+        if self.unavailable:
+            raise NovaUnavailable("Nova is down")
+        if instance in self.deleted:
+            return None
+        states = self.task_states.get(instance) or [None]
+        task_state = states.pop(0) if len(states) > 1 else states[0]
+        self.server_reads.append((instance, task_state))
+        return {"id": instance, "status": "ACTIVE", "host": HOST,
+                "vm_state": "active", "task_state": task_state}
 
     def reboot(self, instance, hard=False):
         self._call(instance, "hard" if hard else "soft")
@@ -55,8 +71,9 @@ class FakeNovaActions(object):
         self.called.set()
 
 
-def fault(instance=INSTANCE, action="reboot"):
-    return api.make_fault(instance, HOST, "missed", "no answer", action,
+def fault(instance=INSTANCE, action="reboot", kind="unhealthy"):
+    # unhealthy: the guest answers (a soft reboot first); missed: it hangs
+    return api.make_fault(instance, HOST, kind, "app wedged", action,
                           1_700_000_000.0, 1000, 1)
 
 
@@ -179,6 +196,97 @@ def test_soft_reboot_enough_when_the_guest_recovers(nova, ledger, clock):
     worker.run_once(clock.now)
     assert nova.calls == [(INSTANCE, "soft")]
     assert reports.outcomes() == [("reboot", "soft", "applied")]
+
+
+def test_a_hung_guest_is_rebooted_hard_at_once(nova, ledger, clock):
+    # a guest that stopped answering ignores ACPI too: no soft reboot for
+    # Nova to wait [libvirt] wait_soft_reboot_seconds on, no follow-up
+    worker, reports = worker_for(nova, ledger, clock,
+                                 soft_reboot_timeout=60)
+    assert act(worker, ledger, clock, fault(kind="missed")) is None
+    assert nova.calls == [(INSTANCE, "hard")]
+    assert reports.outcomes() == [("reboot", "hard", "applied")]
+    assert "stopped answering" in reports[0]["reason"]
+    assert worker.pending_follow_ups() == 0
+    clock.now += 600
+    worker.run_once(clock.now)
+    assert nova.calls == [(INSTANCE, "hard")]
+
+
+def test_no_hard_reboot_while_novas_own_reboot_is_under_way(nova, ledger,
+                                                            clock):
+    # Nova's soft reboot falls back to hard by itself after [libvirt]
+    # wait_soft_reboot_seconds; a hard reboot asked meanwhile would be a
+    # second one.  The follow-up waits for Nova to finish.
+    nova.task_states[INSTANCE] = ["rebooting", "rebooting_hard", None]
+    worker, reports = worker_for(nova, ledger, clock,
+                                 soft_reboot_timeout=60)
+    act(worker, ledger, clock, fault())
+    clock.now += 60
+    assert worker.run_once(clock.now) == 60      # Nova still soft
+    clock.now += 60
+    assert worker.run_once(clock.now) == 60      # Nova's own hard step
+    assert nova.calls == [(INSTANCE, "soft")]
+    clock.now += 60
+    assert worker.run_once(clock.now) is None    # Nova done, no recovery
+    assert nova.calls == [(INSTANCE, "soft"), (INSTANCE, "hard")]
+    assert [s for _, s in nova.server_reads] == [
+        "rebooting", "rebooting_hard", None]
+    assert reports.outcomes() == [("reboot", "soft", "applied"),
+                                  ("reboot", "hard", "applied")]
+
+
+def test_novas_reboot_that_leads_to_a_recovery_needs_nothing_more(
+        nova, ledger, clock):
+    nova.task_states[INSTANCE] = ["rebooting_hard"]
+    worker, reports = worker_for(nova, ledger, clock,
+                                 soft_reboot_timeout=60)
+    f = fault()
+    act(worker, ledger, clock, f)
+    clock.now += 60
+    worker.run_once(clock.now)                  # deferred
+    clock.now += 30
+    ledger.accept([api.make_recovery(INSTANCE, HOST, f["id"],
+                                     clock.now)])
+    clock.now += 30
+    assert worker.run_once(clock.now) is None
+    assert nova.calls == [(INSTANCE, "soft")]
+    assert reports.outcomes() == [("reboot", "soft", "applied")]
+
+
+def test_a_reboot_nova_never_finishes_is_given_up(nova, ledger, clock):
+    nova.task_states[INSTANCE] = ["rebooting"]
+    worker, reports = worker_for(nova, ledger, clock,
+                                 soft_reboot_timeout=60)
+    act(worker, ledger, clock, fault())
+    for _ in range(actions.MAX_FOLLOW_UP_DEFERRALS + 1):
+        clock.now += 60
+        worker.run_once(clock.now)
+    assert nova.calls == [(INSTANCE, "soft")]
+    assert reports.outcomes() == [
+        ("reboot", "soft", "applied"),
+        ("reboot", "hard", "failed: nova still rebooting")]
+    assert worker.pending_follow_ups() == 0
+
+
+def test_no_hard_reboot_of_an_instance_nova_deleted(nova, ledger, clock):
+    worker, reports = worker_for(nova, ledger, clock,
+                                 soft_reboot_timeout=60)
+    act(worker, ledger, clock, fault())
+    nova.deleted.add(INSTANCE)
+    clock.now += 60
+    assert worker.run_once(clock.now) is None
+    assert nova.calls == [(INSTANCE, "soft")]
+
+
+def test_the_follow_up_reads_novas_task_state_over_http(fake_nova):
+    fake_nova.add_server(INSTANCE, task_state="rebooting")
+    nova = actions.NovaActions.from_conf(nova_conf(fake_nova))
+    worker = actions.ActionWorker(nova, None, Reports(), "ctl-a")
+    assert worker._nova_still_rebooting(INSTANCE) == "rebooting"
+    fake_nova.servers[INSTANCE]["task_state"] = None
+    assert worker._nova_still_rebooting(INSTANCE) is None
+    assert worker._nova_still_rebooting(OTHER) == "gone"
 
 
 def test_stop(nova, ledger, clock):
