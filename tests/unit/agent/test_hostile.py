@@ -405,3 +405,26 @@ def test_the_status_table_shows_back_off_round_trips_and_standing():
     assert "in back-off until " in text and "1 reset(s)" in text
     assert "MISBEHAVING" in text and "0.0/0.0 ms" in text.splitlines()[3]
     assert "channels in good standing" in text
+
+
+# -- the spec: an error line is never answered, valid or not -----------------
+
+def test_an_invalid_error_line_gets_no_answer_but_other_bad_lines_do():
+    # two peers that answer bad errors with errors could ping-pong for
+    # ever; the agent answers other bad lines (rate-limited)
+    h = monitored()
+
+    def errors_received():
+        return [e for e in h.guest.received if isinstance(e, p.Error)]
+
+    before = len(errors_received())
+    for n in range(3):
+        h.guest.write(b'{"v":1,"app":"heartbeat","type":"error","seq":%d,'
+                      b'"code":7}\n' % (900 + n))
+        h.advance(0.3, step=0.05)
+    assert len(errors_received()) == before
+    assert h.inst.status(h.now)["counters"]["protocol_errors"] >= 3
+    h.guest.write(b'{"v":1,"app":"heartbeat","type":"no_such_type",'
+                  b'"seq":990}\n')
+    h.advance(0.3, step=0.05)
+    assert len(errors_received()) == before + 1
