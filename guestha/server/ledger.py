@@ -54,6 +54,7 @@ took an event but before the ledger heard of it delivers that event again
 after the restart.  Sinks get the event id and can deduplicate.
 """
 
+import collections
 import json
 import logging
 import os
@@ -87,6 +88,8 @@ DB_ERRORS = db_api.DB_ERRORS
 
 # Bound parameters per IN (...) list: SQLite's old limit is 999.
 _CHUNK = 500
+# Ids of events whose commit failed, remembered to tell a resend apart.
+_MAX_UNCERTAIN = 100000
 # A transaction that lost a race (a deadlock, a duplicate key another
 # controller inserted a moment earlier) is run again this many times.
 _RACE_RETRIES = 5
@@ -207,6 +210,11 @@ class Ledger(object):
         self._gc_cond = threading.Condition()
         self._gc_queue = []
         self._gc_leader = False
+        # events of a failed commit: the database may have committed them
+        # all the same (the connection broke before the answer); then the
+        # agent's resend finds them stored, owned by this controller and
+        # never dispatched, and they must count as new
+        self._uncertain = collections.OrderedDict()
         # orders the events one controller received at the same instant;
         # starts above the last run's (nanoseconds since the epoch)
         self._seq = time.time_ns()
@@ -311,6 +319,10 @@ class Ledger(object):
                 for req in batch:
                     req.error = exc
                     req.new, req.duplicates = [], []
+                    for event, _ in req.valid:
+                        self._uncertain[event["id"]] = None
+                while len(self._uncertain) > _MAX_UNCERTAIN:
+                    self._uncertain.popitem(last=False)
             finally:
                 with self._gc_cond:
                     for req in batch:
@@ -321,17 +333,26 @@ class Ledger(object):
             raise request.error
 
     def _store(self, conn, batch):
-        stored = self._existing(conn, [e["id"] for req in batch
-                                       for e, _ in req.valid])
+        ids = [e["id"] for req in batch for e, _ in req.valid]
+        stored = self._owners(conn, ids)
         rows = []
         targets = []
         for req in batch:
             req.new, req.duplicates = [], []
             for event, body in req.valid:
-                if event["id"] in stored:
-                    req.duplicates.append(event["id"])
+                owner = stored.get(event["id"])
+                if owner is not None:
+                    if (owner == self.server_id
+                            and event["id"] in self._uncertain):
+                        # committed by a commit that failed for us: this
+                        # process never dispatched it
+                        self._uncertain.pop(event["id"], None)
+                        req.new.append(event)
+                        stored[event["id"]] = owner
+                    else:
+                        req.duplicates.append(event["id"])
                     continue
-                stored.add(event["id"])
+                stored[event["id"]] = self.server_id
                 req.new.append(event)
                 rows.append({"id": event["id"], "type": event["type"],
                              "instance": event["instance"],
@@ -380,10 +401,14 @@ class Ledger(object):
         return rows
 
     def _existing(self, conn, ids):
-        found = set()
+        return set(self._owners(conn, ids))
+
+    def _owners(self, conn, ids):
+        found = {}
         for chunk in _chunks(ids):
-            found.update(conn.execute(sa.select(events_t.c.id).where(
-                events_t.c.id.in_(chunk))).scalars())
+            found.update(conn.execute(
+                sa.select(events_t.c.id, events_t.c.server).where(
+                    events_t.c.id.in_(chunk))).all())
         return found
 
     def owner(self, event_id):

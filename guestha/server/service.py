@@ -100,6 +100,15 @@ class LedgerKeeper(object):
         self._stopping = threading.Event()
         self._thread = None
         self.relay = False
+        # no take-over until then (see database_failed)
+        self._quiet_until = None
+
+    def database_failed(self, now):
+        """The database failed this controller: the other controllers'
+        renewals may have failed too, so their leases look expired when it
+        is back although they live.  Take over nothing for a lease, the
+        time they need to renew."""
+        self._quiet_until = now + self.lease
 
     def update_relay(self):
         relay, who = self.coordination.elect()
@@ -109,8 +118,13 @@ class LedgerKeeper(object):
                      "no (%s does)" % (who or "nobody"))
         self.relay = relay
 
-    def take_over(self):
+    def take_over(self, now=None):
         """Dispatch the work of dead controllers that this one takes."""
+        now = self._clock() if now is None else now
+        if self._quiet_until is not None:
+            if now < self._quiet_until:
+                return 0
+            self._quiet_until = None
         return self.deliveries.redispatch(
             self.coordination.takeover(self.ledger.claim_orphans))
 
@@ -139,7 +153,7 @@ class LedgerKeeper(object):
                     next_renew = now + renew_every
                     self.ledger.renew()
                     self.update_relay()
-                    self.take_over()
+                    self.take_over(now)
                 if now >= next_prune:
                     next_prune = now + PRUNE_INTERVAL
                     pruned = self.ledger.prune(time.time() - self.retention)
@@ -150,6 +164,7 @@ class LedgerKeeper(object):
                 # the database is away: the agents' calls fail and are
                 # sent again; the upkeep resumes when it is back
                 LOG.warning("ledger upkeep: the database failed: %s", exc)
+                self.database_failed(self._clock())
             except Exception:  # a thread's top level: keep the lease
                 LOG.exception("ledger upkeep failed")
 

@@ -418,3 +418,32 @@ def test_the_cap_is_counted_once_by_two_controllers(path, clock):
     granted = [ledger.take_action_slot(INSTANCE, str(uuid.uuid4()), 3600, 2)
                for ledger in (a, b, a, b)]
     assert [g for g, _ in granted] == [True, True, False, False]
+
+
+def test_a_commit_that_failed_for_us_but_happened_is_dispatched_on_resend(
+        path, clock):
+    from oslo_db import exception as db_exc
+    ledger = make(path, clock)
+    other = make(path, clock, "ctl-b")
+    real_store = ledger._store
+    batch = [fault(), state()]
+    elsewhere = fault()
+    assert len(other.accept([elsewhere]).new) == 1
+
+    def committed_then_lost(conn, requests):
+        real_store(conn, requests)
+        conn.commit()  # the database has it ...
+        raise db_exc.DBConnectionError("(2013, 'Lost connection')")  # ...
+
+    ledger._store = committed_then_lost
+    with pytest.raises(ledger_mod.DB_ERRORS):
+        ledger.accept(batch + [elsewhere])
+    ledger._store = real_store
+    # the agent sends it again: this controller never dispatched the two
+    # it owns, so they are new (once); the one another controller
+    # accepted stays a duplicate
+    again = ledger.accept(batch + [elsewhere])
+    assert [e["id"] for e in again.new] == [e["id"] for e in batch]
+    assert again.duplicates == [elsewhere["id"]]
+    third = ledger.accept(batch)
+    assert third.new == [] and len(third.duplicates) == 2
