@@ -13,8 +13,10 @@ Enabling is per flavor, through extra specs that an operator sets with
     The action the operator recommends on a fault (such as ``reboot`` or
     ``stop``); the controller's policy decides whether it is applied.
 
-The first two are booleans: ``true``, ``True``, ``1`` and ``yes`` (any
-case) turn them on; anything else, or no such key, leaves them off.
+The first two are booleans, read as OpenStack reads them (and as Nova's
+API checks them with :mod:`guestha.nova_extra_specs`): ``1``, ``t``,
+``true``, ``on``, ``y`` and ``yes`` (any case) turn them on; anything
+else, or no such key, leaves them off.
 
 The agent reads them from the domain XML, where Nova writes the flavor
 with its extra specs (:func:`guestha.agent.domain.parse_domain`), and asks
@@ -45,7 +47,8 @@ HEARTBEAT = "guestha:heartbeat"
 SERVER_GROUP_MESSAGING = "guestha:server_group_messaging"
 CORRECTIVE_ACTION = "guestha:corrective_action"
 
-TRUE_VALUES = frozenset(("true", "1", "yes"))
+#: oslo_utils.strutils.TRUE_STRINGS, which Nova's API accepts as true
+TRUE_VALUES = frozenset(("1", "t", "true", "on", "y", "yes"))
 
 #: The first microversion that shows a server's ``server_groups``.
 SERVER_GROUPS_MICROVERSION = "2.71"

@@ -46,15 +46,15 @@ def server_gets(fake, uuid=UUID):
 # -- extra specs --------------------------------------------------------------
 
 @pytest.mark.parametrize("value", ["true", "True", "TRUE", "1", "yes", "Yes",
-                                   " true "])
+                                   " true ", "on", "t", "Y"])
 def test_true_values(value):
     features = nova.features_from_extra_specs({"guestha:heartbeat": value})
 
     assert features["heartbeat"] is True
 
 
-@pytest.mark.parametrize("value", ["false", "False", "0", "no", "", "on",
-                                   "enabled", "2"])
+@pytest.mark.parametrize("value", ["false", "False", "0", "no", "", "off",
+                                   "enabled", "2", "ture"])
 def test_anything_else_is_false(value):
     features = nova.features_from_extra_specs(
         {"guestha:server_group_messaging": value})
