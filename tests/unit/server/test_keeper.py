@@ -3,8 +3,8 @@
 leases look expired when the database is back, although they live; the
 keeper takes nothing over until they had a lease's time to renew."""
 
-from guestha.server import service
 from guestha.server.ledger import Ledger
+from guestha.server import service
 from tests.unit.server.test_ledger import Clock
 from tests.unit.server.test_ledger import state
 
