@@ -604,16 +604,16 @@ class Reporter(object):
 
         accepted = set(answer["accepted"])
         done_rows = []
-        done = 0
+        done = delivered = rejected = 0
         for rowid, h, event in ([(r, None, e) for r, e in rows]
                                 + [(None, h, h.event) for h in held]):
             if event["id"] in accepted:
-                self._delivered += 1
+                delivered += 1
             else:
                 reason = answer["rejected"].get(event["id"])
                 if reason is None:
                     continue
-                self._rejected += 1
+                rejected += 1
                 LOG.error("instance %s: the controller rejected %s event "
                           "%s for good, dropping it: %s",
                           event.get("instance"), event.get("type"),
@@ -634,6 +634,10 @@ class Reporter(object):
                 # disk lets us (the controller would ignore them anyway)
                 self._acks.update(done_rows)
                 self._disk_failed("delete", exc)
+        # counted once no longer pending: whoever sees the count sees the
+        # events gone from the waiting ones (stats() is read elsewhere)
+        self._delivered += delivered
+        self._rejected += rejected
         if done < len(events):
             shortfall = ("the controller accepted %d of %d events"
                          % (done, len(events)))

@@ -445,3 +445,23 @@ def test_open_faults_are_read_from_a_file_that_cannot_be_opened(
     box = Outbox(path, 1000)
     assert box.open_faults() == {opened["instance"]: {
         "id": opened["id"], "kind": "missed"}}
+
+
+def test_an_event_counts_as_delivered_only_once_it_no_longer_waits(disk):
+    # stats() is read from other threads (the status socket, tests): once
+    # "delivered" counts an event, "pending" must not count it any more
+    seen = []
+    reporter = make(disk, FakeAPI())
+    real_ack = disk.ack
+
+    def ack(rowids):
+        seen.append(reporter.stats())  # between the answer and the delete
+        return real_ack(rowids)
+
+    disk.ack = ack
+    for n in range(5):
+        reporter.submit(fault(n))
+    drain(reporter)
+    assert seen and all(s["delivered"] + s["pending"] == 5 for s in seen)
+    stats = reporter.stats()
+    assert (stats["delivered"], stats["pending"]) == (5, 0)
