@@ -4,6 +4,8 @@ broadcast goes from a guest to a peer guest on another host.
     .venv/bin/python benchmarks/controller.py
     .venv/bin/python benchmarks/controller.py --only reports --clients 8
     .venv/bin/python benchmarks/controller.py --only broadcast --broadcasts 500
+    .venv/bin/python benchmarks/controller.py --only reports \
+        --store mariadb --controllers 1,3 --clients 12
 
 A benchmark, not a test: real processes against real RabbitMQ and libvirtd,
 measured.  Everything runs on a fresh RabbitMQ vhost and in a temporary
@@ -40,6 +42,17 @@ accepted event is a line in the log sink's file and prints:
   span, in % of one core) and RSS (VmRSS at the end, VmHWM);
 * RabbitMQ's CPU over the span (beam.smp; the broker is shared with
   whatever else uses it).
+
+On a shared database (``--store mariadb``): a ``mariadbd`` of the
+benchmark's own (tests/functional/sharedctl.py: its data directory in the
+temporary directory, a free port; the MariaDB other people use is not
+touched), a fresh database per run migrated to the newest revision, and a
+``redis-server`` of its own as the tooz backend; ``--controllers 1,3``
+runs each batch size with one, then three ``guestha-server`` processes on
+that database (the clients' calls spread over them by RabbitMQ).  With
+three, the events/s are those of the three together, the CPU their sum.
+``--store sqlite`` (the default) with several controllers: one SQLite
+file, shared, as on one host.
 
 2. Broadcast latency (``--only broadcast``)
 -------------------------------------------
@@ -212,6 +225,8 @@ class Environment(object):
         self.nova = None
         self.vhost = None
         self.url = None
+        self.mariadb = None
+        self.redis = None
 
     def rabbitmqctl(self, *args, check=True):
         result = subprocess.run(
@@ -241,6 +256,26 @@ class Environment(object):
         self.servers.append(server)
         return server.start()
 
+    def shared_store(self, name):
+        """A fresh, migrated MariaDB database and the tooz backend: the
+        config groups for a controller."""
+        from guestha.db import api as db_api
+        from guestha.db import migration
+        from tests.functional import sharedctl
+        if self.mariadb is None:
+            self.mariadb = sharedctl.MariaDB(self.dir).install().start()
+            self.redis = sharedctl.Redis(self.dir).start()
+        self.mariadb.execute("CREATE DATABASE %s CHARACTER SET utf8mb4"
+                             % name)
+        url = self.mariadb.url(name)
+        engine = db_api.create_engine(url)
+        try:
+            migration.upgrade(engine)
+        finally:
+            engine.dispose()
+        return {"database": {"connection": url},
+                "coordination": {"backend_url": self.redis.url}}
+
     def stop_server(self, server):
         try:
             server.stop()
@@ -250,7 +285,8 @@ class Environment(object):
     def close(self):
         errors = []
         for step in (self._stop_children, self._stop_servers,
-                     self._stop_nova, self._delete_vhost, self._remove_dir):
+                     self._stop_nova, self._delete_vhost, self._stop_stores,
+                     self._remove_dir):
             try:
                 step()
             except Exception as exc:  # noqa: BLE001 - clean up the rest
@@ -269,6 +305,11 @@ class Environment(object):
     def _stop_nova(self):
         if self.nova is not None:
             self.nova.stop()
+
+    def _stop_stores(self):
+        for part in (self.mariadb, self.redis):
+            if part is not None:
+                part.stop()
 
     def _delete_vhost(self):
         if self.vhost is not None:
@@ -396,20 +437,25 @@ def _epoch(iso):
     return datetime.datetime.fromisoformat(iso).timestamp()
 
 
-def run_reports(env, batch, clients, duration, executor_threads=None):
+def run_reports(env, batch, clients, duration, executor_threads=None,
+                controllers=1, store="sqlite"):
     extra = {}
     if executor_threads:
         extra["DEFAULT"] = {"executor_thread_pool_size": executor_threads}
-    server = env.server("ghcb-ctl-b%d" % batch,
-                        ledger_path=os.path.join(env.dir,
-                                                 "ledger-b%d.sqlite" % batch),
-                        sink_log=os.path.join(env.dir,
-                                              "events-b%d.jsonl" % batch),
-                        **extra)
+    run = "%s-c%d-b%d" % (store, controllers, batch)
+    if store == "mariadb":
+        extra.update(env.shared_store("ghcb_%s" % run.replace("-", "_")))
+    servers = [env.server("ghcb-ctl-%s-%d" % (run, n),
+                          ledger_path=os.path.join(env.dir,
+                                                   "ledger-%s.sqlite" % run),
+                          sink_log=os.path.join(env.dir, "events-%s-%d.jsonl"
+                                                % (run, n)),
+                          **extra)
+               for n in range(controllers)]
     procs = []
-    go = os.path.join(env.dir, "go-b%d" % batch)
+    go = os.path.join(env.dir, "go-%s" % run)
     trouble = broker_errors(env.dir)
-    logs = [os.path.join(env.dir, "client-b%d-%d.log" % (batch, i))
+    logs = [os.path.join(env.dir, "client-%s-%d.log" % (run, i))
             for i in range(clients)]
     try:
         for i in range(clients):
@@ -428,29 +474,31 @@ def run_reports(env, batch, clients, duration, executor_threads=None):
             f.write("%.6f %.6f\n" % (start_wall, start_mono + duration))
         os.replace(go + ".tmp", go)
         time.sleep(max(0.0, start_mono - time.monotonic()))
-        cpu0 = cpu_seconds(server.proc.pid)
+        cpu0 = sum(cpu_seconds(s.proc.pid) for s in servers)
         broker0 = cpu_seconds(broker) if broker else None
         t0 = time.monotonic()
         results = [json.loads(_read_line(proc, duration + 300, "result",
                                          log))
                    for proc, log in zip(procs, logs)]
         accepted = sum(r["accepted"] for r in results)
-        records, offset = [], 0
+        records, offsets = [], [0] * len(servers)
 
         def complete():
-            nonlocal offset
-            offset = _sink_lines(server.sink_log, offset, records)
+            for n, server in enumerate(servers):
+                offsets[n] = _sink_lines(server.sink_log, offsets[n],
+                                         records)
             return len(records) >= accepted + clients
 
         wait_for(complete, 300, "%d events in the log sink" % accepted,
                  interval=0.02)
         t1 = time.monotonic()
-        cpu1 = cpu_seconds(server.proc.pid)
+        cpu1 = sum(cpu_seconds(s.proc.pid) for s in servers)
         broker1 = cpu_seconds(broker) if broker else None
-        rss, hwm = memory_mib(server.proc.pid)
+        rss, hwm = memory_mib(servers[0].proc.pid)
     finally:
         env.agentctl.terminate_all(procs, timeout=10)
-        env.stop_server(server)
+        for server in servers:
+            env.stop_server(server)
     measured = [r for r in records
                 if not r.get("details", {}).get("warmup")]
     ids = {r["id"] for r in measured}
@@ -458,6 +506,7 @@ def run_reports(env, batch, clients, duration, executor_threads=None):
     span = last - start_wall
     latencies = sorted(x for r in results for x in r["latencies"])
     return {
+        "store": store, "controllers": controllers,
         "batch": batch, "clients": clients, "window_s": duration,
         "events": len(measured), "duplicates": len(measured) - len(ids),
         "events_per_s": round(len(ids) / span, 1),
@@ -729,6 +778,22 @@ def run_broadcast(env, count, rate, size):
 
 # -- main ---------------------------------------------------------------------
 
+def _print_report(r):
+    print("%4d %6d %10.0f %11.0f %8d %6.1f ms %6.1f ms %7.0f%% "
+          "%4.0f MiB %8s" % (
+              r["controllers"], r["batch"], r["events_per_s"],
+              r["accepted_per_s"], r["events"], r["call_p50_ms"],
+              r["call_p99_ms"], r["server_cpu_pct"], r["server_rss_mib"],
+              "-" if r["broker_cpu_pct"] is None
+              else "%.0f%%" % r["broker_cpu_pct"]))
+    if r["duplicates"]:
+        print("       (%d duplicate lines at the sink)" % r["duplicates"])
+    if r["broker_unreachable"] or r["failed_calls"]:
+        print("       NOT VALID: RabbitMQ was unreachable during the run "
+              "(%d log lines, %d failed calls)"
+              % (r["broker_unreachable"], r["failed_calls"]))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
@@ -748,6 +813,15 @@ def main(argv=None):
                              "(1,10,100)")
     parser.add_argument("--duration", type=float, default=10.0,
                         help="seconds each reporting run sends for (10)")
+    parser.add_argument("--store", choices=("sqlite", "mariadb"),
+                        default="sqlite",
+                        help="where the controllers keep the ledger: "
+                             "sqlite (a file, the default) or mariadb (a "
+                             "mariadbd of the benchmark's own, with tooz on "
+                             "a redis-server of its own)")
+    parser.add_argument("--controllers", default="1",
+                        help="guestha-server processes sharing the ledger, "
+                             "one run each (1; e.g. 1,3)")
     parser.add_argument("--executor-threads", type=int,
                         help="the server's [DEFAULT] "
                              "executor_thread_pool_size (oslo.messaging's "
@@ -776,30 +850,21 @@ def main(argv=None):
               % out["machine"])
         print("run in %s, vhost %s" % (env.dir, env.vhost))
         if args.only in (None, "reports"):
-            print("\nfault reports through one guestha-server (%d client "
-                  "processes, %g s each):" % (args.clients, args.duration))
-            print("%6s %10s %11s %8s %9s %9s %8s %8s %9s" % (
-                "batch", "events/s", "accepted/s", "events", "call p50",
-                "call p99", "srv CPU", "srv RSS", "rabbit"))
+            print("\nfault reports through guestha-server, ledger in %s "
+                  "(%d client processes, %g s each):"
+                  % (args.store, args.clients, args.duration))
+            print("%4s %6s %10s %11s %8s %9s %9s %8s %8s %9s" % (
+                "ctls", "batch", "events/s", "accepted/s", "events",
+                "call p50", "call p99", "srv CPU", "srv RSS", "rabbit"))
             out["reports"] = []
-            for batch in [int(b) for b in args.batches.split(",")]:
-                r = run_reports(env, batch, args.clients, args.duration,
-                                args.executor_threads)
-                out["reports"].append(r)
-                print("%6d %10.0f %11.0f %8d %6.1f ms %6.1f ms %7.0f%% "
-                      "%4.0f MiB %8s" % (
-                          r["batch"], r["events_per_s"], r["accepted_per_s"],
-                          r["events"], r["call_p50_ms"], r["call_p99_ms"],
-                          r["server_cpu_pct"], r["server_rss_mib"],
-                          "-" if r["broker_cpu_pct"] is None
-                          else "%.0f%%" % r["broker_cpu_pct"]))
-                if r["duplicates"]:
-                    print("       (%d duplicate lines at the sink)"
-                          % r["duplicates"])
-                if r["broker_unreachable"] or r["failed_calls"]:
-                    print("       NOT VALID: RabbitMQ was unreachable "
-                          "during the run (%d log lines, %d failed calls)"
-                          % (r["broker_unreachable"], r["failed_calls"]))
+            for controllers in [int(c) for c in
+                                args.controllers.split(",")]:
+                for batch in [int(b) for b in args.batches.split(",")]:
+                    r = run_reports(env, batch, args.clients, args.duration,
+                                    args.executor_threads, controllers,
+                                    args.store)
+                    out["reports"].append(r)
+                    _print_report(r)
         if args.only in (None, "broadcast"):
             print("\nbroadcast latency, application to peer application on "
                   "the other host (%d broadcasts of %d bytes, %g/s):" % (

@@ -60,7 +60,8 @@ def create_engine(url, conf=None):
     """
     if "://" not in url:
         url = sqlite_url(url)
-    kwargs = {}
+    # oslo.db's default sql_mode ([database] mysql_sql_mode)
+    kwargs = {"mysql_sql_mode": "TRADITIONAL"}
     if conf is not None:
         group = conf.database
         kwargs = dict(max_retries=group.max_retries,
