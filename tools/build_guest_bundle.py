@@ -51,6 +51,11 @@ def _without_docstrings(tree):
     return tree
 
 
+#: The time of every entry of the bundle (2020-01-01), unless
+#: SOURCE_DATE_EPOCH says otherwise.
+BUNDLE_EPOCH = 1577836800
+
+
 def strip_source(source, filename="<source>"):
     """``source`` without docstrings, comments and blank lines.
 
@@ -117,11 +122,23 @@ def _copy_stripped(src_dir, dst_dir):
         for name in sorted(filenames):
             if not name.endswith(".py"):
                 continue
-            with open(os.path.join(dirpath, name), encoding="utf-8") as f:
+            src = os.path.join(dirpath, name)
+            dst = os.path.join(target, name)
+            with open(src, encoding="utf-8") as f:
                 source = f.read()
-            with open(os.path.join(target, name), "w",
-                      encoding="utf-8") as f:
+            with open(dst, "w", encoding="utf-8") as f:
                 f.write(strip_source(source, name))
+
+
+def _fix_times(staging):
+    # The zip records every entry's time: one fixed time makes two builds
+    # of one checkout the same bytes (the cloud-init user data, a test,
+    # an image build's cache).  Nothing reads it: the bundle carries no
+    # bytecode to compare with.
+    when = int(os.environ.get("SOURCE_DATE_EPOCH", BUNDLE_EPOCH))
+    for dirpath, dirnames, filenames in os.walk(staging):
+        for name in dirnames + filenames:
+            os.utime(os.path.join(dirpath, name), (when, when))
 
 
 def build(output, interpreter="/usr/bin/env python3", strip=True):
@@ -133,9 +150,13 @@ def build(output, interpreter="/usr/bin/env python3", strip=True):
         else:
             shutil.copytree(source, target, ignore=shutil.ignore_patterns(
                 "__pycache__", "*.pyc"))
+        with open(os.path.join(staging, "__main__.py"), "w") as f:
+            f.write("import guestha_guest.cmd\n"
+                    "guestha_guest.cmd.main()\n")
+        _fix_times(staging)
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         zipapp.create_archive(staging, output, interpreter=interpreter,
-                              main="guestha_guest.cmd:main", compressed=True)
+                              compressed=True)
     return output
 
 

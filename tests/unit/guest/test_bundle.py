@@ -50,3 +50,17 @@ def test_bundle_runs_alone_and_answers_a_host(tmp_path):
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+def test_bundle_bytes_do_not_depend_on_when_it_was_built(tmp_path):
+    # the cloud-init user data embeds the bundle: two builds of one
+    # checkout (a second apart or a year) must give the same bytes
+    import time
+    import zipfile
+    epoch = 1577836800  # tools/build_guest_bundle.py BUNDLE_EPOCH
+    bundle = _build(tmp_path)
+    with zipfile.ZipFile(bundle) as z:
+        times = set(info.date_time for info in z.infolist())
+        names = z.namelist()
+    assert times == {time.localtime(epoch)[:6]}
+    assert "__main__.py" in names and "guestha_guest/daemon.py" in names
