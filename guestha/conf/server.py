@@ -52,10 +52,24 @@ OPTS = [
                  help="On stop, seconds to wait for the fault sinks to "
                       "deliver what they hold. What is still undelivered "
                       "stays in the ledger for the next start."),
-    cfg.StrOpt("notification_topic", default="versioned_notifications",
-               help="Topic of Nova's versioned notifications "
-                    "([notifications] versioned_notifications_topics in "
-                    "nova.conf)."),
+    cfg.StrOpt("notification_topic", default="guestha_notifications",
+               help="Topic of Nova's versioned notifications that guestha "
+                    "reads: add it to nova.conf's [notifications] "
+                    "versioned_notifications_topics on every Nova node, "
+                    "e.g. versioned_notifications,guestha_notifications. "
+                    "A topic of guestha's own, so that guestha can drain "
+                    "its default queues (drain_notification_queues) "
+                    "without taking notifications from other consumers."),
+    cfg.BoolOpt("drain_notification_queues", default=True,
+                help="Also consume, and drop, the default queues "
+                     "(<notification_topic>.<priority>) that Nova's "
+                     "notifier declares and fills whether or not anyone "
+                     "reads them, so that they do not grow; each "
+                     "controller gets every notification in its own pool "
+                     "queue. Turn it off only if something else consumes "
+                     "those queues (e.g. notification_topic is "
+                     "versioned_notifications and another service reads "
+                     "it)."),
     cfg.StrOpt("notification_exchange", default="nova",
                help="Exchange on which Nova publishes its notifications "
                     "(Nova's control_exchange)."),

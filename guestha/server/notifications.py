@@ -1,9 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """Nova's versioned notifications: what they tell the controller.
 
-Nova publishes them on the topic ``versioned_notifications`` of its
-exchange (``nova``), priority ``info``, with oslo.messaging's
-``messagingv2`` driver; each payload is a serialized Nova object
+Nova publishes them on each topic of nova.conf's ``[notifications]
+versioned_notifications_topics`` (default ``versioned_notifications``) of
+its exchange (``nova``), priority ``info`` (``error`` for failures), with
+oslo.messaging's ``messagingv2`` driver; each payload is a serialized Nova
+object
 (``{"nova_object.name": ..., "nova_object.data": {...}}``).  The
 controller reads:
 
@@ -25,12 +27,27 @@ relaying controller (see :mod:`guestha.server.service`) tells the agents,
 so a peer hears of a change once.  A shared pool would hand each
 notification to one controller only, and the others' caches would go
 stale.
+
+Queues.  guestha reads its own topic, ``[server] notification_topic``
+(default ``guestha_notifications``), which the operator adds to Nova's
+``versioned_notifications_topics``; reading Nova's default topic instead
+would take nothing from its other consumers, but would leave its queue to
+them.  Nova's notifier (oslo.messaging's rabbit driver) declares and fills
+a default queue per topic and priority, ``<topic>.<priority>``, whether
+or not anyone reads it; the pools' queues are separate, bound to the same
+routing key.  So that the default queues of guestha's topic do not grow
+unread, the controllers also consume them (:class:`DrainEndpoint`, no
+pool: the controllers share each default queue and each message is
+dropped once), for every priority, unless ``[server]
+drain_notification_queues`` is off (when something else reads them).
 """
 
 import logging
 import re
+import threading
 
 import oslo_messaging
+from oslo_messaging.notify import dispatcher as notify_dispatcher
 
 LOG = logging.getLogger(__name__)
 
@@ -157,12 +174,68 @@ class NotificationEndpoint(object):
         return change
 
 
+class DrainEndpoint(object):
+    """The endpoint of the default queues of guestha's topic: acknowledges
+    and drops (the pool's queue brought the same notification), for every
+    priority Nova may use."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.drained = 0
+
+    def _drop(self, ctxt, publisher_id, event_type, payload, metadata):
+        with self._lock:
+            self.drained += 1
+        return oslo_messaging.NotificationResult.HANDLED
+
+
+for _priority in notify_dispatcher.PRIORITIES:
+    setattr(DrainEndpoint, _priority, DrainEndpoint._drop)
+del _priority
+
+
+class Listeners(object):
+    """Several notification listeners started, stopped and waited for
+    together, as one."""
+
+    def __init__(self, listeners):
+        self.listeners = list(listeners)
+
+    def start(self):
+        for listener in self.listeners:
+            listener.start()
+
+    def stop(self):
+        # at once: an idle consumer notices a stop only when its current
+        # poll times out
+        stoppers = [threading.Thread(target=listener.stop,
+                                     name="stop-notifications-%d" % n)
+                    for n, listener in enumerate(self.listeners)]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join()
+
+    def wait(self):
+        for listener in self.listeners:
+            listener.wait()
+
+
 def get_listener(conf, transport, groups, pool):
-    """The notification listener (oslo.messaging's default, threading,
-    executor: no ``executor=``, naming it is deprecated)."""
+    """The notification listeners: this controller's pool, and (unless
+    ``[server] drain_notification_queues`` is off) the drain of the
+    topic's default queues; oslo.messaging's default, threading,
+    executor (no ``executor=``: naming it is deprecated).
+
+    :returns: :class:`Listeners`, with ``start``, ``stop`` and ``wait``.
+    """
     target = oslo_messaging.Target(
         topic=conf.server.notification_topic,
         exchange=conf.server.notification_exchange)
-    return oslo_messaging.get_notification_listener(
+    listeners = [oslo_messaging.get_notification_listener(
         transport, [target], [NotificationEndpoint(groups)], pool=pool,
-        allow_requeue=False)
+        allow_requeue=False)]
+    if conf.server.drain_notification_queues:
+        listeners.append(oslo_messaging.get_notification_listener(
+            transport, [target], [DrainEndpoint()], allow_requeue=False))
+    return Listeners(listeners)

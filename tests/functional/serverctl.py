@@ -300,9 +300,14 @@ def sample_payload(name="nova-instance.power_off.end.wire.json"):
 
 class NovaNotifier(object):
     """Publishes versioned notifications as nova-compute does: driver
-    messagingv2, topic versioned_notifications, exchange nova."""
+    messagingv2, exchange nova, on the topics of a nova.conf set up as
+    doc/source/install.rst says: ``[notifications]
+    versioned_notifications_topics = versioned_notifications,
+    guestha_notifications``."""
 
-    def __init__(self, url, host="compute-1"):
+    TOPICS = ["versioned_notifications", "guestha_notifications"]
+
+    def __init__(self, url, host="compute-1", topics=None):
         conf = cfg.CONF
         # Nova's exchange is its control_exchange; the driver takes it when
         # the transport is made, so the override is needed only then.
@@ -314,7 +319,7 @@ class NovaNotifier(object):
             conf.clear_override("control_exchange")
         self.notifier = oslo_messaging.Notifier(
             self.transport, publisher_id="nova-compute:%s" % host,
-            driver="messagingv2", topics=["versioned_notifications"])
+            driver="messagingv2", topics=list(topics or self.TOPICS))
 
     def instance_event(self, event_type, instance, state, host,
                        old_state=None, sample="nova-instance.power_off.end"
@@ -326,6 +331,10 @@ class NovaNotifier(object):
             data["state_update"]["nova_object.data"].update(
                 old_state=old_state, state=state)
         self.notifier.info({}, event_type, payload)
+
+    def error(self, event_type, payload):
+        """A notification of priority error (Nova's ``*.error``)."""
+        self.notifier.error({}, event_type, payload)
 
     def close(self):
         self.transport.cleanup()

@@ -184,3 +184,79 @@ def test_endpoint_survives_a_handler_error(caplog):
     endpoint = notifications.NotificationEndpoint(Broken())
     endpoint_info(endpoint, *wire("nova-instance.power_off.end.wire.json"))
     assert "boom" in caplog.text
+
+
+# -- the listeners and their queues -------------------------------------------
+
+def test_drain_endpoint_takes_every_priority():
+    from oslo_messaging.notify import dispatcher
+
+    drain = notifications.DrainEndpoint()
+    for priority in dispatcher.PRIORITIES:
+        assert getattr(drain, priority)(
+            {}, "nova-compute:c1", "instance.update", {}, {}) == \
+            oslo_messaging.NotificationResult.HANDLED
+    assert drain.drained == len(dispatcher.PRIORITIES)
+
+
+def _conf(**server):
+    from oslo_config import cfg
+
+    from guestha.conf import server as server_conf
+
+    conf = cfg.ConfigOpts()
+    server_conf.register_opts(conf)
+    conf([], project="guestha-tests", default_config_files=[],
+         default_config_dirs=[])
+    for name, value in server.items():
+        conf.set_override(name, value, "server")
+    return conf
+
+
+@pytest.mark.parametrize("drain", [True, False])
+def test_get_listener_pool_and_drain(drain, monkeypatch):
+    made = []
+
+    def fake_listener(transport, targets, endpoints, **kwargs):
+        made.append(([(t.topic, t.exchange) for t in targets],
+                     [type(e).__name__ for e in endpoints],
+                     kwargs.get("pool"), kwargs.get("allow_requeue")))
+        return "listener-%d" % len(made)
+
+    monkeypatch.setattr(oslo_messaging, "get_notification_listener",
+                        fake_listener)
+    conf = _conf(drain_notification_queues=drain)
+
+    listeners = notifications.get_listener(conf, "transport", FakeGroups(),
+                                           pool="p-a")
+
+    ours = [("guestha_notifications", "nova")]
+    expected = [(ours, ["NotificationEndpoint"], "p-a", False)]
+    if drain:
+        # no pool: the default queues <topic>.<priority>, shared
+        expected.append((ours, ["DrainEndpoint"], None, False))
+    assert made == expected
+    assert listeners.listeners == ["listener-%d" % (n + 1)
+                                   for n in range(len(expected))]
+
+
+def test_listeners_start_stop_and_wait_together():
+    class Listener(object):
+        def __init__(self):
+            self.calls = []
+
+        def start(self):
+            self.calls.append("start")
+
+        def stop(self):
+            self.calls.append("stop")
+
+        def wait(self):
+            self.calls.append("wait")
+
+    parts = [Listener(), Listener()]
+    listeners = notifications.Listeners(parts)
+    listeners.start()
+    listeners.stop()
+    listeners.wait()
+    assert [p.calls for p in parts] == [["start", "stop", "wait"]] * 2
