@@ -54,3 +54,19 @@ def test_report_events_fails_whole_when_the_database_is_away(tmp_path):
     del own._store  # the database is back; the agent sends again
     answer = endpoint.report_events({}, "compute-1", batch)
     assert answer == {"accepted": [e["id"] for e in batch], "rejected": {}}
+
+
+def test_a_controller_needs_neither_libvirt_nor_vitrageclient():
+    """The extras compute and vitrage (setup.cfg): a controller's code
+    imports neither."""
+    import subprocess
+    import sys
+    code = ("import sys\n"
+            "sys.modules['libvirt'] = None\n"
+            "sys.modules['vitrageclient'] = None\n"
+            "import guestha.cmd.manage, guestha.cmd.server\n"
+            "import guestha.server.service, guestha.sinks.masakari\n"
+            "import guestha.sinks.log\n")
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", code],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
