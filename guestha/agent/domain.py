@@ -216,7 +216,18 @@ def parse_domain(xml_text, state):
         has_serial_controller=any(
             c.get("type") == "virtio-serial"
             for c in devices.findall("controller")),
-        nova=_nova_metadata(root.find("metadata")))
+        nova=_nova_metadata(root.find("metadata")),
+        domain_id=_domain_id(root.get("id")))
+
+
+def _domain_id(text):
+    """libvirt's id of a running domain (a new one at every start of its
+    QEMU process), or None: inactive XML has none, or ``id='-1'``."""
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        return None
+    return value if value >= 0 else None
 
 
 def _channel_path(devices):

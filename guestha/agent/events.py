@@ -55,11 +55,14 @@ class DomainInfo(_Record):
     (``None`` if the domain has no such channel).  ``has_serial_controller``:
     whether a virtio-serial controller exists (needed for hot-plug).
     ``nova``: Nova's metadata from the XML (``{"name":..., "flavor":...,
-    "project":...}``, empty outside Nova).
+    "project":...}``, empty outside Nova).  ``domain_id``: libvirt's id of
+    the running domain (the ``id`` attribute of the live XML's
+    ``<domain>``), new at every start of its QEMU process; ``None`` when
+    the XML has none (not running).
     """
 
     __slots__ = ("uuid", "name", "state", "channel_path",
-                 "has_serial_controller", "nova")
+                 "has_serial_controller", "nova", "domain_id")
 
 
 class DomainUpdate(_Record):

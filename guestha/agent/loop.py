@@ -318,7 +318,8 @@ class AgentLoop(inst_mod.Env):
                 instance = inst_mod.Instance(
                     info.uuid, self, self.policy, now,
                     open_fault=self._open_faults.get(info.uuid),
-                    was_monitored=self._monitored.claim(info.uuid))
+                    was_monitored=self._monitored.claim(
+                        info.uuid, info.domain_id))
                 self.instances[info.uuid] = instance
             instance.domain(info, now, record.event)
         elif isinstance(record, ev.DomainGone):

@@ -12,6 +12,16 @@ entry must answer its first resync within the detection bound
 An entry is written when a guest registers and removed when it says exit
 or its domain stops; the file is rewritten whole (write, fsync, rename),
 from the loop's housekeeping, when something changed.
+
+An entry holds only for the QEMU process it was written for.  A domain
+started again while the agent was down (a host reboot, a Nova stop and
+start, a Masakari recovery) boots a new guest, whose daemon may need
+longer than the detection bound to register: that is not a hang.  So each
+entry also records ``domain_id`` (libvirt's id of the running domain, new
+at every start) and ``boot_id`` (the host's, since libvirt numbers domains
+from 1 again after a host reboot); an entry whose domain runs with another
+id, or that was written before the host's last boot, is dropped at claim.
+An entry without them (written by an older agent) is honoured as before.
 """
 
 import json
@@ -20,12 +30,28 @@ import os
 
 LOG = logging.getLogger(__name__)
 
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+#: What ties an entry to its QEMU process; not part of what an instance
+#: keeps (it is written again, from the instance's domain, at each save).
+_PROCESS_KEYS = ("domain_id", "boot_id")
+
+
+def host_boot_id(path=BOOT_ID_PATH):
+    """The host kernel's boot id (new at every boot), or None."""
+    try:
+        with open(path) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
 
 class MonitoredFile(object):
-    """``monitored.json`` of ``state_dir``."""
+    """``monitored.json`` of ``state_dir``; ``boot_id`` is the host's
+    (:func:`host_boot_id` when not given)."""
 
-    def __init__(self, state_dir):
+    def __init__(self, state_dir, boot_id=None):
         self.path = os.path.join(state_dir, "monitored.json")
+        self.boot_id = boot_id if boot_id is not None else host_boot_id()
         self._unclaimed = self._load()
         self.dirty = False
         self._failing = False
@@ -47,10 +73,31 @@ class MonitoredFile(object):
                 if isinstance(e, dict)
                 and isinstance(e.get("interval_ms"), int)}
 
-    def claim(self, uuid):
+    def claim(self, uuid, domain_id=None):
         """The entry of ``uuid`` from before this start, once (its
-        instance keeps it from now on), or None."""
-        return self._unclaimed.pop(uuid, None)
+        instance keeps it from now on), or None; None too, and the entry
+        dropped, when its domain runs as another QEMU process than the
+        one the entry was written for (``domain_id``: the running
+        domain's id, None if not known)."""
+        entry = self._unclaimed.pop(uuid, None)
+        if entry is None:
+            return None
+        booted = entry.get("boot_id")
+        recorded_id = entry.get("domain_id")
+        if (booted is not None and self.boot_id is not None
+                and booted != self.boot_id):
+            why = "the host rebooted"
+        elif (recorded_id is not None and domain_id is not None
+                and recorded_id != domain_id):
+            why = "domain id %s, %s before" % (domain_id, recorded_id)
+        else:
+            return {k: v for k, v in entry.items()
+                    if k not in _PROCESS_KEYS}
+        self.dirty = True
+        LOG.info("instance %s: its domain was started again while the "
+                 "agent was down (%s): a new guest, not checked for a hang "
+                 "during the agent's restart", uuid, why)
+        return None
 
     def forget(self, uuids):
         """Drop the unclaimed entries of ``uuids``: domains that are gone,
@@ -73,7 +120,10 @@ class MonitoredFile(object):
         entries = dict(self._unclaimed)
         for uuid, instance in instances.items():
             if instance.monitored:
-                entries[uuid] = instance.monitored
+                info = getattr(instance, "info", None)
+                entries[uuid] = dict(
+                    instance.monitored, boot_id=self.boot_id,
+                    domain_id=getattr(info, "domain_id", None))
         tmp = self.path + ".tmp"
         try:
             with open(tmp, "w") as f:

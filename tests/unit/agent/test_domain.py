@@ -156,6 +156,16 @@ def test_uuid_name_and_state():
     assert info.state == ev.PAUSED
 
 
+@pytest.mark.parametrize("attribute, expected", [
+    (" id='7'", 7), (" id='0'", 0), ("", None), (" id='-1'", None),
+    (" id='x'", None)])
+def test_domain_id_of_the_running_qemu_process(attribute, expected):
+    # new at every start of the domain: what tells the agent, after its
+    # own restart, whether the guest it monitored before still runs
+    xml = domain_xml().replace(" id='7'", attribute, 1)
+    assert domain.parse_domain(xml, ev.RUNNING).domain_id == expected
+
+
 @pytest.mark.parametrize("version", ["1.0", "1.1", "1.2"])
 def test_nova_metadata_of_any_namespace_version(version):
     info = domain.parse_domain(domain_xml(metadata=NOVA_METADATA % version),

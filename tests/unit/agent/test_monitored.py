@@ -85,3 +85,79 @@ def test_a_failed_save_is_tried_again(tmp_path, monkeypatch):
     f.save({A: type("I", (), {"monitored": {"interval_ms": 100}})()})
     assert not f.dirty
     assert saved(tmp_path) == {A}
+
+
+# -- an entry holds for the QEMU process it was written for -----------------
+
+BOOT = "0c5e1a4e-8d7f-4d1e-9a53-6f1f3b2d0001"
+
+
+def write_entry(tmp_path, **process):
+    (tmp_path / "monitored.json").write_text(json.dumps(
+        {A: dict({"interval_ms": 200, "action": "reboot"}, **process)}))
+
+
+def first_sight(tmp_path, domain_id, boot_id=BOOT):
+    """The instance the agent makes of A, running as ``domain_id``."""
+    loop = loop_mod.AgentLoop("h", im.Policy(), reporter=None,
+                              state_dir=str(tmp_path))
+    loop._monitored.boot_id = boot_id
+    try:
+        info = ev.DomainInfo(A, "vm", ev.RUNNING, None, True, {},
+                             domain_id=domain_id)
+        loop._handle(ev.DomainUpdate(info, "reconcile", 0.0), 0.0)
+        loop._housekeeping(0.0)
+        return loop.instances[A]
+    finally:
+        close(loop)
+
+
+def test_the_same_qemu_process_keeps_its_entry(tmp_path):
+    write_entry(tmp_path, domain_id=7, boot_id=BOOT)
+    inst = first_sight(tmp_path, 7)
+    assert inst.monitored == {"interval_ms": 200, "action": "reboot"}
+    assert inst._restart_interval_ms == 200  # a hang is looked for
+    assert saved(tmp_path) == {A}
+
+
+def test_a_domain_started_again_while_the_agent_was_down_is_a_new_guest(
+        tmp_path):
+    # Nova stop/start or a Masakari recovery: a new QEMU process boots a
+    # guest whose daemon may need longer than the bound to register
+    write_entry(tmp_path, domain_id=7, boot_id=BOOT)
+    inst = first_sight(tmp_path, 8)
+    assert inst.monitored is None
+    assert inst._restart_interval_ms is None  # no resync deadline
+    assert saved(tmp_path) == set()
+
+
+def test_an_entry_from_before_the_host_rebooted_is_dropped(tmp_path):
+    # libvirt numbers domains from 1 again after a host reboot: the same
+    # id proves nothing then
+    write_entry(tmp_path, domain_id=1, boot_id=BOOT)
+    inst = first_sight(tmp_path, 1, boot_id=BOOT.replace("1", "2"))
+    assert inst.monitored is None
+    assert saved(tmp_path) == set()
+
+
+def test_an_entry_of_an_older_agent_is_honoured(tmp_path):
+    write_entry(tmp_path)  # no domain_id, no boot_id
+    inst = first_sight(tmp_path, 8)
+    assert inst.monitored == {"interval_ms": 200, "action": "reboot"}
+    assert inst._restart_interval_ms == 200
+
+
+def test_saved_entries_name_their_qemu_process(tmp_path):
+    f = monitored_mod.MonitoredFile(str(tmp_path), boot_id=BOOT)
+    info = ev.DomainInfo(A, "vm", ev.RUNNING, None, True, {}, domain_id=9)
+    f.save({A: type("I", (), {"monitored": {"interval_ms": 100},
+                              "info": info})()})
+    entry = json.loads((tmp_path / "monitored.json").read_text())[A]
+    assert entry == {"interval_ms": 100, "domain_id": 9, "boot_id": BOOT}
+
+
+def test_host_boot_id(tmp_path):
+    path = tmp_path / "boot_id"
+    path.write_text(BOOT + "\n")
+    assert monitored_mod.host_boot_id(str(path)) == BOOT
+    assert monitored_mod.host_boot_id(str(tmp_path / "missing")) is None
