@@ -414,3 +414,77 @@ def test_numbers_match_the_libvirt_binding():
             assert getattr(domain, ours) == getattr(libvirt, theirs), ours
             checked += 1
     assert checked >= 40
+
+
+# What nova 34.0.0's own classes print (LibvirtConfigGuest with a
+# LibvirtConfigGuestMetaNovaInstance whose flavor has extra specs,
+# .to_xml()), verbatim, so that the parser is checked against Nova's
+# generator and not only against a hand-written fixture.
+NOVA_34_GENERATED = """<domain type="qemu">
+  <uuid>3f1c8a52-6a0e-4c77-9b8e-2d4f5e6a7b8c</uuid>
+  <name>instance-00000001</name>
+  <memory>131072</memory>
+  <vcpu>1</vcpu>
+  <metadata>
+    <nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.1">
+      <nova:package version="34.0.0"/>
+      <nova:name>vnf-1</nova:name>
+      <nova:creationTime>2026-01-01 00:00:00</nova:creationTime>
+      <nova:flavor name="m1.guestha" id="3">
+        <nova:memory>128</nova:memory>
+        <nova:disk>1</nova:disk>
+        <nova:swap>0</nova:swap>
+        <nova:ephemeral>0</nova:ephemeral>
+        <nova:vcpus>1</nova:vcpus>
+        <nova:extraSpecs>
+          <nova:extraSpec name="guestha:heartbeat">true</nova:extraSpec>
+          <nova:extraSpec name="hw:cpu_policy">shared</nova:extraSpec>
+          <nova:extraSpec name="guestha:corrective_action">reboot</nova:extraSpec>
+        </nova:extraSpecs>
+      </nova:flavor>
+      <nova:owner>
+        <nova:user uuid="u1">demo</nova:user>
+        <nova:project uuid="6f70656e737461636b20342065766572">demo</nova:project>
+      </nova:owner>
+    </nova:instance>
+  </metadata>
+  <os>
+    <type>hvm</type>
+  </os>
+</domain>
+"""  # noqa: E501 - verbatim
+
+NOVA_34_SPECS = {"guestha:heartbeat": "true", "hw:cpu_policy": "shared",
+                 "guestha:corrective_action": "reboot"}
+
+
+def test_extra_specs_from_what_nova_34_generates():
+    info = domain.parse_domain(NOVA_34_GENERATED, ev.RUNNING)
+
+    assert info.nova == {"name": "vnf-1", "flavor": "m1.guestha",
+                         "project": "6f70656e737461636b20342065766572",
+                         "extra_specs": NOVA_34_SPECS}
+
+
+def test_extra_specs_from_the_installed_novas_generator():
+    # where Nova is importable (the cloud's environment): whatever version
+    # is installed, its own classes write what the parser reads
+    config = pytest.importorskip("nova.virt.libvirt.config")
+
+    flavor = config.LibvirtConfigGuestMetaNovaFlavor()
+    flavor.name, flavor.id = "m1.guestha", "3"
+    flavor.extra_specs = dict(NOVA_34_SPECS)
+    owner = config.LibvirtConfigGuestMetaNovaOwner()
+    owner.userid, owner.username = "u1", "demo"
+    owner.projectid, owner.projectname = "p1", "demo"
+    meta = config.LibvirtConfigGuestMetaNovaInstance()
+    meta.package, meta.name, meta.creationTime = "x", "vnf-1", 1767225600
+    meta.flavor, meta.owner = flavor, owner
+    guest = config.LibvirtConfigGuest()
+    guest.virt_type, guest.name, guest.uuid = "qemu", "instance-1", UUID
+    guest.memory, guest.vcpus, guest.os_type = 131072, 1, "hvm"
+    guest.metadata.append(meta)
+
+    info = domain.parse_domain(guest.to_xml(), ev.RUNNING)
+
+    assert info.nova["extra_specs"] == NOVA_34_SPECS
