@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # A real single-node OpenStack for guestha's tests (issue 9).
 #
 #   bash tools/cloud.sh up [--no-compute] [--no-image]

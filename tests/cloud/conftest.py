@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Fixtures for the tests against the real cloud (marker ``openstack``).
 
 ``cloud`` (session) brings the cloud harness up once (``bash

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The cloud harness itself (tools/cloud.sh): its services answer as a real
 cloud does, through their public APIs and one openstacksdk session.
 
@@ -102,8 +103,8 @@ def _wait_server(conn, server, status, timeout):
             return server
         assert server.status != "ERROR", server.fault
         assert time.monotonic() < deadline, (
-            "server %s is %s after %d s" % (server.id, server.status,
-                                           timeout))
+            "server %s is %s after %d s"
+            % (server.id, server.status, timeout))
         time.sleep(1)
 
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``tools/cloud.sh down`` stops what ``up`` started and nothing else.
 
 The harness's process bookkeeping (tools/cloud/harness.py) against real

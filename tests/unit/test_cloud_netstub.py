@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The cloud harness's network stand-in (tools/cloud/netstub.py): what Nova
 asks of Neutron for a server with no network, answered with empty lists."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A real single-node OpenStack for guestha's tests: up, down, status.
 
 Run through ``bash tools/cloud.sh up|down|status`` (which makes the
@@ -380,7 +381,7 @@ region_name = {region}
     for d in ("instances", "locks"):
         os.makedirs(os.path.join(STATE, "nova", d), exist_ok=True)
 
-    write(os.path.join(ETC, "masakari", "masakari.conf"), """
+    masakari_conf = """
 [DEFAULT]
 transport_url = {transport}
 api_paste_config = {etc}/masakari/api-paste.ini
@@ -397,7 +398,8 @@ connection = {db}
 lock_path = {state}/masakari/locks
 """.format(transport=TRANSPORT_URL, etc=ETC, pw=PASSWORD, auth=AUTH_URL,
            region=REGION, db=DB_URL % "masakari", state=STATE)
-        + authtoken("masakari"))
+    write(os.path.join(ETC, "masakari", "masakari.conf"),
+          masakari_conf + authtoken("masakari"))
     shutil.copy(os.path.join(paste, "masakari", "api-paste.ini"),
                 os.path.join(ETC, "masakari", "api-paste.ini"))
     os.makedirs(os.path.join(ETC, "masakari", "masakari.conf.d"),

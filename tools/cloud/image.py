@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The cloud harness's guest image: the guest daemon installed, no 9p.
 
 Nova gives a guest no 9p share of the host, so the test initramfs of

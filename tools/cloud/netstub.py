@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A stand-in for Neutron's API that knows no port and no network.
 
 Nova talks to the ``network`` service even for servers booted with no

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """One WSGI entry point for every API of the cloud harness, under gunicorn.
 
 gunicorn leaves its own command line in ``sys.argv``, and some services
