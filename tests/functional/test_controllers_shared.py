@@ -318,3 +318,36 @@ def _report(client, fault):
 def _epoch(iso):
     import datetime
     return datetime.datetime.fromisoformat(iso).timestamp()
+
+
+def test_a_single_hosts_ledger_moves_into_mariadb(tmp_path):
+    """From one controller host to several: ``db sync`` on an empty
+    MariaDB database, then ``db import-ledger`` of a SQLite ledger of
+    version 1 with its rows; a controller on MariaDB then takes over what
+    the old controller still owed, in the order it arrived."""
+    from guestha.server.ledger import Ledger
+    from tests.unit.db import test_migration as v1
+
+    store = Store("mariadb", str(tmp_path))   # migrated from empty
+    try:
+        old = str(tmp_path / "server-ledger.sqlite")
+        events = v1.faults(4)
+        v1.write_v1(old, events, done={events[0]["id"]})
+        conf = os.path.join(store.workdir, "manage.conf")
+        done = subprocess.run(
+            [sys.executable, "-W", "ignore", "-m", "guestha.cmd.manage",
+             "--config-file", conf, "db", "import-ledger", old], cwd=ROOT,
+            capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "4 events, 8 deliveries" in done.stdout
+        ledger = Ledger(store.url, "ctl-new", sinks=("log",))
+        try:
+            ledger.register()
+            work = ledger.claim_orphans()
+            assert [e["id"] for e, _ in work] == [
+                e["id"] for e in events[1:]]
+            assert ledger.accept(events).new == []
+        finally:
+            ledger.close()
+    finally:
+        store.close()
