@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What one guestha-server process carries, and how fast a server-group
 broadcast goes from a guest to a peer guest on another host.
 
@@ -727,6 +728,7 @@ def measure_broadcasts(sender, receiver, count, rate, size):
     latencies = sorted(arrived - sent for s, (arrived, sent)
                        in recv.arrivals.items() if s >= 0)
     lost = sorted(set(range(count)) - set(recv.arrivals))
+
     def ms(seconds):
         return None if seconds is None else round(1000 * seconds, 2)
 
