@@ -207,6 +207,9 @@ class Ledger(object):
         self.pid = os.getpid() if pid is None else pid
         self._marks = []
         self._marks_lock = threading.Lock()
+        #: operations the database failed, in any thread (the keeper
+        #: watches it: see LedgerKeeper.database_failed)
+        self.failures = 0
         self._gc_cond = threading.Condition()
         self._gc_queue = []
         self._gc_leader = False
@@ -247,15 +250,29 @@ class Ledger(object):
     def _run(self, work):
         """``work(conn)`` in a transaction, run again when it lost a race
         with another controller; DB_ERRORS otherwise."""
-        for attempt in range(_RACE_RETRIES):
-            try:
-                with self._engine.begin() as conn:
-                    return work(conn)
-            except (db_exc.DBDeadlock, db_exc.DBDuplicateEntry,
-                    sa.exc.IntegrityError) as exc:
-                if attempt + 1 == _RACE_RETRIES:
-                    raise
-                LOG.debug("ledger: transaction lost a race, again: %s", exc)
+        try:
+            for attempt in range(_RACE_RETRIES):
+                try:
+                    with self._engine.begin() as conn:
+                        return work(conn)
+                except (db_exc.DBDeadlock, db_exc.DBDuplicateEntry,
+                        sa.exc.IntegrityError) as exc:
+                    if attempt + 1 == _RACE_RETRIES:
+                        raise
+                    LOG.debug("ledger: transaction lost a race, again: %s",
+                              exc)
+        except DB_ERRORS:
+            self.failures += 1
+            raise
+
+    def _read(self, work):
+        """``work(conn)`` outside a transaction (a read)."""
+        try:
+            with self._engine.connect() as conn:
+                return work(conn)
+        except DB_ERRORS:
+            self.failures += 1
+            raise
 
     def _next_seq(self):
         with self._seq_lock:
@@ -414,29 +431,29 @@ class Ledger(object):
     def owner(self, event_id):
         """The controller that owns an event (accepted it, or took it
         over), or None if the ledger does not hold it."""
-        with self._engine.connect() as conn:
-            return conn.execute(sa.select(events_t.c.server).where(
-                events_t.c.id == event_id)).scalar()
+        return self._read(lambda conn: conn.execute(
+            sa.select(events_t.c.server).where(
+                events_t.c.id == event_id)).scalar())
 
     def recovered_since(self, instance, since):
         """Whether a recovery of ``instance`` arrived at or after
         ``since`` (ledger clock), through any controller."""
-        with self._engine.connect() as conn:
-            return conn.execute(sa.select(events_t.c.id).where(
+        return self._read(lambda conn: conn.execute(
+            sa.select(events_t.c.id).where(
                 events_t.c.instance == instance,
                 events_t.c.type == "recovery",
-                events_t.c.received >= since).limit(1)).first() is not None
+                events_t.c.received >= since).limit(1)).first() is not None)
 
     def fault_recovered(self, fault):
         """Whether a recovery of ``fault`` (a fault event) is in the
         ledger."""
         received = sa.select(events_t.c.received).where(
             events_t.c.id == fault["id"]).scalar_subquery()
-        with self._engine.connect() as conn:
-            bodies = conn.execute(sa.select(events_t.c.body).where(
+        bodies = self._read(lambda conn: conn.execute(
+            sa.select(events_t.c.body).where(
                 events_t.c.instance == fault["instance"],
                 events_t.c.type == "recovery",
-                events_t.c.received >= received)).scalars().all()
+                events_t.c.received >= received)).scalars().all())
         return any(json.loads(body).get("fault_id") == fault["id"]
                    for body in bodies)
 
@@ -497,14 +514,19 @@ class Ledger(object):
                 [{"b_id": event_id, "b_sink": sink}
                  for event_id, _, sink in rows])
 
-    def pending(self):
+    def pending(self, targets=None):
         """This controller's undelivered work: ``[(event, [targets])]``,
-        oldest first, each dispatch counted as an attempt."""
+        oldest first, each dispatch counted as an attempt.
+
+        :param targets: only these delivery targets (default: all).
+        """
         now = self._clock()
+        where = events_t.c.server == self.server_id
+        if targets is not None:
+            where = sa.and_(where, deliveries.c.sink.in_(list(targets)))
 
         def work(conn):
-            rows = self._pending_rows(conn,
-                                      events_t.c.server == self.server_id)
+            rows = self._pending_rows(conn, where)
             self._count_attempts(conn, rows, now)
             return rows
 
@@ -585,8 +607,8 @@ class Ledger(object):
     def live_servers(self):
         """Ids of the controllers holding a lease, sorted."""
         now = self._clock()
-        with self._engine.connect() as conn:
-            rows = conn.execute(sa.select(servers)).all()
+        rows = self._read(lambda conn: conn.execute(
+            sa.select(servers)).all())
         return sorted(row.id for row in rows if not self._dead(row, now))
 
     def claim_orphans(self):

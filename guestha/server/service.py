@@ -102,13 +102,39 @@ class LedgerKeeper(object):
         self.relay = False
         # no take-over until then (see database_failed)
         self._quiet_until = None
+        self._failures_seen = ledger.failures
+        self._resubmit_actions = False
 
     def database_failed(self, now):
-        """The database failed this controller: the other controllers'
-        renewals may have failed too, so their leases look expired when it
-        is back although they live.  Take over nothing for a lease, the
-        time they need to renew."""
+        """The database failed this controller (any of its threads).
+
+        The other controllers' renewals may have failed too, so their
+        leases look expired when it is back although they live: take over
+        nothing for a lease, the time they need to renew.  And the
+        corrective-action worker may have dropped a fault it was deciding
+        on: when the database answers again, hand it this controller's
+        pending faults again (:meth:`resubmit_actions`).
+        """
         self._quiet_until = now + self.lease
+        self._resubmit_actions = True
+
+    def resubmit_actions(self):
+        """This controller's faults whose action is still pending, to the
+        worker again.  Deciding twice on one fault does no harm: the cap
+        lets one action per fault, and an action record is stored once
+        per id."""
+        work = self.ledger.pending(targets=(ledger_mod.ACTIONS,))
+        self._resubmit_actions = False
+        return self.deliveries.redispatch(work)
+
+    def watch_failures(self, now):
+        """Whether the database failed any thread since the last look
+        (then :meth:`database_failed`)."""
+        if self.ledger.failures == self._failures_seen:
+            return False
+        self._failures_seen = self.ledger.failures
+        self.database_failed(now)
+        return True
 
     def update_relay(self):
         relay, who = self.coordination.elect()
@@ -147,7 +173,10 @@ class LedgerKeeper(object):
         next_prune = self._clock() + PRUNE_INTERVAL
         while not self._stopping.wait(FLUSH_INTERVAL):
             try:
+                self.watch_failures(self._clock())
                 self.ledger.flush()
+                if self._resubmit_actions:
+                    self.resubmit_actions()
                 now = self._clock()
                 if now >= next_renew:
                     next_renew = now + renew_every
@@ -164,7 +193,6 @@ class LedgerKeeper(object):
                 # the database is away: the agents' calls fail and are
                 # sent again; the upkeep resumes when it is back
                 LOG.warning("ledger upkeep: the database failed: %s", exc)
-                self.database_failed(self._clock())
             except Exception:  # a thread's top level: keep the lease
                 LOG.exception("ledger upkeep failed")
 

@@ -3,6 +3,9 @@
 leases look expired when the database is back, although they live; the
 keeper takes nothing over until they had a lease's time to renew."""
 
+import pytest
+
+from guestha.server import ledger as ledger_mod
 from guestha.server.ledger import Ledger
 from guestha.server import service
 from tests.unit.server.test_ledger import Clock
@@ -47,3 +50,35 @@ def test_no_take_over_for_a_lease_after_the_database_failed(tmp_path):
     wall.now += 31
     mine.renew()
     assert keeper.take_over(wall.now) == 1
+
+
+def test_after_a_database_failure_pending_actions_go_to_the_worker_again(
+        tmp_path):
+    from oslo_db import exception as db_exc
+
+    from guestha.server.ledger import ACTIONS
+    from tests.unit.server.test_ledger import fault
+
+    wall = Clock()
+    ledger = Ledger(str(tmp_path / "ledger.sqlite"), "ctl-a",
+                    sinks=("log",), clock=wall, hostname="host-a")
+    ledger.register()
+    f, s = fault(), state()
+    ledger.accept([f, s])
+    deliveries = Deliveries()
+    keeper = service.LedgerKeeper(ledger, deliveries, 86400, 30.0,
+                                  clock=lambda: wall.now)
+    assert keeper.watch_failures(wall.now) is False
+
+    # the worker's read fails while the database restarts: it drops the
+    # fault it was deciding on (its thread logs and goes on)
+    def away(conn):
+        raise db_exc.DBConnectionError("(2013, 'Lost connection')")
+
+    with pytest.raises(ledger_mod.DB_ERRORS):
+        ledger._read(away)
+    assert keeper.watch_failures(wall.now) is True
+    # the database is back: the fault's action, and only that, again
+    assert keeper.resubmit_actions() == 1
+    assert deliveries.work == [(f, [ACTIONS])]
+    assert keeper.watch_failures(wall.now) is False
