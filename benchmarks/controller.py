@@ -7,6 +7,8 @@ broadcast goes from a guest to a peer guest on another host.
     .venv/bin/python benchmarks/controller.py --only broadcast --broadcasts 500
     .venv/bin/python benchmarks/controller.py --only reports \
         --store mariadb --controllers 1,3 --clients 12
+    .venv/bin/python benchmarks/controller.py --only reports --batches 1 \
+        --profile
 
 A benchmark, not a test: real processes against real RabbitMQ and libvirtd,
 measured.  Everything runs on a fresh RabbitMQ vhost and in a temporary
@@ -438,8 +440,44 @@ def _epoch(iso):
     return datetime.datetime.fromisoformat(iso).timestamp()
 
 
+def py_spy():
+    """py-spy, on the PATH or next to this Python (a virtualenv's bin)."""
+    beside = os.path.join(os.path.dirname(PYTHON), "py-spy")
+    return shutil.which("py-spy") or (beside if os.path.exists(beside)
+                                      else None)
+
+
+def profile_summary(path, top=20):
+    """The frames most often on the stack of the GIL's holder in a py-spy
+    raw profile: ``[(share, "function file")]``, inclusive."""
+    import re
+    frame_re = re.compile(r"(\S+) \((.*?)(?::\d+)?\)$")
+    total = 0
+    inclusive = collections.Counter()
+    with open(path) as f:
+        for line in f:
+            stack, _, count = line.rstrip().rpartition(" ")
+            if not stack:
+                continue
+            count = int(count)
+            total += count
+            seen = set()
+            for frame in stack.split(";"):
+                match = frame_re.match(frame)
+                if match is None or "threading.py" in frame:
+                    continue
+                where = match.group(2).split("site-packages/")[-1]
+                key = "%s %s" % (match.group(1),
+                                 where.replace(REPO + "/", ""))
+                if key not in seen:
+                    seen.add(key)
+                    inclusive[key] += count
+    return [(round(100.0 * n / total, 1), key)
+            for key, n in inclusive.most_common(top)] if total else []
+
+
 def run_reports(env, batch, clients, duration, executor_threads=None,
-                controllers=1, store="sqlite"):
+                controllers=1, store="sqlite", profile=False):
     extra = {}
     if executor_threads:
         extra["DEFAULT"] = {"executor_thread_pool_size": executor_threads}
@@ -475,6 +513,17 @@ def run_reports(env, batch, clients, duration, executor_threads=None,
             f.write("%.6f %.6f\n" % (start_wall, start_mono + duration))
         os.replace(go + ".tmp", go)
         time.sleep(max(0.0, start_mono - time.monotonic()))
+        spy = None
+        if profile:
+            # the first controller, sampled while it holds the GIL: where
+            # its CPU goes (py-spy, if installed)
+            spy = subprocess.Popen(
+                [py_spy(), "record", "--gil",
+                 "--nonblocking", "-r", "250", "-d", str(int(duration)),
+                 "--format", "raw", "-o",
+                 os.path.join(env.dir, "profile-%s.raw" % run), "-p",
+                 str(servers[0].proc.pid)], stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL)
         cpu0 = sum(cpu_seconds(s.proc.pid) for s in servers)
         broker0 = cpu_seconds(broker) if broker else None
         t0 = time.monotonic()
@@ -496,6 +545,8 @@ def run_reports(env, batch, clients, duration, executor_threads=None,
         cpu1 = sum(cpu_seconds(s.proc.pid) for s in servers)
         broker1 = cpu_seconds(broker) if broker else None
         rss, hwm = memory_mib(servers[0].proc.pid)
+        if spy is not None:
+            spy.wait(60)
     finally:
         env.agentctl.terminate_all(procs, timeout=10)
         for server in servers:
@@ -506,7 +557,10 @@ def run_reports(env, batch, clients, duration, executor_threads=None,
     last = max(_epoch(r["logged_at"]) for r in measured)
     span = last - start_wall
     latencies = sorted(x for r in results for x in r["latencies"])
+    profiled = os.path.join(env.dir, "profile-%s.raw" % run)
     return {
+        "profile": (profile_summary(profiled)
+                    if profile and os.path.exists(profiled) else None),
         "store": store, "controllers": controllers,
         "batch": batch, "clients": clients, "window_s": duration,
         "events": len(measured), "duplicates": len(measured) - len(ids),
@@ -824,6 +878,10 @@ def main(argv=None):
     parser.add_argument("--controllers", default="1",
                         help="guestha-server processes sharing the ledger, "
                              "one run each (1; e.g. 1,3)")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample the (first) controller with py-spy "
+                             "during each run and print where its CPU "
+                             "goes (pip install py-spy)")
     parser.add_argument("--executor-threads", type=int,
                         help="the server's [DEFAULT] "
                              "executor_thread_pool_size (oslo.messaging's "
@@ -841,6 +899,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command == "client":
         return client_main(args)
+    if args.profile and py_spy() is None:
+        parser.error("--profile needs py-spy: pip install py-spy")
 
     signal.signal(signal.SIGTERM, _on_signal)
     out = {"machine": machine(), "argv": sys.argv[1:]}
@@ -864,9 +924,11 @@ def main(argv=None):
                 for batch in [int(b) for b in args.batches.split(",")]:
                     r = run_reports(env, batch, args.clients, args.duration,
                                     args.executor_threads, controllers,
-                                    args.store)
+                                    args.store, args.profile)
                     out["reports"].append(r)
                     _print_report(r)
+                    for share, frame in r["profile"] or ():
+                        print("       %5.1f%%  %s" % (share, frame))
         if args.only in (None, "broadcast"):
             print("\nbroadcast latency, application to peer application on "
                   "the other host (%d broadcasts of %d bytes, %g/s):" % (
