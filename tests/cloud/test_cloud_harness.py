@@ -75,8 +75,8 @@ def test_masakari_api_answers(cloud):
 
 def test_nova_publishes_versioned_notifications(cloud):
     """A flavor change makes nova-api publish flavor.* versioned
-    notifications: Nova's default queue versioned_notifications.info
-    exists in the harness's vhost afterwards."""
+    notifications: the queue of the harness's one topic,
+    guestha_notifications.info, exists in its vhost afterwards."""
     name = "guestha-test-%s" % uuid.uuid4().hex[:8]
     flavor = cloud.conn.compute.create_flavor(name=name, ram=64, vcpus=1,
                                               disk=0)
@@ -88,10 +88,10 @@ def test_nova_publishes_versioned_notifications(cloud):
             ["rabbitmqctl", "-q", "list_queues", "-p", harness.VHOST,
              "name"], capture_output=True, text=True, timeout=60).stdout
         queues = out.split()
-        if "versioned_notifications.info" in queues:
+        if "guestha_notifications.info" in queues:
             return
         time.sleep(1)
-    pytest.fail("no versioned_notifications.info queue in %s: %s"
+    pytest.fail("no guestha_notifications.info queue in %s: %s"
                 % (harness.VHOST, queues))
 
 

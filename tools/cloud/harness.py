@@ -72,6 +72,9 @@ SERVICES = ["network", "keystone", "placement", "glance", "nova-api",
 FLAVORS = [  # name, ram MiB, vcpus, disk GiB, extra specs
     ("guestha.heartbeat", 256, 1, 1, {"guestha:heartbeat": "true"}),
     ("guestha.plain", 256, 1, 1, {}),
+    # server-group messaging too (scenario 5 of tests/cloud)
+    ("guestha.group", 256, 1, 1, {"guestha:heartbeat": "true",
+                                  "guestha:server_group_messaging": "true"}),
 ]
 SEGMENT = "guestha-cloud"
 NOVA_XMLNS = "http://openstack.org/xmlns/libvirt/nova/"
@@ -348,6 +351,9 @@ discover_hosts_in_cells_interval = 2
 virt_type = qemu
 cpu_mode = none
 connection_uri = qemu:///system
+# the test guest ignores ACPI: a soft reboot falls back to hard after this
+# (default 120 s)
+wait_soft_reboot_seconds = 10
 [workarounds]
 disable_rootwrap = true
 [oslo_concurrency]
@@ -355,6 +361,9 @@ lock_path = {state}/nova/locks
 [notifications]
 notification_format = versioned
 notify_on_state_change = vm_and_task_state
+# only guestha's topic, which its controllers read and drain: a topic
+# nobody reads is a queue that grows (doc/source/install.rst)
+versioned_notifications_topics = guestha_notifications
 [oslo_messaging_notifications]
 driver = messagingv2
 [vnc]
@@ -819,6 +828,26 @@ def setup_nova():
     say("nova: api, cell0 and cell1 databases synced")
 
 
+def setup_validators():
+    """guestha's Nova extra-spec validator plugin (guestha/nova_extra_specs.py,
+    entry point nova.api.extra_spec_validators) in the cloud's venv, as an
+    operator installs it next to nova-api: the checkout, without its
+    dependencies (nova-api imports only that module)."""
+    check = ("import importlib.metadata as m, sys, guestha; "
+             "eps = m.entry_points(group='nova.api.extra_spec_validators'); "
+             "sys.exit(0 if any(e.name == 'guestha' for e in eps) and "
+             "guestha.__file__.startswith(%r) else 1)" % ROOT)
+    if subprocess.run([os.path.join(BIN, "python"), "-c", check],
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                      cwd="/").returncode == 0:
+        return
+    run([os.path.join(BIN, "python"), "-m", "pip", "install", "-q",
+         "--no-deps", "-e", ROOT], "guestha",
+        env=dict(os.environ,
+                 PBR_VERSION=os.environ.get("PBR_VERSION", "0.0.1")))
+    say("nova-api: guestha's extra-spec validators installed")
+
+
 def setup_masakari():
     if not stamp_done("masakari"):
         run([os.path.join(BIN, "masakari-manage")] +
@@ -853,10 +882,10 @@ def up(args):
     # The database syncs are independent and mostly wait on MariaDB: run
     # them side by side (one process each), keystone first in the list as
     # the rest needs its catalog.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=5) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
         futures = {pool.submit(fn): fn.__name__ for fn in (
             setup_keystone, setup_nova, setup_placement, setup_glance,
-            setup_masakari)}
+            setup_masakari, setup_validators)}
         # the catalog as soon as keystone answers, while the rest syncs
         for future in concurrent.futures.as_completed(futures):
             future.result()

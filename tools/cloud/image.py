@@ -16,7 +16,11 @@ serve.  This builds a guest that carries what it runs:
   install.d/60-guestha-guest, with DESTDIR);
 * an /init that starts busybox init, which runs the unit's ExecStart=
   line and restarts it when it exits (there is no systemd in this guest:
-  the same command, the same RuntimeDirectory, Restart=always).
+  the same command, the same RuntimeDirectory, Restart=always);
+* Debian's qemu-ga on the org.qemu.guest_agent.0 port, through which the
+  tests act inside the guest (``guest-exec``: hang the daemon with
+  SIGSTOP, play an application with ``guestha-app``), the way an
+  operator's tooling reaches a guest without a network.
 
 Uploaded to Glance as three images: ``guestha-guest-kernel`` (aki),
 ``guestha-guest-ramdisk`` (ari) and ``guestha-guest`` (raw, a 1 MiB disk
@@ -43,6 +47,7 @@ CACHE = os.environ.get("GUESTHA_CLOUD_IMAGE_CACHE", os.path.join(
 VM_CACHE = os.environ.get("GUESTHA_VM_CACHE", os.path.join(
     os.path.expanduser("~"), ".cache", "guestha", "vm"))
 PYTHON = "/usr/bin/python3"  # Debian's: what a Debian image would carry
+QEMU_GA = "/usr/sbin/qemu-ga"  # Debian's qemu-guest-agent
 ELEMENT = os.path.join(ROOT, "etc", "guest-image", "elements",
                        "guestha-guest")
 IMAGE = "guestha-guest"
@@ -60,6 +65,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm /run /tmp /var/log
+ln -sfn /run /var/run
 mount -t devpts devpts /dev/pts
 mount -t tmpfs -o mode=755 tmpfs /run
 mount -t tmpfs -o mode=1777 tmpfs /tmp
@@ -74,6 +80,7 @@ hostname "guestha-${uuid%%-*}"
 cat > /etc/inittab <<'EOF'
 ::sysinit:/bin/sh -c '/sbin/guestha-ports &'
 ::respawn:/sbin/guestha-unit
+::respawn:/sbin/guestha-qga
 ::shutdown:/sbin/guestha-stop
 EOF
 log "starting init at $(cut -d' ' -f1 /proc/uptime) s"
@@ -112,6 +119,55 @@ dir=$(sed -n 's/^RuntimeDirectory=//p' "$unit")
 touch /run/guestha-unit.started
 echo "guestha-image: starting $cmd" > /dev/console
 exec $cmd >> /dev/console 2>&1
+"""
+
+# qemu-ga on the port hw_qemu_guest_agent=yes gives: the tests drive the
+# guest through it (guest-exec), as an operator's tooling would
+QGA = r"""#!/bin/sh
+port=/dev/virtio-ports/org.qemu.guest_agent.0
+while [ ! -e "$port" ]; do sleep 0.2; done
+exec /usr/sbin/qemu-ga -m virtio-serial -p "$port" -t /run \
+    -f /run/qemu-ga.pid >> /dev/console 2>&1
+"""
+
+# the pid of the guest daemon (the unit's ExecStart), for the tests' hang
+DAEMON_PID = r"""#!/bin/sh
+for d in /proc/[0-9]*; do
+    tr '\0' ' ' < "$d/cmdline" 2>/dev/null |
+        grep -q '^[^ ]*python[^ ]* /usr/local/bin/guestha-guest ' &&
+        echo "${d#/proc/}"
+done
+"""
+
+# An application of the guest on the daemon's application API (the
+# installed bundle's guestha_guest.client), for the server-group tests:
+#   guestha-app listen FILE   subscribe; one JSON line per event to FILE
+#   guestha-app broadcast TEXT
+#   guestha-app status        the group's members and their Nova states
+APP = r"""#!/usr/bin/python3
+import json
+import sys
+sys.path.insert(0, "/usr/local/bin/guestha-guest")
+from guestha_guest import client  # noqa: E402
+
+cmd = sys.argv[1]
+if cmd == "listen":
+    with open(sys.argv[2], "a") as out:
+        c = client.GuestHAClient(timeout=10).connect()
+        c.subscribe("broadcast", "notification")
+        out.write(json.dumps({"listening": True}) + "\n")
+        out.flush()
+        for event in c.events():
+            out.write(json.dumps(event) + "\n")
+            out.flush()
+elif cmd == "broadcast":
+    with client.GuestHAClient(timeout=10) as c:
+        print(json.dumps(c.broadcast(sys.argv[2].encode())))
+elif cmd == "status":
+    with client.GuestHAClient(timeout=15) as c:
+        print(json.dumps(c.status(timeout=10)))
+else:
+    sys.exit("unknown command %s" % cmd)
 """
 
 # busybox reboot/poweroff: SIGTERM first, so the daemon tells the host
@@ -153,7 +209,7 @@ def inputs_hash(kernel, modules):
              os.path.join(ROOT, "etc", "systemd", "guestha-guest.service"),
              os.path.join(ELEMENT, "install.d", "60-guestha-guest"),
              os.path.join(modules, "load.list"),
-             os.path.realpath(PYTHON)]
+             os.path.realpath(PYTHON), QEMU_GA]
     files += glob.glob(os.path.join(ROOT, "guestha_guest", "**", "*.py"),
                        recursive=True)
     return _sha_of_files(files)[:16] + "-" + os.path.basename(
@@ -240,8 +296,14 @@ def build(say=print):
             ROOT, "tools", "build_guest_bundle.py"), "--output",
             os.path.join(staging, "guestha-guest.pyz")], check=True,
             stdout=subprocess.DEVNULL)
-        shutil.copy2(os.path.join(ROOT, "etc", "guestha-guest.ini"),
-                     os.path.join(staging, "guestha-guest.ini"))
+        # the operator's one setting: the guest recommends a reboot when
+        # it is unhealthy or hung (the host's policy still decides)
+        with open(os.path.join(ROOT, "etc", "guestha-guest.ini")) as f:
+            ini = f.read()
+        assert "#corrective_action = none\n" in ini
+        with open(os.path.join(staging, "guestha-guest.ini"), "w") as f:
+            f.write(ini.replace("#corrective_action = none\n",
+                                "corrective_action = reboot\n"))
         shutil.copy2(os.path.join(ROOT, "etc", "systemd",
                                   "guestha-guest.service"),
                      os.path.join(staging, "guestha-guest.service"))
@@ -251,9 +313,16 @@ def build(say=print):
         subprocess.run(["bash", os.path.join(ELEMENT, "install.d",
                                              "60-guestha-guest")],
                        check=True, env=env)
+        # qemu-ga, the host's (Debian's), with its libraries
+        _copy_into(root, QEMU_GA)
+        for lib in _libs_of(QEMU_GA):
+            _copy_into(root, lib)
         for path, text in (("init", INIT), ("sbin/guestha-ports", PORTS),
                            ("sbin/guestha-unit", UNIT),
-                           ("sbin/guestha-stop", STOP)):
+                           ("sbin/guestha-stop", STOP),
+                           ("sbin/guestha-qga", QGA),
+                           ("sbin/guestha-daemon-pid", DAEMON_PID),
+                           ("usr/local/bin/guestha-app", APP)):
             with open(os.path.join(root, path), "w") as f:
                 f.write(text)
             os.chmod(os.path.join(root, path), 0o755)

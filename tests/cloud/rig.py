@@ -1,0 +1,420 @@
+# SPDX-License-Identifier: Apache-2.0
+"""guestha on the real cloud: a real guestha-agent and guestha-server,
+Nova servers booted through the API, and the guest driven through qemu-ga.
+
+What runs where
+---------------
+* **The cloud** (``tools/cloud.sh up``, the ``cloud`` fixture): Keystone,
+  Nova with nova-compute on ``qemu:///system``, Glance with the guest image
+  (tools/cloud/image.py: the guest daemon installed, recommending a reboot,
+  and Debian's qemu-ga), Masakari with a segment holding the compute host.
+* **The agent**: ``guestha-agent`` as a compute host runs it: on
+  ``qemu:///system``, ``[agent] host`` = the nova-compute host, hot-plug on,
+  NO Nova credentials (it reads ``guestha:*`` extra specs from the domain
+  XML Nova writes), the cloud's RabbitMQ vhost.
+* **The controller**: ``guestha-server`` with Nova credentials (admin of
+  the cloud, as the password plugin of keystoneauth), reading Nova's
+  versioned notifications on the ``guestha_notifications`` topic that the
+  harness's nova.conf lists, the log sink, and for the Masakari scenario
+  the masakari sink.
+* **Inside a guest**: ``guest-exec`` of qemu-ga through libvirt
+  (:func:`guest_sh`), as an operator's tooling reaches a guest without a
+  network: ``guestha-daemon-pid``, ``kill -STOP``, ``guestha-app``.
+
+Both guestha processes are started with tools/proc.py (their own process
+groups, killed with the test process however it ends).
+"""
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+
+from tests.functional import agentctl
+from tests.functional import serverctl
+from tools.cloud import harness
+from tools import proc as procs
+
+URI = "qemu:///system"
+#: The installed guest daemon's heartbeat interval (etc/guestha-guest.ini's
+#: default).
+INTERVAL = 1.0
+BOOT_TIMEOUT = 150.0
+#: From ACTIVE (a new QEMU process) to the daemon registered: the guest
+#: boots under TCG (kernel, busybox init, python).
+REGISTER_TIMEOUT = 90.0
+#: The nova.conf drop-in and the controller's soft-reboot follow-up.
+SOFT_REBOOT_TIMEOUT = 30.0
+IMAGE = "guestha-guest"
+
+
+def wait_for(predicate, what, timeout=60.0, interval=0.2, diag=None):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            extra = ("\n" + diag()) if diag is not None else ""
+            raise AssertionError("timed out after %.0f s waiting for %s%s"
+                                 % (timeout, what, extra))
+        time.sleep(interval)
+
+
+# -- inside the guest ---------------------------------------------------------
+
+class GuestExecError(Exception):
+    pass
+
+
+def guest_sh(uuid, command, timeout=30.0):
+    """Run ``/bin/sh -c command`` in the guest through qemu-ga's
+    guest-exec (libvirt's qemuAgentCommand): ``(exit code, output)``.
+    Retries while the guest agent does not answer yet (a guest booting)."""
+    import libvirt
+    import libvirt_qemu
+
+    deadline = time.monotonic() + timeout
+    conn = libvirt.open(URI)
+    try:
+        dom = conn.lookupByUUIDString(uuid)
+        while True:
+            try:
+                reply = libvirt_qemu.qemuAgentCommand(dom, json.dumps({
+                    "execute": "guest-exec", "arguments": {
+                        "path": "/bin/sh", "arg": ["-c", command],
+                        "capture-output": True}}), 10, 0)
+                break
+            except libvirt.libvirtError as exc:
+                if time.monotonic() > deadline:
+                    raise GuestExecError("guest-exec in %s: %s"
+                                         % (uuid, exc))
+                time.sleep(0.5)
+        pid = json.loads(reply)["return"]["pid"]
+        while True:
+            status = json.loads(libvirt_qemu.qemuAgentCommand(
+                dom, json.dumps({"execute": "guest-exec-status",
+                                 "arguments": {"pid": pid}}), 10, 0))
+            status = status["return"]
+            if status.get("exited"):
+                out = base64.b64decode(status.get("out-data", "")) + \
+                    base64.b64decode(status.get("err-data", ""))
+                return status.get("exitcode"), out.decode("utf-8",
+                                                          "replace")
+            if time.monotonic() > deadline:
+                raise GuestExecError("%r still running in %s after %.0f s"
+                                     % (command, uuid, timeout))
+            time.sleep(0.1)
+    finally:
+        conn.close()
+
+
+def guest_ok(uuid, command, timeout=30.0):
+    rc, out = guest_sh(uuid, command, timeout)
+    assert rc == 0, "%r in %s: exit %s: %s" % (command, uuid, rc, out)
+    return out
+
+
+def domain_xml(uuid):
+    import libvirt
+
+    conn = libvirt.open(URI)
+    try:
+        return conn.lookupByUUIDString(uuid).XMLDesc(0)
+    finally:
+        conn.close()
+
+
+def has_channel(uuid):
+    try:
+        return "org.openstack.guestha.0" in domain_xml(uuid)
+    except Exception:  # the domain is gone or being redefined
+        return False
+
+
+# -- the guestha processes ----------------------------------------------------
+
+class Agent(object):
+    """``guestha-agent`` on qemu:///system for the compute host."""
+
+    def __init__(self, processes, workdir, url, host):
+        self.procs = processes
+        self.host = host
+        self.config = os.path.join(workdir, "agent.conf")
+        self.log = os.path.join(workdir, "agent.log")
+        self.status_socket = os.path.join(workdir, "agent.sock")
+        with open(self.config, "w") as f:
+            f.write(agentctl.agent_conf(
+                url, host, os.path.join(workdir, "agent-state"),
+                os.path.join(workdir, "ch"), self.status_socket,
+                uri=URI, log_file=self.log, debug="true",
+                agent={"hotplug": "true"}))
+        self.proc = None
+
+    def start(self, timeout=60.0):
+        self.proc = self.procs.spawn(
+            [agentctl.PYTHON, "-W", "ignore", "-m", "guestha.cmd.agent",
+             "--config-file", self.config], self.log + ".stderr")
+
+        def ready():
+            status = self.status()
+            return status is not None and status["libvirt_connected"]
+
+        wait_for(ready, "the agent to start", timeout=timeout,
+                 diag=self.tail)
+        return self
+
+    def stop(self):
+        """SIGTERM, its clean stop; returns the exit code."""
+        if self.proc is None:
+            return None
+        code = agentctl.terminate(self.proc, 20)
+        self.proc = None
+        return code
+
+    def status(self):
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError("the agent is not running (%s):\n%s" % (
+                self.proc and self.proc.returncode, self.tail()))
+        try:
+            from guestha.agent import status as agent_status
+            return agent_status.fetch(self.status_socket, timeout=10.0)
+        except (OSError, ValueError):
+            return None
+
+    def instance(self, uuid):
+        for inst in (self.status() or {}).get("instances", []):
+            if inst["instance"] == uuid:
+                return inst
+        return None
+
+    def count(self, pattern):
+        regex = re.compile(pattern)
+        try:
+            with open(self.log, errors="replace") as f:
+                return sum(1 for line in f if regex.search(line))
+        except OSError:
+            return 0
+
+    def hotplugs(self, uuid):
+        return self.count(r"instance %s: guestha channel hot-plugged"
+                          % re.escape(uuid))
+
+    def registrations(self, uuid):
+        return self.count(r"instance %s: guest .* registered"
+                          % re.escape(uuid))
+
+    def lines_of(self, uuid, chars=4000):
+        try:
+            with open(self.log, errors="replace") as f:
+                return "".join(line for line in f if uuid in line)[-chars:]
+        except OSError as exc:
+            return "(%s)" % exc
+
+    def tail(self, chars=3000):
+        return agentctl.file_tail(self.log, chars) + agentctl.file_tail(
+            self.log + ".stderr", 1000)
+
+
+def os_auth(**extra):
+    auth = {"auth_type": "password", "auth_url": harness.AUTH_URL,
+            "username": "admin", "password": harness.PASSWORD,
+            "project_name": "admin", "user_domain_name": "Default",
+            "project_domain_name": "Default",
+            "region_name": harness.REGION, "timeout": "15"}
+    auth.update(extra)
+    return auth
+
+
+class Controller(serverctl.ServerProcess):
+    """``guestha-server`` with the cloud's Nova (and Masakari): real
+    credentials, not serverctl's stand-in endpoint."""
+
+    def __init__(self, workdir, url, name, masakari=False):
+        groups = {
+            "actions": {"allowed_max": "log" if masakari else "reboot",
+                        "max_actions": 1, "window": 3600,
+                        "soft_reboot_timeout": SOFT_REBOOT_TIMEOUT},
+            "sinks": {"enabled": "log,masakari" if masakari else "log"},
+            "server": {"group_refresh_interval": 5},
+        }
+        super().__init__(workdir, url, "ghcloud-ctl", "unused",
+                         ledger_path=os.path.join(workdir, "ledger.sqlite"),
+                         sink_log=os.path.join(workdir, "events.jsonl"),
+                         name=name, **groups)
+        with open(self.conf_path) as f:
+            text = f.read()
+        # serverctl points [nova] at a stand-in; this one is the catalog's
+        text = re.sub(r"\[nova\]\n(.*\n)*?\n",
+                      self._section("nova", os_auth()), text)
+        if masakari:
+            text += self._section("masakari", os_auth())
+        with open(self.conf_path, "w") as f:
+            f.write(text)
+
+    @staticmethod
+    def _section(name, values):
+        return "[%s]\n%s\n" % (name, "".join(
+            "%s = %s\n" % kv for kv in values.items()))
+
+
+class GuestHA(object):
+    """The agent, the controller, the servers booted, for a session."""
+
+    def __init__(self, cloud):
+        self.cloud = cloud
+        self.conn = cloud.conn
+        self.procs = agentctl.Processes()
+        self.workdir = agentctl.short_tempdir("ghcl-")
+        self.url = harness.TRANSPORT_URL
+        services = list(self.conn.compute.services(binary="nova-compute"))
+        assert services, "no nova-compute in the cloud"
+        self.host = services[0].host
+        self.agent = Agent(self.procs, self.workdir, self.url, self.host)
+        self.server = None
+        self.servers = []
+        self.groups = []
+        self.image = self.conn.image.find_image(IMAGE)
+
+    def start(self):
+        self.start_server()
+        self.agent.start()
+        return self
+
+    def start_server(self, masakari=False):
+        if self.server is not None:
+            self.server.stop()
+        self.server = Controller(self.workdir, self.url,
+                                 "ctl-masakari" if masakari else "ctl",
+                                 masakari=masakari)
+        self.server.start()
+        return self.server
+
+    # -- Nova -----------------------------------------------------------------
+
+    def create(self, name, flavor="guestha.heartbeat", **kwargs):
+        flavor = self.conn.compute.find_flavor(flavor)
+        server = self.conn.compute.create_server(
+            name="ghcl-%s" % name, image_id=self.image.id,
+            flavor_id=flavor.id, networks="none", **kwargs)
+        self.servers.append(server)
+        return server
+
+    def wait_active(self, server, timeout=BOOT_TIMEOUT):
+        """Wait until ``server`` is ACTIVE with no task; returns it and
+        time.monotonic() of when that was seen."""
+        def active():
+            s = self.conn.compute.get_server(server)
+            assert s.status != "ERROR", s.fault
+            return s if s.status == "ACTIVE" and not s.task_state else None
+
+        server = wait_for(active, "server %s ACTIVE" % server.id,
+                          timeout=timeout, interval=0.2)
+        return server, time.monotonic()
+
+    def wait_status(self, server, status, timeout=BOOT_TIMEOUT):
+        def reached():
+            s = self.conn.compute.get_server(server)
+            return s if s.status == status and not s.task_state else None
+
+        return wait_for(reached, "server %s %s" % (server.id, status),
+                        timeout=timeout, interval=0.2)
+
+    def delete(self, server):
+        self.conn.compute.delete_server(server, ignore_missing=True)
+        if server in self.servers:
+            self.servers.remove(server)
+
+    def reboots(self, server):
+        """Nova's instance actions of ``server`` that are reboots."""
+        return [a for a in self.conn.compute.server_actions(server)
+                if a.action == "reboot"]
+
+    # -- what guestha saw -----------------------------------------------------
+
+    def sink(self, uuid, type_=None, since=0.0):
+        return [r for r in serverctl.read_jsonl(self.server.sink_log)
+                if r.get("instance") == uuid
+                and (type_ is None or r.get("type") == type_)
+                and (r.get("detected_at_ts") or r.get("at_ts") or 0)
+                >= since]
+
+    def faults(self, uuid, since=0.0):
+        return self.sink(uuid, "fault", since)
+
+    def wait_monitored(self, uuid, timeout=REGISTER_TIMEOUT,
+                       more_answers=1):
+        """Wait until the instance is MONITORED, answering healthy, with
+        ``more_answers`` answers more than when called; returns its status
+        entry."""
+        first = self.agent.instance(uuid)
+        base = first["counters"]["answers"] if first else 0
+
+        def monitored():
+            inst = self.agent.instance(uuid)
+            if (inst is None or inst["state"] != "MONITORED"
+                    or inst["counters"]["answers"] < base + more_answers
+                    or not (inst.get("last_answer") or {}).get("healthy")):
+                return None
+            return inst
+
+        return wait_for(monitored, "instance %s MONITORED" % uuid,
+                        timeout=timeout, interval=0.1,
+                        diag=lambda: self.diagnostics(uuid))
+
+    def diagnostics(self, uuid=None):
+        parts = []
+        if uuid:
+            try:
+                parts.append("--- agent status ---\n%s"
+                             % self.agent.instance(uuid))
+            except AssertionError as exc:
+                parts.append(str(exc))
+            parts.append("--- agent log ---\n%s" % self.agent.lines_of(uuid))
+            try:
+                parts.append("--- console ---\n%s" % self.conn.compute
+                             .get_server_console_output(uuid)["output"]
+                             [-1500:])
+            except Exception as exc:  # diagnostics only
+                parts.append("(no console: %s)" % exc)
+        else:
+            parts.append("--- agent log ---\n%s" % self.agent.tail())
+        if self.server is not None:
+            parts.append("--- server ---\n%s" % self.server.tail(1500))
+        return "\n".join(parts)
+
+    def close(self):
+        procs.teardown(
+            self.agent.proc and self.agent.stop,
+            self.server and self.server.stop,
+            self.procs.kill_all,
+            self.server and self.server.kill,
+            self._delete_all,
+            lambda: shutil.rmtree(self.workdir, ignore_errors=True))
+
+    def _delete_all(self):
+        for server in list(self.servers):
+            self.conn.compute.delete_server(server, ignore_missing=True)
+        for server in list(self.servers):
+            self.conn.compute.wait_for_delete(server, wait=120)
+        self.servers = []
+        for group in self.groups:
+            self.conn.compute.delete_server_group(group,
+                                                  ignore_missing=True)
+
+
+def rabbit_queues():
+    """``{name: (messages, consumers)}`` of the cloud's vhost."""
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "-p", harness.VHOST, "name",
+         "messages", "consumers"], capture_output=True, text=True,
+        timeout=60, check=True).stdout
+    queues = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1].isdigit():
+            queues[parts[0]] = (int(parts[1]), int(parts[2]))
+    return queues
