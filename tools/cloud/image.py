@@ -132,11 +132,13 @@ exec /usr/sbin/qemu-ga -m virtio-serial -p "$port" -t /run \
 
 # the pid of the guest daemon (the unit's ExecStart), for the tests' hang
 DAEMON_PID = r"""#!/bin/sh
+found=1
 for d in /proc/[0-9]*; do
-    tr '\0' ' ' < "$d/cmdline" 2>/dev/null |
+    tr '\0' ' ' 2>/dev/null < "$d/cmdline" |
         grep -q '^[^ ]*python[^ ]* /usr/local/bin/guestha-guest ' &&
-        echo "${d#/proc/}"
+        echo "${d#/proc/}" && found=0
 done
+exit $found
 """
 
 # An application of the guest on the daemon's application API (the
@@ -322,7 +324,7 @@ def build(say=print):
                            ("sbin/guestha-stop", STOP),
                            ("sbin/guestha-qga", QGA),
                            ("sbin/guestha-daemon-pid", DAEMON_PID),
-                           ("usr/local/bin/guestha-app", APP)):
+                           ("usr/bin/guestha-app", APP)):
             with open(os.path.join(root, path), "w") as f:
                 f.write(text)
             os.chmod(os.path.join(root, path), 0o755)
