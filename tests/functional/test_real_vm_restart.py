@@ -17,6 +17,11 @@ monitored, must stay quiet across the same restart: nothing in the sink
 for it within the same bound plus a margin (a real-time wait for an event
 that must not come: the bound is all a functional test can give).
 
+And the false fault a ``monitored.json`` entry must not cause: a domain
+destroyed and started again while the agent was down runs a new QEMU
+process (another libvirt domain id), so its entry is dropped, and a new
+guest slow to register is no fault.
+
 Needs what test_real_vm.py needs (root, libvirtd, the VM assets).
 """
 
