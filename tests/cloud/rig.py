@@ -233,10 +233,10 @@ class Controller(serverctl.ServerProcess):
     """``guestha-server`` with the cloud's Nova (and Masakari): real
     credentials, not serverctl's stand-in endpoint."""
 
-    def __init__(self, workdir, url, name, masakari=False):
+    def __init__(self, workdir, url, name, masakari=False, max_actions=1):
         groups = {
             "actions": {"allowed_max": "log" if masakari else "reboot",
-                        "max_actions": 1, "window": 3600,
+                        "max_actions": max_actions, "window": 3600,
                         "soft_reboot_timeout": SOFT_REBOOT_TIMEOUT},
             "sinks": {"enabled": "log,masakari" if masakari else "log"},
             "server": {"group_refresh_interval": 5},
@@ -284,12 +284,12 @@ class GuestHA(object):
         self.agent.start()
         return self
 
-    def start_server(self, masakari=False):
+    def start_server(self, masakari=False, max_actions=1):
         if self.server is not None:
             self.server.stop()
         self.server = Controller(self.workdir, self.url,
                                  "ctl-masakari" if masakari else "ctl",
-                                 masakari=masakari)
+                                 masakari=masakari, max_actions=max_actions)
         self.server.start()
         return self.server
 
