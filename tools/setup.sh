@@ -22,8 +22,10 @@ PYTHON="${PYTHON:-python3}"
 VENV="$ROOT/.venv"
 STAMP="$VENV/.guestha-stamp"
 # libvirt-python builds against the first three; tests/unit/test_devstack.py
-# runs shellcheck.
-APT_PACKAGES=(libvirt-dev pkg-config gcc shellcheck)
+# runs shellcheck; tests/functional/test_prometheus.py runs prometheus and
+# alertmanager (and checks etc/prometheus with promtool).
+APT_PACKAGES=(libvirt-dev pkg-config gcc shellcheck
+              prometheus prometheus-alertmanager)
 # What the pip step depends on: change any of these and it runs again.
 PIP_INPUTS=(requirements.txt test-requirements.txt doc/requirements.txt
             upper-constraints.txt setup.cfg setup.py pyproject.toml)

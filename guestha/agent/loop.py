@@ -48,6 +48,11 @@ from guestha_guest import protocol as p
 
 LOG = logging.getLogger(__name__)
 
+#: The counters of an instance the metrics export
+#: (guestha.metrics.HEARTBEAT_COUNTERS, without importing it here).
+_HEARTBEAT_COUNTERS = ("challenges", "answers", "missed", "unhealthy",
+                       "faults")
+
 
 class Deliver(object):
     """A server-group message from the controller for one local instance
@@ -58,6 +63,17 @@ class Deliver(object):
     def __init__(self, instance, message):
         self.instance = instance
         self.message = message
+
+
+class MetricsRequest(object):
+    """A scrape's request for :meth:`AgentLoop.metrics_snapshot` (posted
+    by the metrics exporter's thread, answered by the loop)."""
+
+    __slots__ = ("done", "result")
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.result = None
 
 
 class _Features(object):
@@ -183,6 +199,14 @@ class AgentLoop(inst_mod.Env):
         # the latest challenge round trips, all instances together
         self._rtts = collections.deque(maxlen=20000)
         self.answers = 0
+        # for the metrics: faults reported by kind, the heartbeat counters
+        # of instances gone since the start, and the round-trip histogram
+        # (None until an exporter asks: the ring is folded into it in
+        # batches, never per answer)
+        self.fault_kinds = collections.Counter()
+        self._retired = collections.Counter()
+        self._rtt_hist = None
+        self._rtt_folded = 0
 
     # -- thread-safe entry points ---------------------------------------------
 
@@ -256,6 +280,9 @@ class AgentLoop(inst_mod.Env):
         return last
 
     def _housekeeping(self, now):
+        if (self._rtt_hist is not None
+                and self.answers - self._rtt_folded > 10000):
+            self._fold_rtts()  # before the ring (20,000) overwrites them
         if self._monitored.dirty:
             self._monitored.save(self.instances)
         if self._next_alive is not None and now >= self._next_alive:
@@ -349,6 +376,11 @@ class AgentLoop(inst_mod.Env):
             instance = self.instances.get(record.instance)
             if instance is not None:
                 instance.features = record.features
+        elif isinstance(record, MetricsRequest):
+            try:
+                record.result = self.metrics_snapshot(now)
+            finally:
+                record.done.set()
         elif isinstance(record, Deliver):
             instance = self.instances.get(record.instance)
             if instance is None or not instance.deliver(record.message):
@@ -360,6 +392,8 @@ class AgentLoop(inst_mod.Env):
     def _gone(self, uuid, now):
         instance = self.instances.pop(uuid, None)
         if instance is not None:
+            for name in _HEARTBEAT_COUNTERS:
+                self._retired[name] += instance.counters[name]
             # a fault still open stays in _open_faults (report() follows
             # the events), for the instance's return
             instance.domain_gone(now)
@@ -481,6 +515,7 @@ class AgentLoop(inst_mod.Env):
         # the same bookkeeping as the outbox's, which does it in the
         # transaction that writes the event
         if event.get("type") == "fault":
+            self.fault_kinds[event.get("kind")] += 1
             self._open_faults[event["instance"]] = {
                 "id": event["id"], "kind": event.get("kind")}
         elif event.get("type") == "recovery":
@@ -552,6 +587,53 @@ class AgentLoop(inst_mod.Env):
                 "rtt_ms": self.rtt_summary(),
                 "instances": [i.status(now) for i in sorted(
                     self.instances.values(), key=lambda i: i.uuid)]}
+
+    # -- metrics (guestha.metrics) ------------------------------------------
+
+    def request_metrics(self, timeout):
+        """The loop's :meth:`metrics_snapshot`, from any thread.
+
+        :raises TimeoutError: the loop did not answer within ``timeout``.
+        """
+        request = MetricsRequest()
+        self.post(request)
+        if not request.done.wait(timeout) or request.result is None:
+            raise TimeoutError("the agent loop did not answer within %.1f s"
+                               % timeout)
+        return request.result
+
+    def metrics_snapshot(self, now):
+        """What :class:`guestha.metrics.AgentCollector` exports (the
+        loop's thread): plain values, no reference to live state."""
+        if self._rtt_hist is None:
+            from guestha import metrics
+            self._rtt_hist = metrics.RttHistogram()
+            # the round trips before the first scrape are not counted
+            self._rtt_folded = self.answers
+        self._fold_rtts()
+        instances = []
+        for i in self.instances.values():
+            nova = (i.info.nova if i.info is not None else None) or {}
+            c = i.counters
+            instances.append((
+                i.uuid, nova.get("project"), i.state,
+                i.fault.get("kind") if i.fault else None,
+                tuple(c[name] for name in _HEARTBEAT_COUNTERS)))
+        hist = self._rtt_hist
+        return {"instances": instances,
+                "retired": dict(self._retired),
+                "fault_kinds": dict(self.fault_kinds),
+                "rtt": {"buckets": hist.buckets(), "sum": hist.total},
+                "reporter": self.reporter.stats(),
+                "libvirt_connected": self.libvirt_connected,
+                "uptime_s": now - (self.started_at or now)}
+
+    def _fold_rtts(self):
+        new = min(self.answers - self._rtt_folded, len(self._rtts))
+        self._rtt_folded = self.answers
+        if new > 0:
+            self._rtt_hist.add(list(itertools.islice(reversed(self._rtts),
+                                                     new)))
 
     def _open_status_socket(self):
         path = self.status_socket

@@ -47,6 +47,7 @@ class AgentService(object):
         self.watcher = watcher
         self.transport = transport
         self.rpc_server = None
+        self.exporter = None
 
     @classmethod
     def from_conf(cls, conf):
@@ -92,6 +93,7 @@ class AgentService(object):
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
         self.loop.start()
+        self._start_metrics()
         self.reporter.start()
         self.watcher.start()
         self.rpc_server = api.start_agent_server(
@@ -102,7 +104,20 @@ class AgentService(object):
         finally:
             self.shutdown()
 
+    def _start_metrics(self):
+        from guestha.conf import metrics as metrics_conf
+        from guestha import metrics
+
+        collector = metrics.AgentCollector(
+            self.conf.agent.host, self.loop.request_metrics,
+            per_instance=self.conf.metrics.per_instance_labels)
+        self.exporter = metrics.exporter_from_conf(
+            self.conf, collector, metrics_conf.AGENT_PORT)
+
     def shutdown(self):
+        if self.exporter is not None:
+            self.exporter.stop()
+            self.exporter = None
         if self.rpc_server is not None:
             self.rpc_server.stop()
             self.rpc_server.wait()

@@ -15,6 +15,7 @@ from guestha.conf import agent
 from guestha.conf import coordination
 from guestha.conf import database
 from guestha.conf import libvirt
+from guestha.conf import metrics
 from guestha.conf import nova
 from guestha.conf import reporting
 from guestha.conf import server
@@ -35,6 +36,7 @@ _CONF_MODULES = (
     database,
     coordination,
     upgrade_levels,
+    metrics,
 )
 
 

@@ -78,6 +78,7 @@ from novaclient import exceptions as nova_exc
 
 from guestha.agent import nova as nova_mod
 from guestha.conf.actions import ACTIONS
+from guestha import metrics
 from guestha.server import ledger as ledger_mod
 
 LOG = logging.getLogger(__name__)
@@ -272,6 +273,8 @@ class ActionWorker(object):
         self.window = window
         self._clock = clock
         self.cap = ActionCap(ledger, max_actions, window)
+        # (action, outcome) of every record, for the metrics
+        self.outcomes = metrics.Tally()
         self._queue = collections.deque()
         self._timers = []
         self._seq = itertools.count()
@@ -354,6 +357,7 @@ class ActionWorker(object):
         LOG.log(level, "instance %s: fault %s: corrective action %s%s: %s "
                 "(%s)", fault["instance"], fault["id"], action,
                 " (%s)" % step if step else "", outcome, reason)
+        self.outcomes.add(action, outcome)
         self.report(action_record(fault, action, outcome, reason,
                                   self.server_id, now, step=step,
                                   decision=decision))

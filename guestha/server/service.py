@@ -33,7 +33,9 @@ import time
 import oslo_messaging
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 
+from guestha.conf import metrics as metrics_conf
 from guestha.db import api as db_api
+from guestha import metrics
 from guestha import rpc
 from guestha.server import actions as actions_mod
 from guestha.server import coordination as coordination_mod
@@ -58,6 +60,7 @@ class Deliveries(object):
         self.ledger = ledger
         self.dispatcher = dispatcher
         self.actions = actions
+        self.received = metrics.Tally()  # (type, kind), for the metrics
 
     def on_result(self, event, sink_name, state):
         self.ledger.mark_later(event["id"], sink_name, state)
@@ -66,6 +69,7 @@ class Deliveries(object):
         """Hand ``event`` to every sink, or to ``targets`` (the ledger's
         pending targets of an event dispatched again)."""
         if targets is None:
+            self.received.add(event.get("type"), event.get("kind"))
             self.dispatcher.submit(event)
             return
         sinks = [t for t in targets if t != ledger_mod.ACTIONS]
@@ -211,6 +215,7 @@ class ServerService(object):
         self.notification_transport = notification_transport
         self.rpc_server = None
         self.listener = None
+        self.exporter = None
         self._stop = threading.Event()
 
     @classmethod
@@ -278,6 +283,11 @@ class ServerService(object):
             [endpoint],
             access_policy=rpc_dispatcher.DefaultRPCAccessPolicy)
         self.rpc_server.start()
+        self.exporter = metrics.exporter_from_conf(
+            self.conf, metrics.ServerCollector(
+                server.server_id, self.dispatcher, self.deliveries.received,
+                getattr(self.actions, "outcomes", None)),
+            metrics_conf.SERVER_PORT)
         LOG.info("guestha-server %s running (sinks: %s; ledger %s; "
                  "coordination %s)", server.server_id,
                  ", ".join(self.dispatcher.sink_names) or "none",
@@ -304,6 +314,9 @@ class ServerService(object):
         # the agents first: nothing is accepted from here on.  Both stop
         # at once: an idle oslo.messaging consumer notices a stop only
         # when its current poll (up to 5 s) times out.
+        if self.exporter is not None:
+            self.exporter.stop()
+            self.exporter = None
         servers = [s for s in (self.rpc_server, self.listener)
                    if s is not None]
         stoppers = [threading.Thread(target=s.stop, name="stop-%d" % n)
