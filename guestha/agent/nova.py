@@ -271,7 +271,8 @@ class NovaClient(object):
     def server(self, instance_uuid):
         """Nova's view of one instance, or None if Nova does not know it.
 
-        :returns: ``{"id", "status", "host", "vm_state", "task_state"}``.
+        :returns: ``{"id", "status", "host", "vm_state", "task_state",
+            "project_id"}``.
         :raises NovaUnavailable: Nova did not answer.
         """
         try:
@@ -285,7 +286,8 @@ class NovaClient(object):
         return {"id": info.get("id"), "status": info.get("status"),
                 "host": info.get("OS-EXT-SRV-ATTR:host"),
                 "vm_state": info.get("OS-EXT-STS:vm_state"),
-                "task_state": info.get("OS-EXT-STS:task_state")}
+                "task_state": info.get("OS-EXT-STS:task_state"),
+                "project_id": info.get("tenant_id")}
 
 
 def _group_dict(group):

@@ -16,6 +16,7 @@ from guestha.conf import coordination
 from guestha.conf import database
 from guestha.conf import libvirt
 from guestha.conf import metrics
+from guestha.conf import notifications
 from guestha.conf import nova
 from guestha.conf import reporting
 from guestha.conf import server
@@ -37,6 +38,7 @@ _CONF_MODULES = (
     coordination,
     upgrade_levels,
     metrics,
+    notifications,
 )
 
 

@@ -66,8 +66,8 @@ OPTS = [
     cfg.ListOpt("enabled", default=["log"],
                 help="Fault sinks to send events to, by name (stevedore "
                      "namespace guestha.fault_sinks): log, vitrage, "
-                     "masakari. The log sink alone needs no other "
-                     "service."),
+                     "masakari, notifications. The log sink alone needs "
+                     "no other service."),
     cfg.StrOpt("log_path", default="/var/log/guestha/events.jsonl",
                help="File the log sink appends to: one JSON object per "
                     "line and event (the event's fields and logged_at). "

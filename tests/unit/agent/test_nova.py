@@ -11,7 +11,7 @@ from novaclient import api_versions
 from novaclient import exceptions as nova_exc
 
 from guestha.agent import nova
-from tests.fakes.nova import FakeNova, nova_conf
+from tests.fakes.nova import DEFAULT_PROJECT, FakeNova, nova_conf
 
 UUID = "0c7e3f9a-5b2d-4e61-8f3a-9d4c2b1a0e5f"
 OTHER = "7a1d9e2c-3b4f-4a5e-9c8d-1e2f3a4b5c6d"
@@ -316,7 +316,8 @@ def test_server(fake):
 
     assert client_for(fake).server(UUID) == {
         "id": UUID, "status": "SHUTOFF", "host": "compute-7",
-        "vm_state": "stopped", "task_state": None}
+        "vm_state": "stopped", "task_state": None,
+        "project_id": DEFAULT_PROJECT}
 
 
 def test_server_not_found(fake):
