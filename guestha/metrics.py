@@ -309,9 +309,17 @@ class Exporter(object):
 
 
 def exporter_from_conf(conf, collector, default_port):
-    """The exporter ``[metrics]`` asks for, started; None if disabled."""
+    """The exporter ``[metrics]`` asks for, started; None if disabled, or
+    if it cannot listen: the service monitors without it (logged at
+    ERROR; Prometheus' ``up`` says the rest)."""
     group = conf.metrics
     if not group.enabled:
         return None
     port = group.port if group.port is not None else default_port
-    return Exporter(collector, group.host, port).start()
+    try:
+        return Exporter(collector, group.host, port).start()
+    except OSError as exc:
+        LOG.error("cannot serve Prometheus metrics on %s:%d ([metrics] host "
+                  "and port): %s; running without them", group.host, port,
+                  exc)
+        return None

@@ -222,3 +222,35 @@ def test_promtool_accepts_the_samples(what, path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             universal_newlines=True, timeout=60)
     assert result.returncode == 0, result.stdout
+
+
+def _metrics_conf(port):
+    from oslo_config import cfg
+
+    from guestha.conf import metrics as metrics_conf
+    conf = cfg.ConfigOpts()
+    metrics_conf.register_opts(conf)
+    conf([], project="guestha-test", default_config_files=[],
+         default_config_dirs=[])
+    conf.set_override("enabled", True, group="metrics")
+    conf.set_override("port", port, group="metrics")
+    return conf
+
+
+def test_a_taken_port_leaves_the_service_running_without_metrics(caplog):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        conf = _metrics_conf(taken.getsockname()[1])
+        exporter = metrics.exporter_from_conf(
+            conf, metrics.ServerCollector("c", FakeDispatcher(),
+                                          metrics.Tally()), 9748)
+    assert exporter is None
+    assert "cannot serve Prometheus metrics" in caplog.text
+
+
+def test_disabled_by_default():
+    conf = _metrics_conf(None)
+    conf.clear_override("enabled", group="metrics")
+    assert metrics.exporter_from_conf(conf, None, 9748) is None
