@@ -53,6 +53,16 @@ OPTS = [
                     "in a loop. 0 refuses every action."),
     cfg.IntOpt("window", default=3600, min=1,
                help="Length of the window of max_actions, in seconds."),
+    cfg.StrOpt("nova_mark", default="none", choices=("none", "error"),
+               help="Mark a faulted instance in Nova, for a VNF manager "
+                    "that watches Nova rather than guestha: 'error' sets "
+                    "its state to ERROR (os-resetState, an admin API; "
+                    "Nova's instance.update notification and the "
+                    "server's status tell the VNF manager). Only for a "
+                    "fault the controller does not recover itself (the "
+                    "decision is log), so that the VNF manager heals it; "
+                    "guestha never sets it back. Counted against "
+                    "max_actions like a recovery."),
 ]
 
 

@@ -92,6 +92,9 @@ REFUSED_POLICY = "refused: policy"
 SKIPPED_RECOVERED = "skipped: recovered"
 SKIPPED_ACTED = "skipped: already acted"
 FAILED = "failed"
+#: The action record and cap path of ``[actions] nova_mark = error``.
+MARK_ACTION = "nova-mark-error"
+MARK_PATH = "nova-mark"
 
 #: Fault kinds of a guest that stopped answering: hung, so it would ignore
 #: a soft reboot's ACPI request too; rebooted hard at once.
@@ -248,6 +251,12 @@ class NovaActions(nova_mod.NovaClient):
         self._act(instance_uuid, "stop",
                   lambda: self._client.servers.stop(instance_uuid))
 
+    def mark_error(self, instance_uuid):
+        """``os-resetState`` to ``error`` (``[actions] nova_mark``)."""
+        self._act(instance_uuid, "reset-state error",
+                  lambda: self._client.servers.reset_state(instance_uuid,
+                                                           "error"))
+
 
 class ActionWorker(object):
     """Applies corrective actions in one thread.
@@ -262,7 +271,7 @@ class ActionWorker(object):
 
     def __init__(self, nova, ledger, report, server_id, allowed_max="log",
                  soft_reboot_timeout=120.0, max_actions=3, window=3600,
-                 clock=time.time):
+                 clock=time.time, nova_mark="none"):
         self.nova = nova
         self.ledger = ledger
         self.report = report
@@ -271,6 +280,7 @@ class ActionWorker(object):
         self.soft_reboot_timeout = soft_reboot_timeout
         self.max_actions = max_actions
         self.window = window
+        self.nova_mark = nova_mark
         self._clock = clock
         self.cap = ActionCap(ledger, max_actions, window)
         # (action, outcome) of every record, for the metrics
@@ -288,7 +298,8 @@ class ActionWorker(object):
         return cls(nova, ledger, report, conf.server.server_id,
                    allowed_max=group.allowed_max,
                    soft_reboot_timeout=group.soft_reboot_timeout,
-                   max_actions=group.max_actions, window=group.window)
+                   max_actions=group.max_actions, window=group.window,
+                   nova_mark=group.nova_mark)
 
     # -- any thread ------------------------------------------------------
 
@@ -394,6 +405,8 @@ class ActionWorker(object):
         elif decision.action == "log":
             self._record(fault, "log", LOGGED, decision.reason, now,
                          decision=decision)
+            if self.nova_mark == "error":
+                self._mark_error(fault, decision, now)
         elif nova_error is not None:
             self._record(fault, decision.action,
                          "%s: nova unavailable" % FAILED,
@@ -402,6 +415,34 @@ class ActionWorker(object):
         else:
             self._intrusive(fault, decision, now)
         self._done(fault)
+
+    def _mark_error(self, fault, decision, now):
+        """``[actions] nova_mark = error``: the instance's Nova state to
+        ERROR, for the VNF manager; capped like a recovery (path
+        ``nova-mark``), at most once per fault."""
+        instance = fault["instance"]
+        granted, count = self.cap.take(instance, fault["id"],
+                                       path=MARK_PATH, now=now)
+        if granted is None:
+            self._record(fault, MARK_ACTION, SKIPPED_ACTED,
+                         "marked for this fault earlier", now,
+                         decision=decision, level=logging.INFO)
+        elif not granted:
+            self._record(fault, MARK_ACTION, REFUSED_CAP,
+                         "%d action(s) on this instance in the last %d s, "
+                         "at most %d allowed" % (count, self.window,
+                                                 self.max_actions),
+                         now, decision=decision)
+        else:
+            try:
+                self.nova.mark_error(instance)
+            except ActionFailed as exc:
+                self._record(fault, MARK_ACTION, FAILED, str(exc), now,
+                             decision=decision, level=logging.ERROR)
+            else:
+                self._record(fault, MARK_ACTION, APPLIED,
+                             "Nova state set to ERROR for the VNF manager",
+                             now, decision=decision)
 
     def _intrusive(self, fault, decision, now):
         instance = fault["instance"]

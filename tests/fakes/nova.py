@@ -22,11 +22,12 @@ Served:
 - ``GET /v2.1/os-server-groups/{id}``: one group, same shapes.
 - From 2.71 a server shows ``server_groups`` (the id of its group).
 - ``POST /v2.1/servers/{id}/action``: ``reboot`` (SOFT/HARD), ``os-stop``,
-  ``os-start``, recorded in :attr:`FakeNova.actions`; 409 when the state
-  forbids them, as in Nova.  :attr:`FakeNova.on_action`, if set, is
-  called with ``(uuid, action, args)`` once an action is accepted (in the
-  HTTP server's thread, before the answer), so that a test can carry it
-  out on a real hypervisor, as nova-compute would.
+  ``os-start``, ``os-resetState`` (active/error), recorded in
+  :attr:`FakeNova.actions`; 409 when the state forbids them, as in Nova.
+  :attr:`FakeNova.on_action`, if set, is called with ``(uuid, action,
+  args)`` once an action is accepted (in the HTTP server's thread, before
+  the answer), so that a test can carry it out on a real hypervisor, as
+  nova-compute would.
 
 Errors use Nova's body format (``{"itemNotFound": {"code": 404,
 "message": ...}}``).  :meth:`FakeNova.fail` makes the next requests fail
@@ -322,6 +323,12 @@ class FakeNova(object):
             if server["status"] != "SHUTOFF":
                 self._conflict(uuid, "start", server)
             server["status"] = "ACTIVE"
+        elif action == "os-resetState":
+            state = (args or {}).get("state")
+            if state not in ("active", "error"):
+                raise _NovaError(400, "Invalid input for field/attribute "
+                                      "state. Value: %s." % state)
+            server["status"] = state.upper()
         else:
             raise _NovaError(400, "There is no such action: %s" % action)
         self.actions.append((uuid, action, args))
