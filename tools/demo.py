@@ -4,6 +4,7 @@
     .venv/bin/python tools/demo.py run [--vms 2] [--interval-ms 1000]
     .venv/bin/python tools/demo.py inject freeze vm1   # from another shell
     .venv/bin/python tools/demo.py stop
+    .venv/bin/python tools/demo.py run --cloud [--vms 1] [--script ...]
 
 ``run`` brings up, in this order, and shows what it is doing:
 
@@ -560,7 +561,18 @@ def cmd_run(args):
     if os.geteuid() != 0:
         raise DemoError("the demo needs root (libvirtd's QEMU runs as root "
                         "here; see tools/libvirt-setup.sh)")
-    parse_script(args.script)  # bad input: an error before anything starts
+    script = parse_script(args.script)  # bad input: an error first
+    if args.cloud:
+        from tools import demo_cloud
+        bad = [a for _, a, _ in script if a not in demo_cloud.CLOUD_ACTIONS]
+        if bad:
+            raise DemoError("on the cloud --script knows %s, not %s" % (
+                ", ".join(demo_cloud.CLOUD_ACTIONS), ", ".join(bad)))
+        try:
+            return demo_cloud.run(args, say, script)
+        except KeyboardInterrupt:
+            say("Ctrl-C")
+            return 0
     demo = Demo(args)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
@@ -636,6 +648,10 @@ def main(argv=None):
     run.add_argument("--script", default="",
                      help="actions at seconds after start-up, e.g. "
                           "'20:freeze,30:thaw:vm1'")
+    run.add_argument("--cloud", action="store_true",
+                     help="run on the real cloud of tools/cloud.sh: Nova "
+                          "servers, guestha's reboots through Nova "
+                          "(tools/demo_cloud.py)")
     run.add_argument("--no-tty", action="store_true",
                      help="print a new screen instead of redrawing")
     run.add_argument("--refresh", type=float, default=5.0,

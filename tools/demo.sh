@@ -8,6 +8,8 @@
 #   bash tools/demo.sh run --vms 1 --duration 60 --script 20:freeze,35:thaw
 #   bash tools/demo.sh inject freeze vm1   # from another shell
 #   bash tools/demo.sh stop
+#   bash tools/demo.sh run --cloud --vms 1 --duration 90 --script 30:freeze
+#                                       # on the real cloud (tools/cloud.sh)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
