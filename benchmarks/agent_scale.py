@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """How many instances one compute agent monitors, and at what cost.
 
     .venv/bin/python benchmarks/agent_scale.py --instances 1000

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Fault detection latency on a real VM: guestha, and Masakari's
 introspective instance monitor for comparison.
 
@@ -165,7 +166,7 @@ def rabbitmqctl(*args, check=True):
                             universal_newlines=True, timeout=60)
     if check and result.returncode != 0:
         raise RuntimeError("rabbitmqctl %s: %s" % (" ".join(args),
-                                                  result.stdout.strip()))
+                                                   result.stdout.strip()))
     return result
 
 

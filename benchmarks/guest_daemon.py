@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What the guest daemon costs a guest: its CPU and memory at work.
 
     .venv/bin/python benchmarks/guest_daemon.py
@@ -80,8 +81,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from guestha_guest.client import GuestHAClient  # noqa: E402
+from guestha_guest.client import GuestHAError  # noqa: E402
 from guestha_guest import protocol as p  # noqa: E402
-from guestha_guest.client import GuestHAClient, GuestHAError  # noqa: E402
 from guestha_guest.protocol import heartbeat as hb  # noqa: E402
 from tests.unit.guest.simhost import SimHost  # noqa: E402
 from tools import proc as procs  # noqa: E402

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A farm of simulated guests for benchmarks: one process, many channels.
 
     python benchmarks/guest_farm.py --paths-file PATHS [--interval-ms 1000]

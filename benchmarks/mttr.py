@@ -95,7 +95,7 @@ def run_path(gha, path, samples, timeout, say):
             # the harness, 180 s by default): let the last one finish
             gha.wait_active(server)
             ha = gha.conn.instance_ha
-            riglib.wait_for(lambda: all(
+            riglib.wait_for(lambda ha=ha: all(
                 n.status in ("finished", "ignored", "failed")
                 for n in ha.notifications()
                 if (n.payload or {}).get("instance_uuid") == server.id),

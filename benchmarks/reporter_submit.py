@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What a fault report costs the agent's I/O loop: ``Reporter.submit``.
 
     .venv/bin/python benchmarks/reporter_submit.py

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """guestha guest side: the wire protocol and the reference guest daemon.
 
 This package goes into the virtual machine.  It uses the Python standard

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The application API: a UNIX socket for applications in the guest.
 
 Theory of operation

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A small blocking client of the application API, for applications.
 
 ::

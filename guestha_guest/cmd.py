@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``guestha-guest``: the guest daemon's command line."""
 
 import argparse

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The guest daemon's configuration: an ini file read with configparser.
 
 Every option is declared once, in :data:`OPTIONS`: its section, name,
@@ -23,7 +24,8 @@ import os
 import re
 import socket
 
-from guestha_guest.protocol.messages import ACTIONS, MAX_MS
+from guestha_guest.protocol.messages import ACTIONS
+from guestha_guest.protocol.messages import MAX_MS
 
 #: Where the daemon looks when no file is named.
 DEFAULT_PATH = "/etc/guestha/guestha-guest.ini"

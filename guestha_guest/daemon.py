@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The reference guest daemon: one selector loop, no threads.
 
 Theory of operation

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """An example application on the guest daemon's application API.
 
 ::
@@ -25,8 +26,10 @@ import sys
 import threading
 import time
 
-from guestha_guest.client import (
-    DEFAULT_SOCKET, GuestHAClient, GuestHAConnectionClosed, GuestHAError)
+from guestha_guest.client import DEFAULT_SOCKET
+from guestha_guest.client import GuestHAClient
+from guestha_guest.client import GuestHAConnectionClosed
+from guestha_guest.client import GuestHAError
 
 #: How often the worker proves it is alive, and how old its proof may be.
 BEAT = 0.5

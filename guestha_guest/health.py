@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Health-check hooks: executables in a directory, run as child processes.
 
 Theory of operation

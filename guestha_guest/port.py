@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The guest's end of the channel: the virtio-serial port.
 
 Theory of operation

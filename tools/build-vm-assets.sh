@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Build (or reuse) the kernel and initramfs of guestha's test guest.
 #
 #   bash tools/build-vm-assets.sh [--quiet]

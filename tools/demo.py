@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """guestha on one node, on real parts: the README's run command.
 
     bash tools/demo.sh                 # = tools/setup.sh, then "run"

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # guestha on one node (README's run command): set up what is missing
 # (tools/setup.sh: apt packages, libvirtd, the virtualenv, the VM kernel
 # and initramfs), then run tools/demo.py: RabbitMQ, guestha-server,

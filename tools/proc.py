@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Child processes of the test harnesses, the demo and the benchmarks that
 end with their parent, whatever way the parent ends (issue 8).
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Real test VMs for guestha: a tiny Linux guest under QEMU, via libvirt.
 
 A :class:`GuestVM` is a libvirt domain on ``qemu:///system`` (TCG, no KVM
@@ -57,8 +58,8 @@ Needs root (libvirtd's QEMU runs as root, see tools/libvirt-setup.sh) and
 libvirt-python.
 """
 
-import hashlib
 import atexit
+import hashlib
 import itertools
 import json
 import os
@@ -69,7 +70,8 @@ import tempfile
 import time
 import uuid as uuidlib
 import weakref
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import escape
+from xml.sax.saxutils import quoteattr
 
 from tools import proc
 

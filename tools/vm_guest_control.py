@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Guest launcher and test control server of guestha's test VM.
 
 Runs INSIDE the test guest (tools/vm.py, tools/build-vm-assets.sh), in

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What a guest says, as it may reach the agent's log.
 
 Theory of operation

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """One monitored instance: its channel, its heartbeat, its faults.
 
 Theory of operation
@@ -47,7 +48,8 @@ import uuid as uuidlib
 
 from guestha.agent import events as ev
 from guestha.agent import guestlog
-from guestha.agent.ratelimit import TokenBucket, WindowCounter
+from guestha.agent.ratelimit import TokenBucket
+from guestha.agent.ratelimit import WindowCounter
 from guestha_guest import protocol as p
 from guestha_guest.protocol import heartbeat as hb
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The agent's one I/O loop: every channel of every instance, no thread
 per VM.
 

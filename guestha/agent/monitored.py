@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Which instances had a registered guest, kept across agent restarts.
 
 A guest that hangs while the agent is down cannot answer the new agent's

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The agent's outbox: fault reports not yet taken by a controller.
 
 A bounded, ordered, durable queue in one sqlite3 file under the agent's

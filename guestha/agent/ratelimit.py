@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Token buckets, for what one guest may send and how often we complain.
 
 Time is an argument, so tests drive a fake clock.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Delivers the agent's fault reports to the controller, in order, and
 relays its server-group casts.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """guestha-agent assembled from its configuration.
 
 Threads: the I/O loop (the main thread, owns every instance), the libvirt
@@ -51,8 +52,8 @@ class AgentService(object):
 
     @classmethod
     def from_conf(cls, conf):
-        from guestha import rpc
         from guestha.agent.virt import LibvirtWatcher
+        from guestha import rpc
         from guestha.rpc import api
 
         agent, rep = conf.agent, conf.reporting

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``guestha-agent --status``: ask a running agent and print a table."""
 
 import json

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """guestha configuration: one module per option group.
 
 Each module under ``guestha/conf/`` defines the options of one group and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Options of the controller's corrective actions: the ``[actions]`` group.
 """
 

@@ -1,8 +1,10 @@
+# SPDX-License-Identifier: Apache-2.0
 """Options of the compute agent: the ``[agent]`` group."""
 
 import socket
 
 from oslo_config import cfg
+
 
 def _group():
     return cfg.OptGroup(

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Options of the compute agent's libvirt connection: the ``[libvirt]``
 group."""
 

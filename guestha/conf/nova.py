@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Options for talking to Nova: the ``[nova]`` group.
 
 Authentication, the HTTP session and endpoint selection are keystoneauth1's

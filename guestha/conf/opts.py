@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """All guestha option groups, for registration and for the sample config.
 
 ``list_opts`` is the ``oslo.config.opts`` entry point (namespace

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Options of the agent's fault reporting: the ``[reporting]`` group."""
 
 from oslo_config import cfg

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Options of the controller's fault sinks: the ``[sinks]``, ``[vitrage]``
 and ``[masakari]`` groups.
 

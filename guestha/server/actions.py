@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Corrective actions: what the controller does about a fault through Nova.
 
 Theory of operation

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Fault sinks: the plugin interface, and the dispatcher that feeds them.
 
 Theory of operation

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The ``masakari`` sink: a fault becomes a Masakari VM notification.
 
 ``POST /v1/notifications`` (service type ``instance-ha``) with plain
@@ -42,8 +43,8 @@ acts on it at most as often as the operator allows.
 import datetime
 import logging
 
-from keystoneauth1 import exceptions as ks_exc
 from keystoneauth1 import adapter as ks_adapter_mod
+from keystoneauth1 import exceptions as ks_exc
 
 from guestha.db import api as db_api
 from guestha.sinks import base

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The guestha wire protocol, sans I/O.
 
 This package is the single source of truth for the format spoken on the

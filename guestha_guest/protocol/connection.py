@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The base layer: framing, resynchronisation and version negotiation.
 
 Theory of operation
@@ -63,9 +64,9 @@ not counted.
 import collections
 import secrets
 
+from guestha_guest.protocol.errors import LocalProtocolError
+from guestha_guest.protocol.errors import RemoteProtocolError
 from guestha_guest.protocol import messages as m
-from guestha_guest.protocol.errors import (
-    LocalProtocolError, RemoteProtocolError)
 
 SYNCING = "SYNCING"
 READY = "READY"

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Protocol errors.
 
 Two classes, as in h11: a :class:`RemoteProtocolError` means the *peer*

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The heartbeat application layer: one state machine for each side.
 
 Theory of operation

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Messages of the guestha wire protocol and their JSON encoding.
 
 Every message is one JSON object on one line.  The envelope (the base layer)
@@ -22,8 +23,8 @@ import binascii
 import json
 import re
 
-from guestha_guest.protocol.errors import (
-    LocalProtocolError, RemoteProtocolError)
+from guestha_guest.protocol.errors import LocalProtocolError
+from guestha_guest.protocol.errors import RemoteProtocolError
 
 #: Protocol versions this implementation speaks, oldest first.
 SUPPORTED_VERSIONS = (1,)
@@ -580,7 +581,7 @@ def _too_deep(line):
         return False
     depth = 0
     for byte in _JSON_STRING.sub(b'""', line).translate(None,
-                                                         _NOT_BRACKETS):
+                                                        _NOT_BRACKETS):
         if byte == 0x5b or byte == 0x7b:  # [ or {
             depth += 1
             if depth > MAX_DEPTH:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A stand-in for the agent loop's ``post``: records what the libvirt
 watcher posts, with the time it arrived, and lets a test wait for a record.
 """

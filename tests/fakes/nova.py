@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A stand-in for the Nova compute API, over real HTTP, for tests.
 
 It speaks the JSON that Nova speaks for the few calls guestha makes, with

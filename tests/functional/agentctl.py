@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Drive a real guestha-agent for the functional tests of
 ``tests/functional/test_agent.py``.
 
@@ -296,7 +297,7 @@ def agent_conf(transport_url, host, state_dir, socket_dir, status_socket,
         sections.setdefault(name, {}).update(values)
     return "".join(
         "[%s]\n%s\n" % (name, "".join("%s = %s\n" % kv
-                                        for kv in values.items()))
+                                      for kv in values.items()))
         for name, values in sections.items())
 
 

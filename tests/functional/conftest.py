@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Fixtures for functional tests: real processes against real services.
 
 RabbitMQ

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A stand-in controller for functional tests, run as a child process.
 
     python controller_stub.py --url rabbit://... --out events.jsonl
@@ -20,8 +21,8 @@ import signal
 import sys
 import threading
 
-import oslo_messaging
 from oslo_config import cfg
+import oslo_messaging
 
 from guestha import rpc
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Drive real guestha-server processes for ``tests/functional/
 test_server.py``.
 
@@ -29,8 +30,8 @@ import sys
 import threading
 import time
 
-import oslo_messaging
 from oslo_config import cfg
+import oslo_messaging
 
 from guestha import rpc
 from guestha.rpc import api
@@ -205,7 +206,7 @@ class Servers(object):
                 code = "killed"
             if code != 0:
                 unclean.append("%s (%s):\n%s" % (server.server_id, code,
-                                                  server.tail(1500)))
+                                                 server.tail(1500)))
         return unclean
 
     def kill_all(self):
@@ -338,4 +339,3 @@ class NovaNotifier(object):
 
     def close(self):
         self.transport.cleanup()
-

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The compute agent as a whole: a real ``guestha-agent`` process against
 libvirtd, real guest daemons, RabbitMQ and a controller stand-in.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The README's run command, tools/demo.py, on real parts: it brings up
 RabbitMQ, guestha-server, guestha-agent and a real VM, takes injected
 faults from another shell, shows them, and leaves nothing behind: neither

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The whole chain with real processes: guest daemon -> guestha-agent ->
 RabbitMQ -> guestha-server -> log sink, and back to the guests.
 
@@ -39,9 +40,9 @@ import threading
 import time
 import uuid as uuidlib
 
+from oslo_config import cfg
 import oslo_messaging.opts
 import pytest
-from oslo_config import cfg
 
 from guestha.agent import status as agent_status
 from guestha_guest.client import GuestHAClient

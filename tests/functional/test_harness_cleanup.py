@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The test harnesses leave nothing behind, however they end (issue 8).
 
 Seen before: a real-VM test or the demo failed, and its guestha-agent and

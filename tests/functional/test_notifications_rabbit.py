@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Nova's versioned notifications through the real RabbitMQ: what a Nova
 configured with ``versioned_notifications_topics =
 versioned_notifications,guestha_notifications`` publishes reaches every
@@ -10,9 +11,9 @@ list_queues`` lags by its statistics interval)."""
 import threading
 
 import kombu
-import pytest
 from oslo_config import cfg
 import oslo_messaging
+import pytest
 
 from guestha.conf import server as server_conf
 from guestha.server import notifications

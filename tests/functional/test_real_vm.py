@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """guestha on a real VM: guest daemon in a QEMU guest -> guestha-agent ->
 RabbitMQ -> guestha-server -> log sink.
 

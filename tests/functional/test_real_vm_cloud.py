@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """guestha on real VMs in a small cloud: hot-plug, server-group messaging
 between guests, and a corrective reboot carried out on libvirt.
 
@@ -46,9 +47,9 @@ import threading
 import time
 import uuid as uuidlib
 
+from oslo_config import cfg
 import oslo_messaging.opts
 import pytest
-from oslo_config import cfg
 
 from tests.fakes.nova import FakeNova
 from tests.functional import agentctl

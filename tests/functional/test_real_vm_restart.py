@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """guestha on a real VM: a guest that hangs while the agent is down.
 
 Issue 13, point 4.  The rig of tests/functional/test_real_vm.py (its

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A real VM's fault reaches a real Vitrage: guest daemon in a QEMU guest ->
 guestha-agent -> RabbitMQ -> guestha-server -> the log sink AND the vitrage
 sink -> Vitrage 15.0.1's event API -> the guestha datasource -> an alarm on

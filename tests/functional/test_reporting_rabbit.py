@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Fault reporting through the real RabbitMQ to a controller in a child
 process: order, exactly-once arrival, and nothing lost while the
 controller or the broker is down or the agent restarts."""
@@ -11,12 +12,12 @@ import sys
 import time
 import uuid
 
-import pytest
 from oslo_config import cfg
+import pytest
 
-from guestha import rpc
 from guestha.agent.outbox import Outbox
 from guestha.agent.reporter import Reporter
+from guestha import rpc
 from guestha.rpc import api
 from tools import proc as procs
 
@@ -168,7 +169,7 @@ def test_a_thousand_faults_arrive_in_order_exactly_once(agent, controller):
 
 
 def test_faults_wait_for_a_controller_that_is_not_running(agent,
-                                                           controller):
+                                                          controller):
     reporter = agent.reporter(timeout=1.0, backoff=(0.2, 1.0))
     events = faults(20)
     for event in events:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """guestha-server processes against the real RabbitMQ and the Nova
 stand-in: faults delivered once by two controllers, nothing lost when one
 is killed, server-group broadcasts, notifications and status, and a

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The log sink on real files, behind the real dispatcher and its thread,
 loaded through stevedore from the default configuration, while the real
 logrotate rotates the file: every event lands exactly once, in order,
@@ -11,8 +12,8 @@ import subprocess
 import threading
 import time
 
-import pytest
 from oslo_config import cfg
+import pytest
 
 from guestha.conf import sinks as sinks_conf
 from guestha.rpc import api as rpc_api
@@ -107,7 +108,7 @@ def test_every_event_once_and_in_order_across_logrotate(tmp_path,
     assert stats["sent"] == len(events)
     assert stats["failed_attempts"] == 0
     print("%d events, %d rotations, %.2f s" % (len(events), rotations,
-                                                took))
+                                               took))
 
 
 def test_a_missing_directory_is_created_and_a_lost_one_waited_for(

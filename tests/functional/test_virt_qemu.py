@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The libvirt watcher against a real libvirtd and real QEMU domains.
 
 Needs root and ``bash tools/libvirt-setup.sh`` (which ``tools/setup.sh``

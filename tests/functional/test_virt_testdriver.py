@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The libvirt watcher against libvirt's test driver (no daemon, no QEMU).
 
 ``test:///<absolute path>`` loads domains from a node XML file.  Its state

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Faults into a real Vitrage 15.0.1: the vitrage sink (real
 python-vitrageclient over keystoneauth) posts to Vitrage's event API, the
 guestha datasource plugin raises an alarm on the instance's nova.instance
@@ -15,8 +16,8 @@ import os
 import time
 import uuid
 
-import pytest
 from oslo_config import cfg
+import pytest
 
 from guestha.conf import sinks as sinks_conf
 from guestha.rpc import api as rpc_api

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Vitrage 15.0.1 standalone, for guestha's functional tests and by hand.
 
 Installs Vitrage into its own virtualenv (``.venv-vitrage`` at the top of
@@ -355,7 +356,7 @@ class VitrageStandalone(object):
                 if set(self.instances) <= ids:
                     took = time.monotonic() - started
                     say("Vitrage ready after %.1f s at %s" % (took,
-                                                             self.url))
+                                                              self.url))
                     return took
                 last_error = "topology without the static instances yet"
             except Exception as exc:  # noqa: BLE001 - any failure: retry

@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# SPDX-License-Identifier: Apache-2.0
 # Stand-ins for the devstack helpers devstack/plugin.sh uses, so that
 # tests/unit/test_devstack.py can source the plugin outside a devstack.
 #

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """guestha_guest runs on Python 3.8.
 
 Guest images carry whatever python3 their distribution has, back to 3.8.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """guestha_guest uses the Python standard library only.
 
 The guest daemon is installed into tenant images on its own, with nothing

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The Nova extra-spec validator plugin, checked without Nova installed
 (its declared validators' shape, and register() against a stand-in of
 Nova's base module), and against Nova's own classes when Nova is

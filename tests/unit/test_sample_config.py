@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The committed sample config matches what the code generates.
 
 Options are defined in guestha/conf/; etc/guestha/guestha.conf.sample is

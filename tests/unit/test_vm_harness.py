@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """tools/vm.py's libvirt connection handling: a connection that libvirtd
 has dropped is replaced on the first call that fails on it, and only then.
 """
@@ -186,7 +187,7 @@ def test_the_init_model_sees_tmpfs_hide_the_guest_tmp(guest_path):
 
 
 def test_the_initramfs_is_named_by_the_build_script_version(tmp_path,
-                                                             monkeypatch):
+                                                            monkeypatch):
     """A checkout at another version sharing the cache keeps its own
     initramfs: vm.py boots the one its build script made."""
     monkeypatch.setenv("GUESTHA_VM_CACHE", str(tmp_path))

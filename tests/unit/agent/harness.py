@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Drive one agent Instance against an in-process guest, on a fake clock.
 
 The channel is a socketpair: the instance holds one end (as if connected to

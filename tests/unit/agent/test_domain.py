@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Domain XML parsing, state normalisation and lifecycle events."""
 
 import xml.etree.ElementTree as ET

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The agent's cheaper ways of doing the same thing: the shared, buffered
 random source, the epoll poller of the loop, the instance's timer
 bookkeeping and the lighter import of the reporter."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What a hostile guest can do to the agent, bounded (issue 8), and a hang
 during an agent restart, reported (issue 13), on the fake clock."""
 
@@ -13,7 +14,8 @@ from guestha.agent import monitored as monitored_mod
 from guestha.agent import status as status_mod
 from guestha_guest import protocol as p
 from guestha_guest.protocol import messages as msgs
-from tests.unit.agent.harness import Guest, Harness
+from tests.unit.agent.harness import Guest
+from tests.unit.agent.harness import Harness
 
 # what the protocol lets through in text (it refuses C0 controls)
 UNSAFE = "\x85\x9b[2J\u2028\u2029\u202e\u2066\x7f"

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The hot-plug decision: which running domains get the guestha channel."""
 
 import pytest
@@ -5,7 +6,8 @@ import pytest
 from guestha.agent import events as ev
 from guestha.agent import hotplug
 from guestha.agent import nova
-from tests.fakes.nova import FakeNova, nova_conf
+from tests.fakes.nova import FakeNova
+from tests.fakes.nova import nova_conf
 
 UUID = "5d2e8f1a-9c3b-4a7e-8d6f-0b1c2d3e4f5a"
 SOCKET_DIR = "/var/lib/guestha/channels"
@@ -208,7 +210,6 @@ def test_with_credentials_the_optional_client_is_made():
         client = nova.NovaClient.from_conf(nova_conf(fake), optional=True)
 
         assert client.guestha_features(UUID)["heartbeat"] is True
-
 
 
 def test_the_loop_learns_the_features_from_the_domain_xml_too():

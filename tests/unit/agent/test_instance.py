@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The agent's per-instance state machine, on a fake clock."""
 
 import errno
@@ -228,7 +229,9 @@ def test_a_missed_fault_carries_the_action_the_guest_recommended():
 
 
 def test_a_guest_that_resets_itself_registers_again_without_a_fault():
-    from tests.unit.agent.harness import PATH, UUID, Guest
+    from tests.unit.agent.harness import Guest
+    from tests.unit.agent.harness import PATH
+    from tests.unit.agent.harness import UUID
     h = monitored()
     h.advance(0.05)
     # the guest reboots from inside: its daemon vanishes without exit and

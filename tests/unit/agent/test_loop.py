@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The agent's loop with real sockets and a guest in a thread.
 
 The guest and the loop run on real time (a 100 ms interval), but no test
@@ -13,11 +14,11 @@ import pytest
 
 from guestha.agent import events as ev
 from guestha.agent import instance as im
-from guestha.agent import status
 from guestha.agent.loop import AgentLoop
 from guestha.agent.outbox import Outbox
-from guestha_guest import protocol as p
+from guestha.agent import status
 from guestha_guest.daemon import GuestDaemon
+from guestha_guest import protocol as p
 
 UUID = "7d1f0a5e-2b3c-4d4e-8f60-718293a4b5c6"
 PEER = "8e2a1b6f-3c4d-4e5f-9a71-8293a4b5c6d7"

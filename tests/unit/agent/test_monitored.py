@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The monitored-before-restart record (guestha/agent/monitored.py) and how
 the loop keeps it true: entries of domains that are gone or shut off are
 dropped (their next boot is a new guest, not a hang), and a failed save is

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The Nova client, over real HTTP against the Nova stand-in, through
 keystoneauth1 and python-novaclient as configured by ``[nova]``."""
 
@@ -6,12 +7,14 @@ import logging
 import urllib.error
 import urllib.request
 
-import pytest
 from novaclient import api_versions
 from novaclient import exceptions as nova_exc
+import pytest
 
 from guestha.agent import nova
-from tests.fakes.nova import DEFAULT_PROJECT, FakeNova, nova_conf
+from tests.fakes.nova import DEFAULT_PROJECT
+from tests.fakes.nova import FakeNova
+from tests.fakes.nova import nova_conf
 
 UUID = "0c7e3f9a-5b2d-4e61-8f3a-9d4c2b1a0e5f"
 OTHER = "7a1d9e2c-3b4f-4a5e-9c8d-1e2f3a4b5c6d"

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Open faults are kept with the events that open and close them (issue
 13 point 5): a fault and the record that it is open are one durable step,
 and an older agent's faults.json is taken over on start."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The reporter against a fake controller API on a fake clock: order,
 batching, partial answers, back-off, restarts, a full or unwritable outbox,
 and best-effort relays."""
@@ -11,8 +12,8 @@ import kombu.exceptions
 import oslo_messaging
 import pytest
 
-from guestha.agent import reporter as reporter_mod
 from guestha.agent.outbox import Outbox
+from guestha.agent import reporter as reporter_mod
 from guestha.agent.reporter import Reporter
 from guestha.rpc import api as rpc_api
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The reporter when the agent's disk fails (issue 13): delivery goes on
 whatever the disk does, delivered events are remembered without it, the
 disk and the bus recover apart and at once, each condition is logged once
@@ -13,11 +14,11 @@ import threading
 import oslo_messaging
 import pytest
 
-from guestha.agent import reporter as reporter_mod
 from guestha.agent.outbox import Outbox
+from guestha.agent import reporter as reporter_mod
+from tests.unit.agent.test_reporter import drain
 from tests.unit.agent.test_reporter import FakeAPI
 from tests.unit.agent.test_reporter import FakeClock
-from tests.unit.agent.test_reporter import drain
 from tests.unit.agent.test_reporter import fault
 from tests.unit.agent.test_reporter import make
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A simulated compute host, and a bench that runs it against a guest
 daemon on a fake clock.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """AppServer tests: a real selector and real UNIX sockets, a fake clock.
 
 The server runs in the test's thread; :meth:`Env.pump` plays the daemon's

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The one-file guest bundle: built, then run as a guest image would."""
 
 import os

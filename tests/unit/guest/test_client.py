@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """GuestHAClient (and the example application) against a real AppServer.
 
 The server runs in a background thread with its own selector loop, as in
@@ -20,10 +21,12 @@ import time
 
 import pytest
 
-from guestha_guest import example_app
 from guestha_guest.appapi import AppServer
-from guestha_guest.client import (
-    GuestHAClient, GuestHAConnectionClosed, GuestHAError, GuestHATimeout)
+from guestha_guest.client import GuestHAClient
+from guestha_guest.client import GuestHAConnectionClosed
+from guestha_guest.client import GuestHAError
+from guestha_guest.client import GuestHATimeout
+from guestha_guest import example_app
 
 #: Real seconds after which a wait for a condition fails the test: a
 #: safety net for a loaded machine, not a timing target.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 import os
 import re
 import socket
@@ -5,8 +6,9 @@ import socket
 import pytest
 
 from guestha_guest import config
+from guestha_guest.config import ConfigError
+from guestha_guest.config import load_config
 from guestha_guest import protocol as p
-from guestha_guest.config import ConfigError, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The guest daemon against a simulated host, on a fake clock.
 
 The port is a pty (a character device, as the virtio-serial port is) or,
@@ -20,10 +21,11 @@ import tty
 import pytest
 
 from guestha_guest import daemon as daemon_mod
-from guestha_guest import protocol as p
 from guestha_guest.daemon import GuestDaemon
+from guestha_guest import protocol as p
 from guestha_guest.protocol import heartbeat as hb
-from tests.unit.guest.simhost import Bench, SimHost
+from tests.unit.guest.simhost import Bench
+from tests.unit.guest.simhost import SimHost
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.dirname(os.path.abspath(__file__)))))
@@ -114,7 +116,7 @@ def test_registers_and_answers_over_a_character_device(pty_port, bench):
 
 
 def test_waits_for_a_port_that_is_hot_plugged_later(pty_port, bench,
-                                                   tmp_path):
+                                                    tmp_path):
     master, path = pty_port
     link = str(tmp_path / "org.openstack.guestha.0")
     d = _daemon(bench, link)
@@ -314,7 +316,7 @@ def test_stop_while_resynchronising_syncs_then_sends_exit(pty_port, bench):
 
 
 def test_stop_gives_up_after_stop_wait_without_a_host(pty_port, bench,
-                                                     caplog):
+                                                      caplog):
     master, path = pty_port
     d = _daemon(bench, path)
     host = _host(bench, master, seed=19)
@@ -349,7 +351,7 @@ def test_stop_after_a_silence_timeout_still_sends_exit(pty_port, bench):
 
 
 def test_stop_of_a_guest_that_never_registered_says_nothing(pty_port,
-                                                           bench):
+                                                            bench):
     master, path = pty_port
     d = _daemon(bench, path)
     d.stop()
@@ -391,7 +393,7 @@ def test_traffic_after_a_long_backoff_resynchronises_at_once(
 
 
 def test_data_while_a_fresh_sync_is_pending_does_not_resync(pty_port,
-                                                          bench):
+                                                            bench):
     master, path = pty_port
     d = _daemon(bench, path)
     d.port.host_connected = True
@@ -468,7 +470,7 @@ def test_an_application_that_stops_answering_makes_the_guest_unhealthy(
 
 
 def test_an_application_not_asked_while_no_host_is_not_overdue(tmp_path,
-                                                              bench):
+                                                               bench):
     """An application that only answers checks, registered while no host
     challenges, is healthy at the first challenge that comes later than its
     deadline: nobody had asked it anything."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The guest daemon benchmark (benchmarks/guest_daemon.py) runs and its
 figures make sense.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """HookRunner tests.
 
 Hooks are real subprocesses (that is what is being tested), but where the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The port's output buffer: bounded, whole lines, the latest sync kept."""
 
 import pytest

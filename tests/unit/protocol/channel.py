@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Two protocol connections joined back to back, with no sockets.
 
 :class:`Channel` stands in for the virtio-serial port: a host-side and a
@@ -11,8 +12,8 @@ event is collected.  Syncs are answered as a real endpoint would.
 import random
 
 from guestha_guest.protocol import connection as c
-from guestha_guest.protocol import messages as m
 from guestha_guest.protocol.errors import RemoteProtocolError
+from guestha_guest.protocol import messages as m
 
 
 class Channel(object):

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The base layer: framing, resynchronisation, version negotiation."""
 
 import json
@@ -7,9 +8,9 @@ import uuid
 import pytest
 
 from guestha_guest.protocol import connection as c
+from guestha_guest.protocol.errors import LocalProtocolError
+from guestha_guest.protocol.errors import RemoteProtocolError
 from guestha_guest.protocol import messages as m
-from guestha_guest.protocol.errors import (
-    LocalProtocolError, RemoteProtocolError)
 from tests.unit.protocol.channel import Channel
 
 BOUND = 64 * 1024 + m.MAX_LINE  # default max_buffer plus one line

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The fast paths of the protocol layer against its general paths.
 
 Every heartbeat round costs the host a ``challenge`` to build and encode
@@ -17,8 +18,8 @@ import random
 import pytest
 
 from guestha_guest.protocol import connection as c
-from guestha_guest.protocol import messages as m
 from guestha_guest.protocol.errors import RemoteProtocolError
+from guestha_guest.protocol import messages as m
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 

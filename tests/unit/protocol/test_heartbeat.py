@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The heartbeat state machines, driven by a fake clock (plain floats)."""
 
 import heapq

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Messages of the wire protocol: encoding, decoding and validation."""
 
 import base64
@@ -8,9 +9,9 @@ import json
 import pytest
 
 from guestha_guest.protocol import errors
+from guestha_guest.protocol.errors import LocalProtocolError
+from guestha_guest.protocol.errors import RemoteProtocolError
 from guestha_guest.protocol import messages as m
-from guestha_guest.protocol.errors import (
-    LocalProtocolError, RemoteProtocolError)
 from tests.unit.protocol.channel import Channel
 
 UUID = "0f4c6f7e-3b1a-4c2d-9e8f-0123456789ab"

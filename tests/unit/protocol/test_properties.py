@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Properties of the protocol over generated inputs (hypothesis).
 
 The example counts keep the whole file to a few seconds; every test is
@@ -6,13 +7,15 @@ derandomised and keeps no example database, so CI runs are reproducible.
 
 import random
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
+from hypothesis import HealthCheck
+from hypothesis import settings
 from hypothesis import strategies as st
 
 from guestha_guest.protocol import connection as c
+from guestha_guest.protocol.errors import RemoteProtocolError
 from guestha_guest.protocol import heartbeat as hb
 from guestha_guest.protocol import messages as m
-from guestha_guest.protocol.errors import RemoteProtocolError
 from tests.unit.protocol.channel import Channel
 
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Points of the specification settled after an independent implementation
 asked about them (issue 8): each test pins the behaviour the text now
 states (doc/source/protocol.rst)."""
@@ -8,8 +9,8 @@ import json
 import pytest
 
 from guestha_guest.protocol import connection as c
-from guestha_guest.protocol import messages as m
 from guestha_guest.protocol.errors import RemoteProtocolError
+from guestha_guest.protocol import messages as m
 from tests.unit.protocol.channel import Channel
 
 SEQ = 4242

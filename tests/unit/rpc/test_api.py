@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Event records and their validation; the shape of the RPC API over
 oslo.messaging's in-process ``fake://`` transport (no wire format, no
 broker: the functional tests cover those)."""
@@ -7,9 +8,9 @@ import json
 import threading
 import uuid
 
+from oslo_config import cfg
 import oslo_messaging
 import pytest
-from oslo_config import cfg
 
 from guestha import rpc
 from guestha.rpc import api

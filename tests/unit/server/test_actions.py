@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Corrective actions: the policy table, the cap, soft then hard reboot,
 and the Nova calls (against the Nova stand-in over HTTP)."""
 
@@ -13,7 +14,8 @@ from guestha.rpc import api
 from guestha.server import actions
 from guestha.server.ledger import ACTIONS as ACTION_TARGET
 from guestha.server.ledger import Ledger
-from tests.fakes.nova import FakeNova, nova_conf
+from tests.fakes.nova import FakeNova
+from tests.fakes.nova import nova_conf
 
 INSTANCE = "0c7e3f9a-5b2d-4e61-8f3a-9d4c2b1a0e5f"
 OTHER = "7a1d9e2c-3b4f-4a5e-9c8d-1e2f3a4b5c6d"

@@ -1,13 +1,14 @@
+# SPDX-License-Identifier: Apache-2.0
 """The controller's RPC endpoint and its delivery plumbing: the answer to
 report_events comes from the ledger, new events reach the sinks and the
 action worker once, and the sinks' results go back to the ledger."""
 
 import sqlite3
 
-import oslo_messaging
-import pytest
 from oslo_config import cfg
+import oslo_messaging
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
+import pytest
 
 from guestha import rpc
 from guestha.rpc import api

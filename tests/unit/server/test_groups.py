@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Server-group routing with a fake Nova and a fake AgentAPI: broadcasts
 reach exactly the other members, refusals, status answers, and
 notifications of Nova state changes."""
@@ -174,7 +175,7 @@ def test_a_new_member_is_found_by_the_refresh_on_a_miss(groups, agents,
     groups.relay_broadcast("host-1", LONER, payload(), 3)
     assert agents.of("deliver_error") == []
     assert [h for h, _ in agents.of("deliver_broadcast")] == ["host-1",
-                                                             "host-2"]
+                                                              "host-2"]
 
 
 def test_broadcast_from_a_disabled_member(groups, agents):

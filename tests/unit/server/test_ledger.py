@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The ledger: durable acceptance, duplicates, deliveries, leases and
 take-over, the action cap, and several processes on one file."""
 
@@ -12,7 +13,10 @@ import pytest
 
 from guestha.rpc import api
 from guestha.server import ledger as ledger_mod
-from guestha.server.ledger import ACTIONS, DONE, DROPPED, Ledger
+from guestha.server.ledger import ACTIONS
+from guestha.server.ledger import DONE
+from guestha.server.ledger import DROPPED
+from guestha.server.ledger import Ledger
 
 INSTANCE = "0c7e3f9a-5b2d-4e61-8f3a-9d4c2b1a0e5f"
 HOST = "compute-1"

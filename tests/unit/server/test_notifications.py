@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Parsing Nova's versioned notifications, from real samples (copied into
 samples/: see its README), and feeding the server-group directory."""
 
@@ -9,7 +10,8 @@ import oslo_messaging
 import pytest
 
 from guestha.server import notifications
-from guestha.server.notifications import GroupChange, InstanceChange
+from guestha.server.notifications import GroupChange
+from guestha.server.notifications import InstanceChange
 
 SAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                        "samples")

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The per-instance cap of ``[actions]`` holds every path to a recovery:
 the action worker's reboots and stops and the Masakari sink's
 notifications count in one window (issue 8, the Masakari point)."""
@@ -13,8 +14,13 @@ from guestha.server.ledger import Ledger
 from guestha.sinks import base
 from guestha.sinks import log as log_sink
 from guestha.sinks import masakari as masakari_sink
-from tests.unit.server.test_actions import (
-    HOST, INSTANCE, OTHER, Clock, FakeNovaActions, act, worker_for)
+from tests.unit.server.test_actions import act
+from tests.unit.server.test_actions import Clock
+from tests.unit.server.test_actions import FakeNovaActions
+from tests.unit.server.test_actions import HOST
+from tests.unit.server.test_actions import INSTANCE
+from tests.unit.server.test_actions import OTHER
+from tests.unit.server.test_actions import worker_for
 
 
 class FakeResponse(object):

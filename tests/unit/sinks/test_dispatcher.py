@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The sink dispatcher with fake sinks: retries and back-off on a fake
 clock, the bounds (attempts, age, queue size), rejections, batches,
 per-sink isolation with real threads, and stop.
@@ -112,7 +113,7 @@ def test_delivers_to_every_sink_in_order():
     assert b.delivered == ids and b.calls == [ids]
     assert sorted(results) == sorted(
         [(i, "a", base.DONE) for i in ids] + [(i, "b", base.DONE)
-                                             for i in ids])
+                                              for i in ids])
     assert d.stats()["a"]["sent"] == 3 and d.stats()["a"]["waiting"] == 0
 
 

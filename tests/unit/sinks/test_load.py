@@ -1,7 +1,8 @@
+# SPDX-License-Identifier: Apache-2.0
 """Loading the configured sinks through stevedore."""
 
-import pytest
 from oslo_config import cfg
+import pytest
 
 from guestha.conf import sinks as sinks_conf
 from guestha.sinks import base

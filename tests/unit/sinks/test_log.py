@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The log sink: JSON lines, one per event, batches, rotation, errors."""
 
 import json

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The masakari sink over real keystoneauth against a loopback stand-in of
 masakari-api's POST /v1/notifications, which checks the body the way
 Masakari's request schema and engine do (type VM, hostname pattern,
@@ -11,8 +12,8 @@ import re
 import threading
 import uuid
 
-import pytest
 from oslo_config import cfg
+import pytest
 
 from guestha.conf import sinks as sinks_conf
 from guestha.rpc import api as rpc_api
@@ -44,7 +45,7 @@ def check_notification(body):
     uuid.UUID(p["instance_uuid"])
     if p["vir_domain_event"] not in RECOVERABLE.get(p["event"], []):
         return "the engine would ignore %s/%s" % (p["event"],
-                                                 p["vir_domain_event"])
+                                                  p["vir_domain_event"])
     return None
 
 

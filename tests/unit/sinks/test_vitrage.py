@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The vitrage sink: what it posts (never a Doctor "status"), batches,
 how errors map to retry or drop, configuration, a real
 python-vitrageclient over keystoneauth against a loopback stand-in of
@@ -9,9 +10,9 @@ import json
 import os
 import threading
 
-import pytest
 from keystoneauth1 import exceptions as ks_exc
 from oslo_config import cfg
+import pytest
 from vitrageclient import exceptions as vitrage_exc
 
 from guestha.conf import sinks as sinks_conf
