@@ -5,7 +5,9 @@
 #   bash tools/run-tests.sh [pytest arguments]
 #
 # 1. tools/setup.sh (quick when nothing changed).
-# 2. ruff check on the whole tree; reno lint on the release notes.
+# 2. Lint: ruff check and flake8 with OpenStack's hacking checks on the
+#    whole tree (ruff.toml, tox.ini [flake8]), doc8 on the documentation
+#    (tox.ini [doc8]), reno lint on the release notes.
 # 3. pytest on tests/ (or on the given arguments) in .venv.
 # 4. The documentation, built with sphinx-build -W.
 # 5. The protocol and guest tests again under Python 3.8, the oldest Python
@@ -26,6 +28,9 @@ STAMP38="$VENV38/.guestha-stamp"
 GUEST_REQUIREMENTS=(pytest hypothesis)
 GUEST_TEST_DIRS=(tests/unit/protocol tests/unit/guest)
 PYTEST_FLAGS=(-q -ra -p no:cacheprovider)
+# What doc8 checks (as tox -e pep8 does; doc8 takes no paths from tox.ini).
+DOC8_PATHS=(doc/source releasenotes/source README.rst devstack/README.rst
+            etc/guest-image/elements/guestha-guest/README.rst)
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 say() { echo "run-tests: $*"; }
@@ -38,6 +43,20 @@ if .venv/bin/ruff check guestha guestha_guest tests tools benchmarks; then
     say "lint passed"
 else
     failed+=(lint)
+fi
+
+say "flake8 with hacking (tox.ini [flake8])"
+if .venv/bin/flake8; then
+    say "hacking passed"
+else
+    failed+=(hacking)
+fi
+
+say "doc8 ${DOC8_PATHS[*]}"
+if .venv/bin/doc8 -q "${DOC8_PATHS[@]}"; then
+    say "doc8 passed"
+else
+    failed+=(doc8)
 fi
 
 # A malformed note (bad YAML, an unknown section) would only show when the
