@@ -15,6 +15,9 @@
 #    installed (so they also prove the guest needs nothing else).  Skipped,
 #    with a message, when no Python 3.8 is found or GUESTHA_SKIP_PY38=1.
 #    PYTHON38=/path/to/python3.8 chooses the interpreter.
+# 6. The scenarios against a real single-node OpenStack (tests/cloud,
+#    brought up and down by tools/cloud.sh), when no pytest arguments are
+#    given; GUESTHA_SKIP_CLOUD=1 skips them.
 #
 # Every step runs even when an earlier one failed; the exit status is
 # non-zero if any failed.
@@ -153,6 +156,36 @@ if [[ "${GUESTHA_SKIP_PY38:-}" == 1 ]]; then
     say "SKIPPED the Python 3.8 run: GUESTHA_SKIP_PY38=1"
 elif ! run_py38; then
     failed+=(pytest-py38)
+fi
+
+# The scenarios against a real OpenStack (tests/cloud, marker openstack;
+# doc/source/testing.rst): last, in a pytest session of their own, so that
+# the cloud's nova-compute and the real-VM tests' agents never share
+# libvirtd.  They need root (libvirtd, MariaDB, RabbitMQ); the first run on
+# a machine installs the cloud's virtualenv (about a minute and a half).
+# Only with no pytest arguments; GUESTHA_SKIP_CLOUD=1 skips them.
+run_cloud() {
+    local rc=0 was_up=0
+    bash tools/cloud.sh status >/dev/null 2>&1 && was_up=1
+    say "pytest against the real cloud (tests/cloud, GUESTHA_CLOUD_TESTS=1)"
+    GUESTHA_CLOUD_TESTS=1 .venv/bin/python -m pytest "${PYTEST_FLAGS[@]}" \
+        -m openstack tests/cloud || rc=$?
+    if (( ! was_up )); then
+        # the fixture takes down what it brought up; this also covers a
+        # session that ended before its fixture could
+        bash tools/cloud.sh down >/dev/null 2>&1 || true
+    fi
+    return "$rc"
+}
+
+if (( $# )); then
+    say "SKIPPED the cloud scenarios: pytest arguments were given"
+elif [[ "${GUESTHA_SKIP_CLOUD:-}" == 1 ]]; then
+    say "SKIPPED the cloud scenarios: GUESTHA_SKIP_CLOUD=1"
+elif [[ "$(id -u)" -ne 0 ]]; then
+    say "SKIPPED the cloud scenarios: they need root (libvirtd, services)"
+elif ! run_cloud; then
+    failed+=(pytest-cloud)
 fi
 
 if (( ${#failed[@]} )); then
