@@ -87,7 +87,14 @@ function configure_guestha {
     iniset "$GUESTHA_CONF" sinks enabled "$sinks"
     iniset "$GUESTHA_CONF" sinks log_path "$GUESTHA_EVENTS_LOG"
 
-    _guestha_iniset_keystone_auth nova
+    # Only the controller asks Nova (server groups, reboots): the agent
+    # reads the guestha:* extra specs from the domain XML Nova writes, so
+    # a compute-only node holds no Nova credentials.
+    if is_service_enabled guestha-server; then
+        iniset "$GUESTHA_CONF" server notification_topic \
+            "$GUESTHA_NOTIFICATION_TOPIC"
+        _guestha_iniset_keystone_auth nova
+    fi
     if [[ ",$sinks," == *,vitrage,* ]]; then
         _guestha_iniset_keystone_auth vitrage
     fi
@@ -104,20 +111,36 @@ function create_guestha_accounts {
     fi
 }
 
-# configure_nova_for_guestha: the controller consumes Nova's versioned
-# notifications; Nova sends only unversioned ones by default.
+# configure_nova_for_guestha: Nova's versioned notifications on guestha's
+# topic, on every node where Nova runs (the instance state changes come
+# from nova-compute, so compute-only nodes too).  Nova sends only
+# unversioned ones by default, and declares a queue for every topic of
+# versioned_notifications_topics: the list keeps what was there (default
+# versioned_notifications) and gains guestha's, which its controller
+# reads.  On a compute node nova-cpu.conf is a copy of nova.conf made when
+# nova-compute starts, after this phase: both are set where they exist.
 function configure_nova_for_guestha {
     if [[ "$GUESTHA_NOVA_VERSIONED_NOTIFICATIONS" != "True" ]]; then
         return
     fi
-    local conf format
+    local conf format topics driver
     for conf in "${NOVA_CONF:-}" "${NOVA_CPU_CONF:-}"; do
         [[ -n "$conf" && -f "$conf" ]] || continue
         format=$(iniget "$conf" notifications notification_format)
-        if [[ "$format" != "both" && "$format" != "versioned" ]]; then
-            iniset "$conf" notifications notification_format both
+        # "both" means something else reads the unversioned ones: keep it
+        if [[ "$format" != "both" ]]; then
+            iniset "$conf" notifications notification_format versioned
         fi
-        if [[ -z "$(iniget "$conf" oslo_messaging_notifications driver)" ]]; then
+        # the task state tells a reboot in progress from a finished one
+        iniset "$conf" notifications notify_on_state_change vm_and_task_state
+        topics=$(iniget "$conf" notifications versioned_notifications_topics)
+        topics=${topics:-versioned_notifications}
+        if [[ ",$topics," != *,"$GUESTHA_NOTIFICATION_TOPIC",* ]]; then
+            iniset "$conf" notifications versioned_notifications_topics \
+                "$topics,$GUESTHA_NOTIFICATION_TOPIC"
+        fi
+        driver=$(iniget "$conf" oslo_messaging_notifications driver)
+        if [[ "$driver" != "messagingv2" && "$driver" != "messaging" ]]; then
             iniset "$conf" oslo_messaging_notifications driver messagingv2
         fi
     done
@@ -220,6 +243,37 @@ function create_guestha_flavor {
         "$GUESTHA_FLAVOR_NAME"
 }
 
+# create_guestha_masakari_segment: a Masakari failover segment holding
+# every compute host Nova knows (where masakari-api runs, with the
+# masakari sink).  Without one masakari-api refuses guestha's
+# notifications (HTTP 400).  Idempotent: an existing segment or host is
+# left alone.  Masakari checks a host's name against Nova's compute
+# services, hence the names nova-compute reports.
+function create_guestha_masakari_segment {
+    local segment=$GUESTHA_MASAKARI_SEGMENT
+    if [[ -z "$segment" || ",$(guestha_sinks)," != *,masakari,* ]] ||
+            ! is_service_enabled masakari-api; then
+        return
+    fi
+    local os=(openstack --os-cloud devstack-admin)
+    local existing hosts host
+    # captured, not piped into grep -q: with pipefail an early grep exit
+    # could fail the pipeline and create a second segment
+    existing=$("${os[@]}" segment list -f value -c name)
+    if ! grep -Fxq -- "$segment" <<<"$existing"; then
+        "${os[@]}" segment create --description \
+            "guestha: compute hosts of this devstack" "$segment" auto COMPUTE
+    fi
+    hosts=$("${os[@]}" compute service list --service nova-compute \
+        -f value -c Host)
+    existing=$("${os[@]}" segment host list "$segment" -f value -c name)
+    for host in $hosts; do
+        if ! grep -Fxq -- "$host" <<<"$existing"; then
+            "${os[@]}" segment host create "$host" COMPUTE SSH "$segment"
+        fi
+    done
+}
+
 # cleanup_guestha: what stack.sh made, for clean.sh.
 function cleanup_guestha {
     local service
@@ -243,8 +297,8 @@ if is_service_enabled guestha-agent guestha-server; then
         echo_summary "Configuring guestha"
         configure_guestha
         create_guestha_accounts
+        configure_nova_for_guestha
         if is_service_enabled guestha-server; then
-            configure_nova_for_guestha
             configure_vitrage_for_guestha
         fi
         install_guestha_units
@@ -252,6 +306,7 @@ if is_service_enabled guestha-agent guestha-server; then
         echo_summary "Starting guestha"
         start_guestha
         create_guestha_flavor
+        create_guestha_masakari_segment
     fi
 
     if [[ "${1:-}" == "unstack" ]]; then

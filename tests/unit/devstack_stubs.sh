@@ -9,7 +9,8 @@
 # iniset/iniget really read and write ini files (with awk);
 # write_user_unit_file writes a unit as devstack's does (keys set with
 # iniset); sudo runs its command (chown is only recorded,
-# the users need not exist here); systemctl and openstack are recorded.
+# the users need not exist here); systemctl and openstack are recorded
+# (openstack's lists answer from STUB_* variables, see below).
 # The variables devstack would define point into $STUB_ROOT, and only
 # default: a test may set them first.
 
@@ -114,14 +115,24 @@ function stub_systemctl {
     stub_record systemctl "$@"
 }
 
+# openstack: recorded; "flavor show" succeeds if STUB_FLAVOR_EXISTS=1;
+# the lists print the space-separated names of STUB_SEGMENTS (segment
+# list), STUB_SEGMENT_HOSTS (segment host list) and STUB_COMPUTE_HOSTS
+# (compute service list), one a line.
 function openstack {
     stub_record openstack "$@"
-    local arg
-    for arg in "$@"; do
-        if [[ "$arg" == show ]]; then
+    local words=" $* " names=""
+    case "$words" in
+        *" flavor show "*)
             [[ "${STUB_FLAVOR_EXISTS:-0}" == 1 ]]
-            return
-        fi
+            return ;;
+        *" segment host list "*) names=${STUB_SEGMENT_HOSTS:-} ;;
+        *" segment list "*) names=${STUB_SEGMENTS:-} ;;
+        *" compute service list "*) names=${STUB_COMPUTE_HOSTS:-} ;;
+    esac
+    local name
+    for name in $names; do
+        echo "$name"
     done
 }
 

@@ -6,8 +6,9 @@
 * The plugin's phases run in bash with devstack's helpers replaced by
   tests/unit/devstack_stubs.sh, in a temporary directory: the generated
   guestha.conf (checked against the options guestha really has), the
-  systemd units, the Keystone user, Nova's and Vitrage's settings, the
-  example flavor, and what unstack and clean undo.
+  systemd units, the Keystone user, Nova's and Vitrage's settings (Nova's
+  on compute-only nodes too), the example flavor, the Masakari segment,
+  and what unstack and clean undo.
 """
 
 import configparser
@@ -193,6 +194,8 @@ def test_conf_all_in_one(aio):
     assert conf.get("server", "ledger_path") == \
         str(aio.state_dir / "server-ledger.sqlite")
     assert conf.get("actions", "allowed_max") == "log"
+    assert conf.get("server", "notification_topic") == \
+        "guestha_notifications"
     for section in ("nova", "vitrage", "masakari"):
         assert dict(conf.items(section)) == {
             "auth_type": "password",
@@ -267,10 +270,7 @@ def test_accounts_nova_and_vitrage(aio, tmp_path):
         ["get_or_add_user_project_role", "admin", "user-id-of-guestha",
          "service"]]
 
-    nova = read_ini(tmp_path / "etc" / "nova" / "nova.conf")
-    assert nova.get("notifications", "notification_format") == "both"
-    assert nova.get("oslo_messaging_notifications", "driver") == \
-        "messagingv2"
+    assert_nova_notifies(tmp_path / "etc" / "nova" / "nova.conf")
 
     vitrage = read_ini(tmp_path / "etc" / "vitrage" / "vitrage.conf")
     assert vitrage.get("datasources", "types") == \
@@ -290,9 +290,14 @@ def test_accounts_nova_and_vitrage(aio, tmp_path):
         "nova.host,nova.instance,static,guestha"
 
 
+def flavor_creates(node):
+    return [c for c in node.calls("openstack")
+            if c[3:5] == ["flavor", "create"]]
+
+
 def test_flavor(aio):
     aio.stack()
-    creates = [c for c in aio.calls("openstack") if "create" in c]
+    creates = flavor_creates(aio)
     assert creates == [[
         "openstack", "--os-cloud", "devstack-admin", "flavor", "create",
         "--ram", "1024", "--disk", "10", "--vcpus", "1",
@@ -305,7 +310,7 @@ def test_flavor_extra_properties_and_existing(tmp_path):
                         "guestha:server_group_messaging=true "
                         "guestha:corrective_action=reboot"))
     node.run(("stack", "extra"))
-    creates = [c for c in node.calls("openstack") if "create" in c]
+    creates = flavor_creates(node)
     assert creates == [[
         "openstack", "--os-cloud", "devstack-admin", "flavor", "create",
         "--ram", "1024", "--disk", "10", "--vcpus", "1",
@@ -316,22 +321,125 @@ def test_flavor_extra_properties_and_existing(tmp_path):
     node.clear_calls()
     node.env["STUB_FLAVOR_EXISTS"] = "1"
     node.run(("stack", "extra"))
-    assert not [c for c in node.calls("openstack") if "create" in c]
+    assert not flavor_creates(node)
 
 
 def test_compute_node_only(tmp_path):
-    """A compute node: the agent only, log sink, no accounts, no flavor."""
-    node = Devstack(tmp_path, "n-cpu,guestha-agent")
+    """A compute node: the agent only, log sink, no accounts, no flavor,
+    no Nova credentials, and Nova's notifications set all the same."""
+    nova_dir = tmp_path / "etc" / "nova"
+    nova_dir.mkdir(parents=True)
+    (nova_dir / "nova.conf").write_text("[DEFAULT]\nhost = cmp1\n")
+    (nova_dir / "nova-cpu.conf").write_text("[DEFAULT]\nhost = cmp1\n")
+    node = Devstack(tmp_path, "n-cpu,guestha-agent",
+                    NOVA_CONF=str(nova_dir / "nova.conf"),
+                    NOVA_CPU_CONF=str(nova_dir / "nova-cpu.conf"))
     node.stack()
     conf = node.conf()
     assert conf.get("sinks", "enabled") == "log"
-    assert conf.has_section("nova")
+    assert not conf.has_section("nova")
+    assert not conf.has_option("server", "notification_topic")
     assert not conf.has_section("vitrage")
     assert not conf.has_section("masakari")
     assert (node.systemd_dir / "devstack@guestha-agent.service").exists()
     assert not (node.systemd_dir / "devstack@guestha-server.service").exists()
     assert node.calls("create_service_user") == []
     assert node.calls("openstack") == []
+    for name in ("nova.conf", "nova-cpu.conf"):
+        assert_nova_notifies(nova_dir / name)
+
+
+def assert_nova_notifies(path,
+                         topics="versioned_notifications,"
+                                "guestha_notifications",
+                         notification_format="versioned"):
+    """Nova sends versioned notifications with task states on guestha's
+    topic, to the message bus."""
+    nova = read_ini(path)
+    assert nova.get("notifications", "notification_format") == \
+        notification_format
+    assert nova.get("notifications", "notify_on_state_change") == \
+        "vm_and_task_state"
+    assert nova.get("notifications", "versioned_notifications_topics") == \
+        topics
+    assert nova.get("oslo_messaging_notifications", "driver") == \
+        "messagingv2"
+
+
+def test_nova_notifications_keep_what_is_there(tmp_path):
+    """An existing topic list is extended, "both" is kept, a driver that
+    sends nothing is replaced; a second stack changes nothing."""
+    nova_conf = tmp_path / "nova.conf"
+    nova_conf.write_text(
+        "[notifications]\nnotification_format = both\n"
+        "versioned_notifications_topics = other_topic\n\n"
+        "[oslo_messaging_notifications]\ndriver = noop\n")
+    node = Devstack(tmp_path, "n-cpu,guestha-agent",
+                    NOVA_CONF=str(nova_conf))
+    node.run(("stack", "post-config"))
+    assert_nova_notifies(nova_conf, topics="other_topic,guestha_notifications",
+                         notification_format="both")
+    before = nova_conf.read_text()
+    node.run(("stack", "post-config"))
+    assert nova_conf.read_text() == before
+
+
+def test_nova_notifications_custom_topic_and_off(tmp_path):
+    nova_conf = tmp_path / "nova.conf"
+    nova_conf.write_text("[DEFAULT]\n")
+    node = Devstack(tmp_path, ALL_IN_ONE, NOVA_CONF=str(nova_conf),
+                    GUESTHA_NOTIFICATION_TOPIC="ha_topic")
+    node.run(("stack", "post-config"))
+    assert_nova_notifies(nova_conf, topics="versioned_notifications,ha_topic")
+    assert node.conf().get("server", "notification_topic") == "ha_topic"
+
+    nova_conf.write_text("[DEFAULT]\n")
+    node.env["GUESTHA_NOVA_VERSIONED_NOTIFICATIONS"] = "False"
+    node.run(("stack", "post-config"))
+    assert nova_conf.read_text() == "[DEFAULT]\n"
+
+
+def segment_calls(node):
+    return [c[3:] for c in node.calls("openstack") if c[3] == "segment"
+            and "create" in c]
+
+
+def test_masakari_segment(tmp_path):
+    """Where masakari-api runs: a segment with every compute host."""
+    node = Devstack(tmp_path, ALL_IN_ONE, STUB_COMPUTE_HOSTS="cmp1 cmp2")
+    node.run(("stack", "extra"))
+    assert segment_calls(node) == [
+        ["segment", "create", "--description",
+         "guestha: compute hosts of this devstack", "guestha", "auto",
+         "COMPUTE"],
+        ["segment", "host", "create", "cmp1", "COMPUTE", "SSH", "guestha"],
+        ["segment", "host", "create", "cmp2", "COMPUTE", "SSH", "guestha"],
+    ]
+    # the host names are those nova-compute reports
+    assert ["openstack", "--os-cloud", "devstack-admin", "compute",
+            "service", "list", "--service", "nova-compute", "-f", "value",
+            "-c", "Host"] in node.calls("openstack")
+
+
+def test_masakari_segment_idempotent(tmp_path):
+    node = Devstack(tmp_path, ALL_IN_ONE, STUB_COMPUTE_HOSTS="cmp1 cmp2",
+                    STUB_SEGMENTS="other guestha", STUB_SEGMENT_HOSTS="cmp1",
+                    GUESTHA_MASAKARI_SEGMENT="guestha")
+    node.run(("stack", "extra"))
+    assert segment_calls(node) == [
+        ["segment", "host", "create", "cmp2", "COMPUTE", "SSH", "guestha"]]
+
+
+@pytest.mark.parametrize("services,env", [
+    ("key,n-api,n-cpu,guestha-agent,guestha-server", {}),
+    (ALL_IN_ONE, {"GUESTHA_SINKS": "log,vitrage"}),
+    (ALL_IN_ONE, {"GUESTHA_MASAKARI_SEGMENT": ""}),
+    ("n-cpu,guestha-agent,masakari-engine", {}),
+])
+def test_no_masakari_segment(tmp_path, services, env):
+    node = Devstack(tmp_path, services, STUB_COMPUTE_HOSTS="cmp1", **env)
+    node.run(("stack", "extra"))
+    assert [c for c in node.calls("openstack") if c[3] == "segment"] == []
 
 
 def test_sinks_override(tmp_path):
