@@ -399,6 +399,89 @@ def test_nova_notifications_custom_topic_and_off(tmp_path):
     assert nova_conf.read_text() == "[DEFAULT]\n"
 
 
+# Nova's and Masakari's own option definitions read what the plugin (and
+# devstack/README.rst) write: option names, choices and list values.  They
+# are in the cloud harness's virtualenv (tools/cloud.sh, not started
+# here); without it these are skipped.
+CLOUD_PYTHON = os.path.join(os.environ.get(
+    "GUESTHA_CLOUD_VENV",
+    os.path.expanduser(os.path.join("~", ".cache", "guestha", "cloud-venv"))),
+    "bin", "python")
+
+READ_NOVA_CONF = """
+import sys
+import nova.conf
+from oslo_messaging.notify import notifier
+CONF = nova.conf.CONF
+# oslo.messaging registers these when nova starts its notifier
+CONF.register_opts(notifier._notifier_opts,
+                   group="oslo_messaging_notifications")
+CONF(["--config-file", sys.argv[1]], project="nova",
+     default_config_files=[], default_config_dirs=[])
+n = CONF.notifications
+print(n.notification_format)
+print(n.notify_on_state_change)
+print(",".join(n.versioned_notifications_topics))
+print(",".join(CONF.oslo_messaging_notifications.driver))
+"""
+
+READ_MASAKARI_CONF = """
+import sys
+import masakari.conf
+CONF = masakari.conf.CONF
+CONF(["--config-file", sys.argv[1]], project="masakari",
+     default_config_files=[], default_config_dirs=[])
+print(CONF.duplicate_notification_detection_interval)
+"""
+
+
+def _cloud_python(module):
+    if not os.path.exists(CLOUD_PYTHON):
+        pytest.skip("no cloud virtualenv (%s): bash tools/cloud.sh up "
+                    "installs it" % CLOUD_PYTHON)
+    found = subprocess.run([CLOUD_PYTHON, "-c", "import " + module],
+                           capture_output=True, timeout=120)
+    if found.returncode != 0:
+        pytest.skip("%s is not installed in %s" % (module, CLOUD_PYTHON))
+    return CLOUD_PYTHON
+
+
+def _read_with(python, script, path):
+    result = subprocess.run(
+        [python, "-W", "ignore", "-c", script, str(path)],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.splitlines()
+
+
+def test_nova_reads_the_settings(tmp_path):
+    """Real Nova's options load the nova.conf the plugin wrote, with the
+    values guestha needs (a wrong name or choice fails here)."""
+    python = _cloud_python("nova.conf")
+    nova_conf = tmp_path / "nova.conf"
+    nova_conf.write_text(
+        "[notifications]\nnotification_format = unversioned\n")
+    node = Devstack(tmp_path, "n-cpu,guestha-agent",
+                    NOVA_CONF=str(nova_conf))
+    node.run(("stack", "post-config"))
+    assert _read_with(python, READ_NOVA_CONF, nova_conf) == [
+        "versioned", "vm_and_task_state",
+        "versioned_notifications,guestha_notifications", "messagingv2"]
+
+
+def test_masakari_reads_the_readme_advice(tmp_path):
+    """The masakari.conf snippet of devstack/README.rst is an option
+    Masakari has."""
+    python = _cloud_python("masakari.conf")
+    with open(os.path.join(ROOT, "devstack", "README.rst")) as f:
+        readme = f.read()
+    snippet = "[DEFAULT]\nduplicate_notification_detection_interval = 5\n"
+    assert "    " + snippet.replace("\n", "\n    ").rstrip() in readme
+    masakari_conf = tmp_path / "masakari.conf"
+    masakari_conf.write_text(snippet)
+    assert _read_with(python, READ_MASAKARI_CONF, masakari_conf) == ["5"]
+
+
 def segment_calls(node):
     return [c[3:] for c in node.calls("openstack") if c[3] == "segment"
             and "create" in c]
