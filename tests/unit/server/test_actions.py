@@ -13,21 +13,12 @@ from guestha.conf.actions import ACTIONS
 from guestha.rpc import api
 from guestha.server import actions
 from guestha.server.ledger import ACTIONS as ACTION_TARGET
-from guestha.server.ledger import Ledger
 from tests.fakes.nova import FakeNova
 from tests.fakes.nova import nova_conf
 
 INSTANCE = "0c7e3f9a-5b2d-4e61-8f3a-9d4c2b1a0e5f"
 OTHER = "7a1d9e2c-3b4f-4a5e-9c8d-1e2f3a4b5c6d"
 HOST = "compute-1"
-
-
-class Clock(object):
-    def __init__(self, now=1_800_000_000.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
 
 
 class FakeNovaActions(object):
@@ -124,19 +115,6 @@ def test_unknown_flavor_value_narrows_to_log(allowed, expected):
 
 
 # -- the worker ---------------------------------------------------------------
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def ledger(tmp_path, clock):
-    ledger = Ledger(str(tmp_path / "ledger.sqlite"), "ctl-a",
-                    sinks=("log",), clock=clock)
-    ledger.register()
-    return ledger
-
 
 @pytest.fixture
 def nova():

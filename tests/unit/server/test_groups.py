@@ -12,6 +12,7 @@ import pytest
 from guestha.agent.nova import NovaUnavailable
 from guestha.server import groups as groups_mod
 from guestha.server.groups import ServerGroups
+from tests.support.clock import ManualClock
 
 GROUP = "788608ec-ebdc-45c5-bc7f-e5f24ab92c80"
 OTHER_GROUP = "11111111-2222-4333-8444-555555555555"
@@ -21,14 +22,6 @@ C = "cccccccc-0000-4000-8000-000000000003"
 D = "dddddddd-0000-4000-8000-000000000004"   # same group, messaging off
 X = "eeeeeeee-0000-4000-8000-000000000005"   # another group
 LONER = "ffffffff-0000-4000-8000-000000000006"
-
-
-class Clock(object):
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
 
 
 class FakeNova(object):
@@ -117,7 +110,7 @@ def agents():
 
 @pytest.fixture
 def clock():
-    return Clock()
+    return ManualClock(1000.0)
 
 
 @pytest.fixture

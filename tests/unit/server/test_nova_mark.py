@@ -7,7 +7,6 @@ import pytest
 
 from guestha.rpc import api
 from guestha.server import actions
-from guestha.server.ledger import Ledger
 from tests.fakes.nova import FakeNova
 from tests.fakes.nova import nova_conf
 
@@ -15,31 +14,10 @@ INSTANCE = "0c7e3f9a-5b2d-4e61-8f3a-9d4c2b1a0e5f"
 HOST = "compute-1"
 
 
-class Clock(object):
-    def __init__(self, now=1_800_000_000.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-
 @pytest.fixture
 def fake_nova():
     with FakeNova() as fake:
         yield fake
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def ledger(tmp_path, clock):
-    ledger = Ledger(str(tmp_path / "ledger.sqlite"), "ctl-a",
-                    sinks=("log",), clock=clock)
-    ledger.register()
-    return ledger
 
 
 def fault(action="reboot", kind="missed"):

@@ -10,12 +10,10 @@ import pytest
 
 from guestha.rpc import api
 from guestha.server import actions
-from guestha.server.ledger import Ledger
 from guestha.sinks import base
 from guestha.sinks import log as log_sink
 from guestha.sinks import masakari as masakari_sink
 from tests.unit.server.test_actions import act
-from tests.unit.server.test_actions import Clock
 from tests.unit.server.test_actions import FakeNovaActions
 from tests.unit.server.test_actions import HOST
 from tests.unit.server.test_actions import INSTANCE
@@ -51,16 +49,8 @@ def unhealthy(instance=INSTANCE, n=0):
 
 
 @pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def ledger(tmp_path, clock):
-    ledger = Ledger(str(tmp_path / "ledger.sqlite"), "ctl-a",
-                    sinks=("masakari",), clock=clock)
-    ledger.register()
-    return ledger
+def ledger_sinks():
+    return ("masakari",)
 
 
 def masakari_with_cap(ledger, max_actions=3, window=3600):

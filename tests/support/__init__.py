@@ -1,0 +1,2 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Support code shared by the tests (not part of guestha)."""
