@@ -2,28 +2,20 @@
 """The cloud harness's network stand-in (tools/cloud/netstub.py): what Nova
 asks of Neutron for a server with no network, answered with empty lists."""
 
-import http.server
 import json
-import threading
 import urllib.error
 import urllib.request
 
 import pytest
 
+from tests.support.http import serving
 from tools.cloud import netstub
 
 
 @pytest.fixture
 def stub():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             netstub.Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield "http://127.0.0.1:%d" % server.server_address[1]
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving(netstub.Handler) as server:
+        yield server.url
 
 
 def get(url):

@@ -9,7 +9,6 @@ import datetime
 import http.server
 import json
 import re
-import threading
 import uuid
 
 from oslo_config import cfg
@@ -19,6 +18,7 @@ from guestha.conf import sinks as sinks_conf
 from guestha.rpc import api as rpc_api
 from guestha.sinks import base
 from guestha.sinks import masakari as masakari_sink
+from tests.support.http import serving
 
 INSTANCE = "5b0e7d9e-3c1a-4b6f-8e2d-1f0a9c8b7d6e"
 # Masakari's engine runs its instance recovery flow for these payloads
@@ -78,15 +78,8 @@ class _Masakari(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def masakari_api():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Masakari)
-    server.requests = []
-    server.answers = []
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,),
-                              daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(_Masakari, requests=[], answers=[]) as server:
+        yield server
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import ast
 import http.server
 import json
 import os
-import threading
 
 from keystoneauth1 import exceptions as ks_exc
 from oslo_config import cfg
@@ -20,6 +19,7 @@ from guestha.rpc import api as rpc_api
 from guestha.sinks import base
 from guestha.sinks import vitrage as vitrage_sink
 from guestha.vitrage_datasource import guestha as plugin
+from tests.support.http import serving
 
 INSTANCE = "5b0e7d9e-3c1a-4b6f-8e2d-1f0a9c8b7d6e"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -253,15 +253,8 @@ class _EventAPI(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def event_api():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EventAPI)
-    server.requests = []
-    server.statuses = []
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,),
-                              daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(_EventAPI, requests=[], statuses=[]) as server:
+        yield server
 
 
 def test_real_client_over_keystoneauth(conf, event_api):
