@@ -13,6 +13,7 @@ from guestha.agent import events as ev
 from guestha.agent import instance as im
 from guestha.agent.loop import AgentLoop
 from guestha import metrics
+from tests.support.clock import ManualClock
 
 UUID = "7d1f0a5e-2b3c-4d4e-8f60-718293a4b5c6"
 PROJECT = "0a1b2c3d4e5f40718293a4b5c6d7e8f9"
@@ -34,17 +35,9 @@ class Reporter(object):
                 "disk_error": None}
 
 
-class Clock(object):
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
-
-
 @pytest.fixture
 def loop(tmp_path):
-    clock = Clock()
+    clock = ManualClock(100.0)
     lp = AgentLoop("compute-1", im.Policy(min_interval_ms=100), Reporter(),
                    str(tmp_path), clock=clock)
     lp.started_at = 90.0
@@ -59,6 +52,12 @@ def _text(collector):
     reg = registry_mod.CollectorRegistry(auto_describe=False)
     reg.register(collector)
     return exposition.generate_latest(reg).decode()
+
+
+def _agent_collector(loop, **kwargs):
+    """The agent's collector on one snapshot of ``loop``, taken now."""
+    snap = loop.metrics_snapshot(loop._clock())
+    return metrics.AgentCollector("compute-1", lambda t: snap, **kwargs)
 
 
 def _parse(series):
@@ -81,8 +80,7 @@ def test_agent_snapshot_and_collector(loop):
                  "kind": "missed"})
     loop.instances[UUID].fault = {"id": "f1", "kind": "missed"}
     loop.instances[UUID].counters["missed"] = 2
-    snap = loop.metrics_snapshot(loop._clock())
-    text = _text(metrics.AgentCollector("compute-1", lambda t: snap))
+    text = _text(_agent_collector(loop))
     state = loop.instances[UUID].state
     assert _value(text, 'guestha_agent_instances{host="compute-1",state="%s"}'
                   % state) == 1
@@ -107,9 +105,7 @@ def test_agent_snapshot_and_collector(loop):
 
 
 def test_no_per_instance_labels(loop):
-    snap = loop.metrics_snapshot(loop._clock())
-    text = _text(metrics.AgentCollector("compute-1", lambda t: snap,
-                                        per_instance=False))
+    text = _text(_agent_collector(loop, per_instance=False))
     assert UUID not in text and "instance_id" not in text
     assert "guestha_agent_instances{" in text
 
@@ -117,8 +113,7 @@ def test_no_per_instance_labels(loop):
 def test_gone_instances_keep_the_host_totals(loop):
     loop.instances[UUID].counters["answers"] = 5
     loop._gone(UUID, loop._clock())
-    snap = loop.metrics_snapshot(loop._clock())
-    text = _text(metrics.AgentCollector("compute-1", lambda t: snap))
+    text = _text(_agent_collector(loop))
     assert _value(text, 'guestha_agent_heartbeat_answers_total'
                   '{host="compute-1"}') == 5
 
@@ -194,10 +189,8 @@ def test_server_collector():
 
 
 def test_exporter_serves_http(loop):
-    snap = loop.metrics_snapshot(loop._clock())
-    exporter = metrics.Exporter(
-        metrics.AgentCollector("compute-1", lambda t: snap), "127.0.0.1",
-        0).start()
+    exporter = metrics.Exporter(_agent_collector(loop), "127.0.0.1",
+                                0).start()
     try:
         with urllib.request.urlopen("http://127.0.0.1:%d/metrics"
                                     % exporter.port, timeout=30) as resp:
