@@ -10,7 +10,8 @@
 #    kernel and initramfs (tools/build-vm-assets.sh).
 # 2. Creates .venv with python3 (>= 3.11; set PYTHON to choose another).
 # 3. Installs requirements.txt, test-requirements.txt, doc/requirements.txt
-#    and guestha itself
+#    and guestha itself with its extras (compute, vitrage, and cli: the
+#    tests run the real `openstack` command with the guestha plugin)
 #    (editable) under upper-constraints.txt.  A stamp file remembers a hash
 #    of those inputs, so a second run with nothing changed skips pip.
 set -euo pipefail
@@ -106,7 +107,7 @@ else
     "$VENV/bin/python" -m pip install -qq \
         -c upper-constraints.txt \
         -r requirements.txt -r test-requirements.txt \
-        -r doc/requirements.txt -e ".[vitrage,compute]" </dev/null
+        -r doc/requirements.txt -e ".[vitrage,compute,cli]" </dev/null
     echo "$want" > "$STAMP"
     say "python packages installed"
 fi
