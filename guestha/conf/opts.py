@@ -13,6 +13,7 @@ or a list of ``(group, [opts])`` pairs), add the module to
 
 from guestha.conf import actions
 from guestha.conf import agent
+from guestha.conf import api
 from guestha.conf import coordination
 from guestha.conf import database
 from guestha.conf import libvirt
@@ -40,6 +41,7 @@ _CONF_MODULES = (
     upgrade_levels,
     metrics,
     notifications,
+    api,
 )
 
 

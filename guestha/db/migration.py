@@ -91,7 +91,8 @@ def import_ledger(path, engine):
             tables = set(sa.inspect(src).get_table_names())
             for table in (models.events, models.deliveries,
                           models.servers, models.action_slots,
-                          models.action_caps):
+                          models.action_caps, models.instance_states,
+                          models.faults, models.actions):
                 if table.name not in tables:
                     continue
                 columns = [c["name"]

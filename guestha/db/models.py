@@ -62,3 +62,66 @@ action_caps = sa.Table(
     sa.Column("instance", sa.String(36), primary_key=True),
     sa.Column("updated", SECONDS, nullable=False),
 )
+
+# -- what the REST API reads (version 3; written by guestha.db.views) --------
+
+#: The latest monitoring state of each instance, as its compute agent
+#: reported it (a ``state`` event), with the instance's project.
+instance_states = sa.Table(
+    "instance_states", metadata,
+    sa.Column("instance", sa.String(36), primary_key=True),
+    sa.Column("project_id", sa.String(64)),
+    sa.Column("name", sa.String(255)),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("state", sa.String(64), nullable=False),
+    sa.Column("reason", sa.Text()),
+    sa.Column("interval_ms", sa.Integer),
+    # the agent's clock: the order of one instance's reports
+    sa.Column("at", SECONDS, nullable=False),
+    sa.Column("updated", SECONDS, nullable=False),
+    sa.Column("event_id", sa.String(36), nullable=False),
+    sa.Index("instance_states_by_project", "project_id", "instance"),
+    sa.Index("instance_states_by_host", "host"),
+)
+
+#: Every fault, and its recovery once one arrived (open: ``recovered_at``
+#: is NULL).
+faults = sa.Table(
+    "faults", metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("instance", sa.String(36), nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("reason", sa.Text()),
+    sa.Column("action", sa.String(16)),
+    sa.Column("interval_ms", sa.Integer),
+    sa.Column("misses", sa.Integer),
+    sa.Column("detected_at", SECONDS, nullable=False),
+    sa.Column("received", SECONDS, nullable=False),
+    sa.Column("server", sa.String(255), nullable=False),
+    sa.Column("recovered_at", SECONDS),
+    sa.Column("recovery_id", sa.String(36)),
+    sa.Index("faults_by_instance", "instance", "detected_at"),
+    sa.Index("faults_by_time", "detected_at", "id"),
+)
+
+#: Every corrective-action record (:func:`guestha.server.actions.
+#: action_record`): what a controller did about a fault, and how it went.
+actions = sa.Table(
+    "actions", metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("instance", sa.String(36), nullable=False),
+    sa.Column("host", sa.String(255)),
+    sa.Column("fault_id", sa.String(36)),
+    sa.Column("kind", sa.String(64)),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("step", sa.String(16)),
+    sa.Column("recommended", sa.String(16)),
+    sa.Column("allowed", sa.String(16)),
+    sa.Column("outcome", sa.String(255), nullable=False),
+    sa.Column("reason", sa.Text()),
+    sa.Column("server", sa.String(255), nullable=False),
+    sa.Column("at", SECONDS, nullable=False),
+    sa.Index("actions_by_instance", "instance", "at"),
+    sa.Index("actions_by_time", "at", "id"),
+)

@@ -71,7 +71,9 @@ each with a ``*_ts`` twin in float epoch seconds.
   ``detected_at``, ``interval_ms``, ``misses``.
 * recovery: ``fault_id`` (the fault it clears), ``kind`` of that fault (or
   None if unknown), ``recovered_at``.
-* state: ``state`` (a short name of the monitoring state), ``at``.
+* state: ``state`` (a short name of the monitoring state,
+  :data:`INSTANCE_STATES`), ``at``; ``details`` carries the instance's
+  ``project_id``, ``name`` and ``interval_ms`` when known.
 
 Versioning and rolling upgrades
 -------------------------------
@@ -250,10 +252,34 @@ def make_recovery(instance, host, fault_id, recovered_at, details=None,
     return event
 
 
-def make_state(instance, host, state, reason, at):
+#: The states an agent reports (:mod:`guestha.agent.statereport`); a
+#: controller stores any short name, these are the ones guestha sends.
+INSTANCE_STATES = (
+    "unregistered",  # the flavor asks for guestha, no guest registered
+    "refused",       # the channel cannot be added: no virtio-serial
+                     # controller in the domain
+    "registered",    # the guest registered, no challenge answered yet
+    "monitored",     # challenged every interval, answering
+    "faulted",       # a fault is open
+    "suspended",     # paused, migrating, shutting down
+    "exited",        # the guest ended monitoring (Exit)
+    "stopped",       # shut off on its host
+    "unmonitored",   # no longer asks for guestha (its flavor changed)
+    "gone",          # no longer on this host
+)
+
+
+def make_state(instance, host, state, reason, at, details=None):
     """A state record: monitoring of ``instance`` entered ``state`` (a
-    short lower-case name such as ``"monitored"`` or ``"exited"``)."""
-    event = _base("state", instance, host, reason, None)
+    short lower-case name, one of :data:`INSTANCE_STATES` from guestha's
+    agent).
+
+    ``details`` may carry ``project_id`` (the instance's project, from
+    Nova's domain metadata), ``name`` (its Nova name) and ``interval_ms``
+    (the heartbeat interval in force): the controller keeps them with the
+    state, for the REST API.
+    """
+    event = _base("state", instance, host, reason, details)
     if not isinstance(state, str) or not _STATE_RE.match(state):
         raise ValueError("state must be a short lower-case name "
                          "([a-z][a-z0-9_-]*, at most 64), not %r" % (state,))

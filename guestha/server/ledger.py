@@ -73,6 +73,7 @@ from guestha.db.models import action_slots
 from guestha.db.models import deliveries
 from guestha.db.models import events as events_t
 from guestha.db.models import servers
+from guestha.db import views
 from guestha.rpc import api
 
 LOG = logging.getLogger(__name__)
@@ -354,6 +355,7 @@ class Ledger(object):
         stored = self._owners(conn, ids)
         rows = []
         targets = []
+        fresh = []  # (event, received) for the API's tables
         for req in batch:
             req.new, req.duplicates = [], []
             for event, body in req.valid:
@@ -377,9 +379,11 @@ class Ledger(object):
                              "received": req.now, "server": self.server_id,
                              "seq": self._next_seq()})
                 targets.extend(self._delivery_rows(event, req.now))
+                fresh.append((event, req.now))
         if rows:
             conn.execute(events_t.insert(), rows)
             conn.execute(deliveries.insert(), targets)
+            views.record(conn, fresh, self.server_id)
 
     def record(self, event, now=None):
         """Store an event this controller made itself (an action record)
@@ -400,6 +404,7 @@ class Ledger(object):
                 "host": event.get("host") or "", "body": body,
                 "received": now, "server": self.server_id,
                 "seq": self._next_seq()}])
+            views.record(conn, [(event, now)], self.server_id)
             if self.sinks:
                 conn.execute(deliveries.insert(), [
                     {"event_id": event["id"], "sink": sink,
@@ -726,6 +731,7 @@ class Ledger(object):
                 action_slots.c.at < before))
             conn.execute(action_caps.delete().where(
                 action_caps.c.updated < before))
+            views.prune(conn, before)
             return pruned
 
         return self._run(work)
