@@ -6,10 +6,9 @@ Theory of operation
 The loop owns four things and nothing blocks it:
 
 * the **port** (:mod:`guestha_guest.port`): bytes to and from the host;
-* the **connection** (:class:`~guestha_guest.protocol.Connection`): lines
-  into messages, with resynchronisation;
-* the **heartbeat** (:class:`~guestha_guest.protocol.heartbeat.
-  GuestHeartbeat`): registration and challenge answers;
+* the **session** (:class:`~guestha_guest.protocol.session.
+  GuestSession`): the protocol, sans I/O: lines into messages with
+  resynchronisation, registration and challenge answers, sync retries;
 * **health**: hook scripts run as child processes
   (:class:`~guestha_guest.health.HookRunner`) and applications on the local
   API socket (:class:`~guestha_guest.appapi.AppServer`).  Both are polled
@@ -44,13 +43,14 @@ import time
 from guestha_guest import port as port_mod
 from guestha_guest import protocol as p
 from guestha_guest.protocol import heartbeat as hb
+from guestha_guest.protocol import session as sessions
 
 LOG = logging.getLogger(__name__)
 
 #: Seconds to wait for a sync_ack before syncing again, doubling up to
-#: SYNC_RETRY_MAX.
-SYNC_RETRY = 1.0
-SYNC_RETRY_MAX = 30.0
+#: SYNC_RETRY_MAX (the session's policy).
+SYNC_RETRY = sessions.SYNC_RETRY
+SYNC_RETRY_MAX = sessions.SYNC_RETRY_MAX
 #: Server-group requests remembered to route the host's answers back.
 MAX_PENDING = 256
 #: Seconds a stopping daemon spends getting ``exit`` out: finishing a sync
@@ -126,14 +126,9 @@ class GuestDaemon(object):
         self.port = port_mod.make_port(port_spec, self._on_data,
                                        self._on_host_connected,
                                        self._on_host_gone, clock=clock)
-        self.heartbeat = hb.GuestHeartbeat(init, self._health)
-        self.conn = None
-        self._sync_at = None
-        self._sync_sent_at = None
-        self._sync_retry = SYNC_RETRY
+        self.session = sessions.GuestSession(init, self._health)
         self._stop_requested = False
         self._stop_deadline = None
-        self._exit_sent = False
         self._pending = {}  # seq of a server-group request -> (client, id)
         self._running = False
         self._rlog = RateLimitedLog(LOG, clock=clock)
@@ -161,6 +156,15 @@ class GuestDaemon(object):
             LOG.info("waiting for port %s to appear", self.port.path)
         self._new_connection(now)
         self._running = True
+
+    @property
+    def conn(self):
+        """The protocol connection of the current channel."""
+        return self.session.conn
+
+    @property
+    def heartbeat(self):
+        return self.session.heartbeat
 
     def run(self):
         """Run until :meth:`stop` is called (e.g. from a signal handler)
@@ -207,30 +211,23 @@ class GuestDaemon(object):
 
     def _begin_stop(self, now):
         self._stop_deadline = now + STOP_WAIT
-        if self.port.fd is None or not self.heartbeat.says_exit():
+        self.session.stopping = True
+        if self.port.fd is None:
             return  # no host can hold a registration of ours
-        if self.conn.state == p.READY:
-            self._send_exit(now)
-        else:
-            # the sync in progress may be lost or far in its back-off:
-            # start a fresh one now, and send exit after its sync_ack
+        if self.session.says_exit() and self.conn.state != p.READY:
             LOG.info("stopping: synchronising to send exit")
-            self._sync_retry = SYNC_RETRY
-            self._start_sync(now)
-
-    def _send_exit(self, now):
-        self._apply(self.heartbeat.exit(now), now)
-        self._exit_sent = True
+        self._apply(self.session.exit(now), now)
 
     def _stop_step(self, now):
         """One step of stopping; returns True when done."""
-        if self.port.fd is None or not (self._exit_sent
+        exit_sent = self.session.exit_sent
+        if self.port.fd is None or not (exit_sent
                                         or self.heartbeat.says_exit()):
             return True
-        if self._exit_sent and not self.port.pending():
+        if exit_sent and not self.port.pending():
             return True
         if now >= self._stop_deadline:
-            if not self._exit_sent:
+            if not exit_sent:
                 LOG.warning("stopping without exit: the channel did not "
                             "synchronise within %.0f s; the host may "
                             "report missed heartbeats", STOP_WAIT)
@@ -258,13 +255,16 @@ class GuestDaemon(object):
     # -- timers --------------------------------------------------------------
 
     def next_timer(self):
-        timers = [self._sync_at, self.port.retry_at, self._stop_deadline]
+        timers = [self.port.retry_at, self._stop_deadline]
         if not self._stop_requested:
-            timers.append(self.heartbeat.next_timer())
+            timers.append(self.session.next_timer())
         elif self._stop_deadline is None:
             timers.append(self._clock())  # begin at once
-        # (while stopping the heartbeat does not tick: its timer would be
-        # due for ever and spin the loop)
+        else:
+            # (while stopping the heartbeat does not tick: its timer
+            # would be due for ever and spin the loop; the session's
+            # timer is then the sync retry only)
+            timers.append(self.session.next_timer())
         if self.hooks is not None:
             timers.append(self.hooks.next_deadline())
         timers = [t for t in timers if t is not None]
@@ -279,32 +279,18 @@ class GuestDaemon(object):
                 self.port.poll(now)
         if self.hooks is not None:
             self.hooks.tick(now)
-        if (self._sync_at is not None and now >= self._sync_at
-                and self.conn.state == p.SYNCING):
-            self._sync_retry = min(self._sync_retry * 2, SYNC_RETRY_MAX)
-            self._start_sync(now)
-        if self._stop_requested:
-            if self._stop_deadline is None:
-                self._begin_stop(now)
-            if self._stop_step(now):
-                self._running = False
-            return  # no init retries or resyncs by the heartbeat now
-        self._apply(self.heartbeat.tick(now), now)
+        if self._stop_requested and self._stop_deadline is None:
+            self._begin_stop(now)  # the heartbeat stops ticking now
+        self._apply(self.session.tick(now), now)
+        if self._stop_requested and self._stop_step(now):
+            self._running = False
 
     # -- the channel ---------------------------------------------------------
 
     def _new_connection(self, now):
-        self.conn = p.Connection(p.GUEST)
-        self.heartbeat.reset()
         self._pending.clear()
-        self._sync_retry = SYNC_RETRY
-        if self.port.fd is not None:
-            self._start_sync(now)
-
-    def _start_sync(self, now):
-        self.port.write(self.conn.start_sync(), sync=True)
-        self._sync_at = now + self._sync_retry
-        self._sync_sent_at = now
+        self._apply(self.session.connect(
+            now, sync=self.port.fd is not None), now)
 
     def _on_host_connected(self, now):
         # Traffic after silence (the first data after 0-byte reads; in
@@ -315,58 +301,34 @@ class GuestDaemon(object):
         # port: a new host invites us to register again.
         LOG.info("host connected")
         if self.port.fd is not None:
-            self._sync_retry = SYNC_RETRY
-            self._start_sync(now)
+            self._apply(self.session.start_sync(now), now)
 
     def _on_host_gone(self, now):
         LOG.info("host not connected")
-        self._sync_at = None
+        self.session.sync_at = None
         if self.port.fd is None and isinstance(self.port,
                                                port_mod.DevicePort):
             # the device went away (unplugged): a new one means new peers
             self._new_connection(now)
 
     def _on_data(self, data, now):
-        if (self.conn.state == p.SYNCING and self._sync_sent_at is not None
-                and now - self._sync_sent_at >= SYNC_RETRY):
-            # a host is talking but our sync has had no answer for a
-            # while: it was most likely lost; do not wait for the back-off
-            self._sync_retry = SYNC_RETRY
-            self._start_sync(now)
-        self.conn.receive_data(data)
-        while True:
-            try:
-                event = self.conn.next_event()
-            except p.RemoteProtocolError as exc:
-                self.stats["protocol_errors"] += 1
-                self._rlog.warning(exc.code, "bad message from host: %s", exc)
-                # an error is never answered, valid or not (no ping-pong)
-                if exc.answerable and self._error_replies.allow(now):
-                    self._send(exc.to_message())
-                continue
-            if event is p.NEED_DATA:
-                return
-            self._dispatch(event, now)
+        self._apply(self.session.receive(data, now), now)
+
+    def _bad_line(self, bad, now):
+        exc = bad.error
+        self.stats["protocol_errors"] += 1
+        self._rlog.warning(exc.code, "bad message from host: %s", exc)
+        # an error is never answered, valid or not (no ping-pong)
+        if exc.answerable and self._error_replies.allow(now):
+            self._write(self.session.refuse(bad))
 
     def _dispatch(self, event, now):
-        if isinstance(event, p.Sync):
-            self.port.write(self.conn.answer_sync(event))
-        elif isinstance(event, p.Synced):
-            self._sync_at = None
-            self._sync_retry = SYNC_RETRY
-            if self._stop_requested and self._stop_deadline is not None:
-                if not self._exit_sent and self.heartbeat.says_exit():
-                    self._send_exit(now)  # not init: we are leaving
-            else:
-                self._apply(self.heartbeat.synced(now), now)
-        elif isinstance(event, p.ConnectionClosed):
-            pass  # the port reports host loss itself
-        elif isinstance(event, (p.InitAck, p.Challenge)) or (
-                isinstance(event, p.Error) and event.app == "heartbeat"):
-            self._apply(self.heartbeat.receive(event, now), now)
-        elif isinstance(event, p.Error) and event.app == "server_group":
+        # (the session has answered syncs and fed the heartbeat, whose
+        # reports _apply handles: what is left is the server group's
+        # traffic and the host's other errors)
+        if isinstance(event, p.Error) and event.app == "server_group":
             self._route_error(event)
-        elif isinstance(event, p.Error):
+        elif isinstance(event, p.Error) and event.app != "heartbeat":
             self._rlog.warning("host-error", "host reports an error: %s: %s",
                                event.code, event.message)
         elif isinstance(event, p.Broadcast):
@@ -383,19 +345,24 @@ class GuestDaemon(object):
     def _send(self, msg):
         """Send ``msg`` if the channel allows it; False if it could not."""
         try:
-            data = self.conn.send(msg)
+            out = self.session.send(msg)
         except p.LocalProtocolError as exc:
             LOG.debug("not sent: %s", exc)
             return False
-        return self.port.write(data)
+        return self._write(out)
+
+    def _write(self, out):
+        return self.port.write(out.data, sync=out.sync)
 
     def _apply(self, outputs, now):
         for out in outputs:
-            if isinstance(out, p.Message):
-                self._send(out)
-            elif isinstance(out, hb.Resync):
-                if self.port.fd is not None:
-                    self._start_sync(now)
+            kind = type(out)
+            if kind is sessions.Send:
+                self._write(out)
+            elif kind is sessions.BadLine:
+                self._bad_line(out, now)
+            elif isinstance(out, p.Message):
+                self._dispatch(out, now)
             elif isinstance(out, hb.Acknowledged):
                 self.stats["registrations"] += 1
                 LOG.info("registered as %s, interval %d ms granted",

@@ -12,6 +12,9 @@ and the host agent both import it and feed it bytes and times.
 * :mod:`.connection`: framing, resynchronisation and version negotiation
   (the base layer).
 * :mod:`.heartbeat`: the heartbeat state machines of host and guest.
+* :mod:`.session`: one side of a channel, the connection and the
+  heartbeat wired together (:class:`HostSession`, :class:`GuestSession`):
+  bytes and times in, bytes to write and events out.
 * :mod:`.errors`: :class:`LocalProtocolError` and
   :class:`RemoteProtocolError`.
 
@@ -27,3 +30,5 @@ from guestha_guest.protocol.messages import (  # noqa: F401
     SUPPORTED_VERSIONS, VERSION, Broadcast, Challenge, ChallengeResponse,
     Error, Exit, Init, InitAck, Member, Message, Notification, Status,
     StatusQuery, Sync, SyncAck, clean_text)
+from guestha_guest.protocol.session import (  # noqa: F401
+    BadLine, GuestSession, HostSession, Send)

@@ -303,7 +303,7 @@ def test_stop_while_resynchronising_syncs_then_sends_exit(pty_port, bench):
     # the guest starts a sync whose answer has not come when it is told
     # to stop (written while the host is not reading)
     host.auto_heartbeat = False
-    d._start_sync(bench.clock())
+    d._apply(d.session.start_sync(bench.clock(), fresh=False), bench.clock())
     d.stop()
     d.tick(bench.clock())
     assert d.running and d.conn.state == p.SYNCING
@@ -323,7 +323,7 @@ def test_stop_gives_up_after_stop_wait_without_a_host(pty_port, bench,
     bench.run_until(_answered(host, 1), 1.0)
     host.close()
     bench.detach()  # nobody answers the sync any more
-    d._start_sync(bench.clock())
+    d._apply(d.session.start_sync(bench.clock(), fresh=False), bench.clock())
     stopped_at = bench.clock()
     d.stop()
     with caplog.at_level(logging.WARNING, "guestha_guest.daemon"):
@@ -383,7 +383,7 @@ def test_traffic_after_a_long_backoff_resynchronises_at_once(
     d = _daemon(bench, path)
     restore = _lose_writes(d)
     bench.advance(100.0)  # syncs at 1, 2, 4 ... 30 s, all lost
-    assert d._sync_retry == daemon_mod.SYNC_RETRY_MAX
+    assert d.session.sync_retry == daemon_mod.SYNC_RETRY_MAX
     restore()
     # first data after 0-byte reads, or more data from a host already seen
     d.port.host_connected = seen_before
@@ -397,12 +397,12 @@ def test_data_while_a_fresh_sync_is_pending_does_not_resync(pty_port,
     master, path = pty_port
     d = _daemon(bench, path)
     d.port.host_connected = True
-    sent = d._sync_sent_at
+    sent = d.session.sync_sent_at
     bench.advance(0.5)
     host = _host(bench, master, seed=23, sync=False)
     host.send(p.Sync(nonce="n1", versions=[1]))  # data, but not our answer
     bench.settle()
-    assert d._sync_sent_at == sent
+    assert d.session.sync_sent_at == sent
 
 
 # -- rate limits --------------------------------------------------------------

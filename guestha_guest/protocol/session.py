@@ -1,0 +1,423 @@
+# SPDX-License-Identifier: Apache-2.0
+"""One side of a channel: the connection and the heartbeat, wired.
+
+Theory of operation
+-------------------
+A :class:`~guestha_guest.protocol.connection.Connection` turns bytes into
+messages and a heartbeat machine turns messages and times into answers and
+reports; something has to route the one into the other: answer the peer's
+``sync``, hand a ``Synced`` and the heartbeat's messages to the heartbeat,
+encode what the heartbeat wants sent, start a synchronisation when it asks
+for one.  A session does that for one side, so that every user of the
+protocol (the guest daemon, the compute agent's instances, the test hosts
+and guests, the benchmark farms) does only the I/O (after h11: bytes and
+times in, bytes to write and events out):
+
+* :meth:`receive_data` takes what the socket or port returned;
+  :meth:`next_events` then returns the *outputs* of the next received line
+  (a list, possibly empty) until it returns
+  :data:`~guestha_guest.protocol.connection.NEED_DATA`; :meth:`receive`
+  does both and returns every output at once;
+* :meth:`tick` fires the timers that are due; :meth:`next_timer` says when
+  it must be called next;
+* :meth:`send` encodes a message of the caller's (server-group traffic).
+
+The outputs, in the order they happen:
+
+* :class:`Send`: bytes to write, in order, each a whole number of lines;
+* every message received, as an event (the heartbeat's too: the session
+  has answered them already, they are there for the caller to see);
+* the heartbeat's reports (``Registered``, ``Answered``, ``Missed``...
+  on the host, ``Acknowledged``, ``ChallengeAnswered``, ``HostError`` on
+  the guest), :class:`~guestha_guest.protocol.connection.Synced`,
+  :class:`~guestha_guest.protocol.connection.ConnectionClosed`;
+* :class:`BadLine`: the peer sent a line that is not the protocol while
+  the channel is synchronised.  The session does not answer it: replies
+  to bad lines are rate-limited by the caller's policy
+  (:meth:`refuse` makes the answer).
+
+The guest session also owns the guest's synchronisation policy from the
+specification: it repeats an unanswered ``sync`` after ``sync_retry``
+seconds, doubling up to ``sync_retry_max``, and starts a fresh one at once
+when data arrives while its ``sync`` has waited ``sync_retry`` or more.
+How the host retries is the host's business (the compute agent has its
+own settings), so the host session only starts a synchronisation when
+asked to or when its heartbeat asks.
+"""
+
+from guestha_guest.protocol import connection as c
+from guestha_guest.protocol.errors import LocalProtocolError
+from guestha_guest.protocol.errors import RemoteProtocolError
+from guestha_guest.protocol import heartbeat as hb
+from guestha_guest.protocol import messages as m
+
+NEED_DATA = c.NEED_DATA
+
+#: Guest sync retry: seconds to wait for a ``sync_ack`` before syncing
+#: again, doubling up to SYNC_RETRY_MAX.
+SYNC_RETRY = 1.0
+SYNC_RETRY_MAX = 30.0
+
+
+class Send(object):
+    """Bytes to write to the channel, whole lines, in order.
+
+    ``sync``: they begin a synchronisation (an empty line and a ``sync``):
+    a writer that buffers keeps only the latest such line not yet begun,
+    and may drop the lines queued before it, which are stale now.
+    ``message``: the message they encode (the ``Sync`` for a sync).
+    """
+
+    __slots__ = ("data", "message", "sync")
+
+    def __init__(self, data, message=None, sync=False):
+        self.data = data
+        self.message = message
+        self.sync = sync
+
+    @property
+    def droppable(self):
+        """A line that may be dropped rather than queued when the peer
+        does not read: a challenge, which the next interval repeats."""
+        return type(self.message) is m.Challenge
+
+    def __eq__(self, other):
+        return (type(other) is Send and self.data == other.data
+                and self.sync == other.sync)
+
+    def __repr__(self):
+        return "Send(%r%s)" % (self.data, ", sync=True" if self.sync else "")
+
+
+class BadLine(object):
+    """The peer sent a line that is not the protocol (``error``, a
+    :class:`~guestha_guest.protocol.errors.RemoteProtocolError`)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error):
+        self.error = error
+
+    def __repr__(self):
+        return "BadLine(%r)" % (self.error,)
+
+
+class _Session(object):
+    """What both sides share: the connection, the routing of its events
+    to the heartbeat, and the encoding of the heartbeat's outputs."""
+
+    ROLE = None
+    #: message types the heartbeat of this side takes
+    HEARTBEAT_TYPES = ()
+    #: whether it takes the peer's errors of class ``heartbeat`` too
+    HEARTBEAT_ERRORS = False
+
+    def __init__(self, rng=None, max_buffer=64 * 1024):
+        self._rng = rng
+        self._max_buffer = max_buffer
+        self.conn = None
+        self.heartbeat = None
+
+    def _new_connection(self):
+        self.conn = c.Connection(self.ROLE, max_buffer=self._max_buffer,
+                                 rng=self._rng)
+
+    @property
+    def state(self):
+        """The connection's state (SYNCING, READY, CLOSED), or None
+        without a connection."""
+        return None if self.conn is None else self.conn.state
+
+    @property
+    def discarded(self):
+        """Lines the connection dropped while synchronising."""
+        return 0 if self.conn is None else self.conn.discarded
+
+    # -- receiving ---------------------------------------------------------
+
+    def receive_data(self, data, now):
+        """Feed bytes read from the channel (``b""``: end of stream).
+
+        :raises LocalProtocolError: the receive buffer is full (drain with
+            :meth:`next_events` first).
+        """
+        self.conn.receive_data(data)
+
+    def next_events(self, now):
+        """The outputs of the next received line: a list (empty if the
+        line made none), or NEED_DATA when no complete line is left."""
+        conn = self.conn
+        if conn is None:
+            return NEED_DATA
+        try:
+            event = conn.next_event()
+        except RemoteProtocolError as exc:
+            return [BadLine(exc)]
+        if event is NEED_DATA:
+            return NEED_DATA
+        kind = type(event)
+        if kind in self.HEARTBEAT_TYPES or (
+                kind is m.Error and self.HEARTBEAT_ERRORS
+                and event.app == "heartbeat"):
+            if self.heartbeat is None:
+                return [event]
+            return self._heartbeat_outputs(
+                [event], self.heartbeat.receive(event, now), now)
+        if kind is m.Sync:
+            return [event, Send(conn.answer_sync(event), event)]
+        if kind is c.Synced:
+            return self._synced(event, now)
+        return [event]
+
+    def receive(self, data, now):
+        """:meth:`receive_data` and every output it leads to."""
+        outputs = []
+        self.receive_data(data, now)
+        while True:
+            more = self.next_events(now)
+            if more is NEED_DATA:
+                return outputs
+            outputs += more
+
+    def _synced(self, event, now):
+        if self.heartbeat is None:
+            return [event]
+        return self._heartbeat_outputs([event], self.heartbeat.synced(now),
+                                       now)
+
+    # -- sending -----------------------------------------------------------
+
+    def send(self, msg):
+        """Encode ``msg`` (sets its ``seq``): a :class:`Send`.
+
+        :raises LocalProtocolError: it may not be sent now (not
+            synchronised, no connection, not this side's message).
+        """
+        if self.conn is None:
+            raise LocalProtocolError("unexpected_message", "not connected")
+        return Send(self.conn.send(msg), msg)
+
+    def start_sync(self, now):
+        """Begin a synchronisation: the outputs (one :class:`Send`)."""
+        data = self.conn.start_sync()
+        return [Send(data, None, sync=True)]
+
+    def _resync(self, now):
+        # the heartbeat asks for a synchronisation
+        return self.start_sync(now)
+
+    def refuse(self, bad):
+        """The answer to a :class:`BadLine`: a :class:`Send` of the
+        ``error``, or None if the bad line must not be answered (it is an
+        ``error`` itself)."""
+        if not bad.error.answerable:
+            return None
+        return self.send(bad.error.to_message())
+
+    # -- time --------------------------------------------------------------
+
+    def tick(self, now):
+        """Fire the timers that are due; returns the outputs."""
+        if self.heartbeat is None:
+            return []
+        return self._heartbeat_outputs([], self.heartbeat.tick(now), now)
+
+    def next_timer(self):
+        """When :meth:`tick` must next be called (None: no timer)."""
+        return None if self.heartbeat is None else \
+            self.heartbeat.next_timer()
+
+    # -- the heartbeat's outputs -------------------------------------------
+
+    def _heartbeat_outputs(self, outputs, results, now):
+        for out in results:
+            if isinstance(out, m.Message):
+                try:
+                    outputs.append(self.send(out))
+                except LocalProtocolError:
+                    # not synchronised (a resync is on its way, which
+                    # will bring the heartbeat back); nothing to write
+                    pass
+            elif type(out) is hb.Resync:
+                outputs += self._resync(now)
+            else:
+                outputs.append(out)
+        return outputs
+
+
+class HostSession(_Session):
+    """The host's side of one channel (one connection to QEMU's socket).
+
+    The heartbeat starts when the caller says (:meth:`start_heartbeat`,
+    typically at the first ``Synced`` of a connection) and can be stopped
+    (:meth:`stop_heartbeat`, a paused domain) while the connection stays.
+    Without a heartbeat, ``Synced`` and the guest's heartbeat messages are
+    returned as events and nothing else is done with them.
+
+    :param instance: the instance uuid told to the guest in ``init_ack``.
+    :param min_interval_ms, max_interval_ms: the operator's bounds.
+    :param rng: source of nonces, sequence numbers and tokens.
+    """
+
+    ROLE = m.HOST
+    HEARTBEAT_TYPES = (m.Init, m.ChallengeResponse, m.Exit)
+
+    def __init__(self, instance=None, min_interval_ms=100,
+                 max_interval_ms=60000, rng=None, max_buffer=64 * 1024):
+        super().__init__(rng=rng, max_buffer=max_buffer)
+        self.instance = instance
+        self.min_interval_ms = min_interval_ms
+        self.max_interval_ms = max_interval_ms
+
+    def connect(self, now):
+        """A new connection (and no heartbeat): the outputs that begin
+        its synchronisation."""
+        self._new_connection()
+        self.heartbeat = None
+        return self.start_sync(now)
+
+    def start_heartbeat(self, now):
+        """A fresh heartbeat on the synchronised channel: it invites the
+        guest to register.  Returns the outputs."""
+        self.heartbeat = hb.HostHeartbeat(
+            self.min_interval_ms, self.max_interval_ms,
+            instance=self.instance, rng=self._rng)
+        return self._heartbeat_outputs([], self.heartbeat.synced(now), now)
+
+    def stop_heartbeat(self):
+        self.heartbeat = None
+
+
+class GuestSession(_Session):
+    """The guest's side of the channel.
+
+    The heartbeat lives as long as the session (a new connection resets
+    it: a reopened port is a new channel).  Stopping on purpose
+    (:meth:`exit`) follows the specification: ``exit`` at once if
+    synchronised, else after the ``sync_ack`` of a fresh ``sync``.
+
+    :param init: the :class:`~guestha_guest.protocol.messages.Init` to
+        register with.
+    :param health: ``health(now) -> (healthy, reason, action)``, from
+        cached results.
+    """
+
+    ROLE = m.GUEST
+    HEARTBEAT_TYPES = (m.InitAck, m.Challenge)
+    HEARTBEAT_ERRORS = True
+
+    def __init__(self, init, health, rng=None, max_buffer=64 * 1024,
+                 sync_retry=SYNC_RETRY, sync_retry_max=SYNC_RETRY_MAX):
+        super().__init__(rng=rng, max_buffer=max_buffer)
+        self.heartbeat = hb.GuestHeartbeat(init, health)
+        self._sync_retry_first = sync_retry
+        self._sync_retry_max = sync_retry_max
+        #: seconds the current sync waits for its answer before another
+        self.sync_retry = sync_retry
+        self.sync_at = None        # when to repeat an unanswered sync
+        self.sync_sent_at = None
+        self._pending = []         # outputs of receive_data, not yet read
+        self.stopping = False
+        self.exit_sent = False
+
+    def connect(self, now, sync=True):
+        """A new channel (the port opened or reopened, a host connected
+        to a test socket): forget the registration, and synchronise
+        (``sync`` false: not yet, there is no peer to write to)."""
+        self._new_connection()
+        self.heartbeat.reset()
+        self.sync_retry = self._sync_retry_first
+        self.sync_at = self.sync_sent_at = None
+        del self._pending[:]
+        return self.start_sync(now) if sync else []
+
+    def disconnect(self):
+        """The channel is gone (no port, the host closed the test
+        socket): nothing is received or sent until :meth:`connect`."""
+        self.conn = None
+        self.heartbeat.reset()
+        self.sync_at = self.sync_sent_at = None
+        del self._pending[:]
+
+    def start_sync(self, now, fresh=True):
+        """Synchronise now; ``fresh``: with the retry delay back at its
+        first value (traffic after a silence: a new peer may be there)."""
+        if fresh:
+            self.sync_retry = self._sync_retry_first
+        self.sync_at = now + self.sync_retry
+        self.sync_sent_at = now
+        return super().start_sync(now)
+
+    def _resync(self, now):
+        # (the heartbeat's init retry or silence watchdog: the back-off
+        # goes on)
+        return self.start_sync(now, fresh=False)
+
+    def receive_data(self, data, now):
+        conn = self.conn
+        if (conn is not None and conn.state == c.SYNCING
+                and self.sync_sent_at is not None
+                and now - self.sync_sent_at >= self._sync_retry_first):
+            # a host is talking but our sync has had no answer for a
+            # while: it was most likely lost; do not wait for the back-off
+            self._pending += self.start_sync(now)
+        conn.receive_data(data)
+
+    def next_events(self, now):
+        if self._pending:
+            pending, self._pending = self._pending, []
+            return pending
+        return super().next_events(now)
+
+    def _synced(self, event, now):
+        self.sync_at = None
+        self.sync_retry = self._sync_retry_first
+        if not self.stopping:
+            return super()._synced(event, now)
+        outputs = [event]
+        if not self.exit_sent and self.heartbeat.says_exit():
+            outputs += self._send_exit(now)  # not init: we are leaving
+        return outputs
+
+    def tick(self, now):
+        if self.conn is None:
+            return []
+        outputs = []
+        if (self.sync_at is not None and now >= self.sync_at
+                and self.conn.state == c.SYNCING):
+            self.sync_retry = min(self.sync_retry * 2, self._sync_retry_max)
+            outputs += self.start_sync(now, fresh=False)
+        if self.stopping:
+            return outputs  # no init retries or resyncs by the heartbeat
+        return self._heartbeat_outputs(outputs, self.heartbeat.tick(now),
+                                       now)
+
+    def next_timer(self):
+        if self.conn is None:
+            return None
+        hb_timer = None if self.stopping else self.heartbeat.next_timer()
+        timers = [t for t in (self.sync_at, hb_timer) if t is not None]
+        return min(timers) if timers else None
+
+    def says_exit(self):
+        """Whether stopping would send ``exit``: the host may hold a
+        registration of ours."""
+        return (self.conn is not None and not self.exit_sent
+                and self.heartbeat.says_exit())
+
+    def exit(self, now):
+        """Stop on purpose: the outputs that get ``exit`` out (now, or
+        after a fresh sync's ``sync_ack``; see :attr:`exit_sent`).  From
+        now on the heartbeat neither ticks nor registers."""
+        self.stopping = True
+        if not self.says_exit():
+            return []
+        if self.conn.state == c.READY:
+            return self._send_exit(now)
+        # the sync in progress may be lost or far in its back-off: start
+        # a fresh one now, and send exit after its sync_ack
+        return self.start_sync(now)
+
+    def _send_exit(self, now):
+        self.exit_sent = True
+        return self._heartbeat_outputs([], self.heartbeat.exit(now), now)
