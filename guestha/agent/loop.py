@@ -45,6 +45,7 @@ import time
 from guestha.agent import events as ev
 from guestha.agent import instance as inst_mod
 from guestha.agent import monitored as monitored_mod
+from guestha.agent import statereport
 from guestha_guest import protocol as p
 
 LOG = logging.getLogger(__name__)
@@ -164,12 +165,14 @@ class AgentLoop(inst_mod.Env):
         faults this start begins with (an older agent's
         ``<state_dir>/faults.json`` is moved into it); None (tests) to
         start with none.
+    :param state_reports: report each instance's monitoring state to the
+        controllers (:mod:`guestha.agent.statereport`), for the REST API.
     """
 
     def __init__(self, host, policy, reporter, state_dir, watcher=None,
                  hotplug_policy=None, status_socket=None,
                  clock=time.monotonic, wallclock=time.time,
-                 alive_interval=30.0, outbox=None):
+                 alive_interval=30.0, outbox=None, state_reports=False):
         self.host = host
         self.policy = policy
         self.reporter = reporter
@@ -208,6 +211,9 @@ class AgentLoop(inst_mod.Env):
         self._retired = collections.Counter()
         self._rtt_hist = None
         self._rtt_folded = 0
+        # each instance's state to the controllers, for the REST API
+        self.state_reports = (statereport.StateReporter(
+            host, reporter.submit, wallclock) if state_reports else None)
 
     # -- thread-safe entry points ---------------------------------------------
 
@@ -286,6 +292,8 @@ class AgentLoop(inst_mod.Env):
             self._fold_rtts()  # before the ring (20,000) overwrites them
         if self._monitored.dirty:
             self._monitored.save(self.instances)
+        if self.state_reports is not None:
+            self.state_reports.tick(now, self.instances)
         if self._next_alive is not None and now >= self._next_alive:
             self._next_alive = now + self.alive_interval
             # what this host monitors, so controllers learn where each

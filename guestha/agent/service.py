@@ -79,7 +79,7 @@ class AgentService(object):
                          hotplug_policy=hotplug,
                          status_socket=agent.status_socket or None,
                          alive_interval=rep.alive_interval,
-                         outbox=outbox)
+                         outbox=outbox, state_reports=True)
         watcher = LibvirtWatcher.from_conf(conf, loop.post)
         loop.watcher = watcher
         return cls(conf, loop, reporter, watcher, transport)
