@@ -11,7 +11,7 @@ from osc_lib import exceptions
 import pytest
 
 from guestha.osc import client as osc_client
-from tests.unit.osc import conftest as data
+from tests.unit.osc import conftest
 
 
 def _recorder(status=200, body=None, content_type="application/json",
@@ -37,7 +37,7 @@ def _free_port():
 
 def test_connection_refused_names_the_url():
     url = "http://127.0.0.1:%d/" % _free_port()
-    client = data.make_client(url)
+    client = conftest.make_client(url)
     with pytest.raises(exceptions.CommandError) as exc:
         client.list("instances")
     message = str(exc.value)
@@ -50,7 +50,7 @@ def test_connection_refused_names_the_url():
 def test_root_with_or_without_version(serve, root):
     seen = []
     url = serve(_recorder(body={"instances": [], "next": None}, seen=seen))
-    client = data.make_client(url.rstrip("/") + root)
+    client = conftest.make_client(url.rstrip("/") + root)
     assert client.list("instances", filters={"host": "h1", "state": None},
                        limit=5) == []
     assert seen[-1]["PATH_INFO"] == "/v1/instances"
@@ -60,11 +60,11 @@ def test_root_with_or_without_version(serve, root):
 def test_noauth_headers(serve):
     seen = []
     url = serve(_recorder(body={"instances": [], "next": None}, seen=seen))
-    data.make_client(url, roles="member,reader", project="p1").list(
+    conftest.make_client(url, roles="member,reader", project="p1").list(
         "instances")
     assert seen[-1]["HTTP_X_ROLES"] == "member,reader"
     assert seen[-1]["HTTP_X_PROJECT_ID"] == "p1"
-    data.make_client(url, roles=None).list("instances")
+    conftest.make_client(url, roles=None).list("instances")
     assert "HTTP_X_ROLES" not in seen[-1]
     assert "HTTP_X_PROJECT_ID" not in seen[-1]
 
@@ -74,7 +74,7 @@ def test_error_body_message(serve):
         "code": 500, "title": "Internal Server Error",
         "message": "the ledger is locked"}}))
     with pytest.raises(exceptions.CommandError) as exc:
-        data.make_client(url).list("faults")
+        conftest.make_client(url).list("faults")
     assert "500" in str(exc.value)
     assert "the ledger is locked" in str(exc.value)
     assert "%sv1/faults" % url in str(exc.value)
@@ -84,14 +84,14 @@ def test_not_json(serve):
     url = serve(_recorder(body=b"<html>hello</html>",
                           content_type="text/html"))
     with pytest.raises(exceptions.CommandError) as exc:
-        data.make_client(url).list("instances")
+        conftest.make_client(url).list("instances")
     assert "not JSON (text/html)" in str(exc.value)
 
 
 def test_answer_without_the_list(serve):
     url = serve(_recorder(body={"servers": []}))
     with pytest.raises(exceptions.CommandError) as exc:
-        data.make_client(url).list("instances")
+        conftest.make_client(url).list("instances")
     assert "no 'instances' list" in str(exc.value)
 
 
@@ -100,7 +100,7 @@ def test_pagination_stops_on_a_repeated_marker(serve):
     seen = []
     url = serve(_recorder(body={"actions": [{"id": "a"}], "next": "a"},
                           seen=seen))
-    items = data.make_client(url).list("actions")
+    items = conftest.make_client(url).list("actions")
     assert items == [{"id": "a"}, {"id": "a"}]
     assert len(seen) == 2
 

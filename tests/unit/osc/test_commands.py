@@ -10,7 +10,7 @@ import pytest
 from guestha.osc.v1 import action
 from guestha.osc.v1 import fault
 from guestha.osc.v1 import instance
-from tests.unit.osc import conftest as data
+from tests.unit.osc import world as data
 
 ALL = sorted(row[0] for row in data.INSTANCES)
 
@@ -30,23 +30,23 @@ def test_instance_list_all_pages(admin):
         assert by_id[uuid]["Project ID"] == project
         assert by_id[uuid]["Host"] == host
         assert by_id[uuid]["State"] == state
-    assert by_id[data._uuid(2)]["Open Faults"] == 1
-    assert by_id[data._uuid(1)]["Open Faults"] == 0
+    assert by_id[data.uid(2)]["Open Faults"] == 1
+    assert by_id[data.uid(1)]["Open Faults"] == 0
 
 
 def test_instance_list_long(admin):
     rows = admin.json(instance.ListInstance, ["--long"])
     by_id = {row["ID"]: row for row in rows}
-    assert by_id[data._uuid(5)]["Interval (ms)"] == 500
-    assert by_id[data._uuid(4)]["Reason"] == "no virtio-serial controller"
+    assert by_id[data.uid(5)]["Interval (ms)"] == 500
+    assert by_id[data.uid(4)]["Reason"] == "no virtio-serial controller"
 
 
 @pytest.mark.parametrize("argv,expected", [
-    (["--host", "host-a"], [data._uuid(1), data._uuid(2)]),
-    (["--state", "faulted"], [data._uuid(2)]),
-    (["--state", "unregistered"], [data._uuid(3)]),
-    (["--project", data.P2], [data._uuid(4), data._uuid(5)]),
-    (["--host", "host-b", "--project", data.P1], [data._uuid(3)]),
+    (["--host", "host-a"], [data.uid(1), data.uid(2)]),
+    (["--state", "faulted"], [data.uid(2)]),
+    (["--state", "unregistered"], [data.uid(3)]),
+    (["--project", data.P2], [data.uid(4), data.uid(5)]),
+    (["--host", "host-b", "--project", data.P1], [data.uid(3)]),
     (["--host", "nowhere"], []),
 ])
 def test_instance_list_filters(admin, argv, expected):
@@ -75,7 +75,7 @@ def test_instance_list_table_and_value(admin):
     table = admin.text(instance.ListInstance, ["--state", "refused"])
     lines = table.splitlines()
     assert lines[0].startswith("+") and "| ID " in lines[1]
-    assert data._uuid(4) in lines[3] and "refused" in lines[3]
+    assert data.uid(4) in lines[3] and "refused" in lines[3]
     value = admin.text(instance.ListInstance,
                        ["-f", "value", "-c", "ID", "-c", "State"])
     assert sorted(value.split("\n")[:-1]) == sorted(
@@ -89,29 +89,29 @@ def test_instance_list_member_sees_own_project(member_p1):
 
 
 def test_instance_show(admin):
-    shown = admin.json(instance.ShowInstance, [data._uuid(2)])
-    assert shown["id"] == data._uuid(2)
+    shown = admin.json(instance.ShowInstance, [data.uid(2)])
+    assert shown["id"] == data.uid(2)
     assert shown["project_id"] == data.P1
     assert shown["state"] == "faulted"
     assert shown["host"] == "host-a"
     assert shown["open_faults"] == 1
     # every field of the API's object, in a stable order
     assert list(shown) == sorted(shown)
-    text = admin.text(instance.ShowInstance, [data._uuid(2)])
+    text = admin.text(instance.ShowInstance, [data.uid(2)])
     assert "| state " in text and "faulted" in text
 
 
 def test_instance_show_unknown(admin):
     with pytest.raises(exceptions.CommandError) as exc:
-        admin.text(instance.ShowInstance, [data._uuid(999)])
-    assert str(exc.value) == "No instance with ID %s" % data._uuid(999)
+        admin.text(instance.ShowInstance, [data.uid(999)])
+    assert str(exc.value) == "No instance with ID %s" % data.uid(999)
 
 
 def test_instance_show_other_project_is_unknown(member_p1):
     # another project's instance: as if it did not exist
     with pytest.raises(exceptions.CommandError) as exc:
-        member_p1.text(instance.ShowInstance, [data._uuid(4)])
-    assert str(exc.value) == "No instance with ID %s" % data._uuid(4)
+        member_p1.text(instance.ShowInstance, [data.uid(4)])
+    assert str(exc.value) == "No instance with ID %s" % data.uid(4)
 
 
 def test_fault_list(admin):
@@ -120,19 +120,19 @@ def test_fault_list(admin):
     assert list(rows[0]) == ["ID", "Instance ID", "Host", "Kind", "Open",
                              "Detected At", "Recovered At"]
     by_id = {row["ID"]: row for row in rows}
-    assert by_id[data._uuid(101)]["Open"] is False
-    assert by_id[data._uuid(101)]["Recovered At"]
-    assert by_id[data._uuid(102)]["Open"] is True
-    assert by_id[data._uuid(102)]["Recovered At"] is None
-    assert by_id[data._uuid(102)]["Host"] == "host-a"
+    assert by_id[data.uid(101)]["Open"] is False
+    assert by_id[data.uid(101)]["Recovered At"]
+    assert by_id[data.uid(102)]["Open"] is True
+    assert by_id[data.uid(102)]["Recovered At"] is None
+    assert by_id[data.uid(102)]["Host"] == "host-a"
 
 
 @pytest.mark.parametrize("argv,expected", [
-    (["--open"], [data._uuid(102), data._uuid(103)]),
-    (["--closed"], [data._uuid(101)]),
-    (["--kind", "missed"], [data._uuid(102), data._uuid(103)]),
-    (["--instance", data._uuid(1)], [data._uuid(101)]),
-    (["--instance", data._uuid(5), "--open"], [data._uuid(103)]),
+    (["--open"], [data.uid(102), data.uid(103)]),
+    (["--closed"], [data.uid(101)]),
+    (["--kind", "missed"], [data.uid(102), data.uid(103)]),
+    (["--instance", data.uid(1)], [data.uid(101)]),
+    (["--instance", data.uid(5), "--open"], [data.uid(103)]),
     (["--limit", "1", "--kind", "missed"], None),
 ])
 def test_fault_list_filters(admin, argv, expected):
@@ -152,21 +152,21 @@ def test_fault_list_open_closed_exclusive(admin, capsys):
 def test_fault_list_long_and_member(admin, member_p1):
     rows = admin.json(fault.ListFault, ["--long"])
     by_id = {row["ID"]: row for row in rows}
-    assert by_id[data._uuid(103)]["Project ID"] == data.P2
-    assert by_id[data._uuid(102)]["Action"] == "reboot"
+    assert by_id[data.uid(103)]["Project ID"] == data.P2
+    assert by_id[data.uid(102)]["Action"] == "reboot"
     assert ids(member_p1.json(fault.ListFault, [])) == [
-        data._uuid(101), data._uuid(102)]
+        data.uid(101), data.uid(102)]
 
 
 def test_fault_show(admin, member_p1):
-    shown = admin.json(fault.ShowFault, [data._uuid(102)])
-    assert shown["id"] == data._uuid(102)
-    assert shown["instance_id"] == data._uuid(2)
+    shown = admin.json(fault.ShowFault, [data.uid(102)])
+    assert shown["id"] == data.uid(102)
+    assert shown["instance_id"] == data.uid(2)
     assert shown["kind"] == "missed"
     assert shown["open"] is True
     with pytest.raises(exceptions.CommandError) as exc:
-        member_p1.text(fault.ShowFault, [data._uuid(103)])
-    assert str(exc.value) == "No fault with ID %s" % data._uuid(103)
+        member_p1.text(fault.ShowFault, [data.uid(103)])
+    assert str(exc.value) == "No fault with ID %s" % data.uid(103)
 
 
 def test_action_list(admin, member_p1):
@@ -174,17 +174,17 @@ def test_action_list(admin, member_p1):
     assert list(rows[0]) == ["ID", "Instance ID", "Fault ID", "Action",
                              "Outcome", "Server", "At"]
     by_fault = {row["Fault ID"]: row for row in rows}
-    assert sorted(by_fault) == [data._uuid(101), data._uuid(102)]
-    assert by_fault[data._uuid(101)]["Outcome"] == "applied"
-    assert by_fault[data._uuid(102)]["Outcome"] == "refused: cap"
-    assert by_fault[data._uuid(102)]["Instance ID"] == data._uuid(2)
-    only = admin.json(action.ListAction, ["--instance", data._uuid(1)])
-    assert [row["Fault ID"] for row in only] == [data._uuid(101)]
+    assert sorted(by_fault) == [data.uid(101), data.uid(102)]
+    assert by_fault[data.uid(101)]["Outcome"] == "applied"
+    assert by_fault[data.uid(102)]["Outcome"] == "refused: cap"
+    assert by_fault[data.uid(102)]["Instance ID"] == data.uid(2)
+    only = admin.json(action.ListAction, ["--instance", data.uid(1)])
+    assert [row["Fault ID"] for row in only] == [data.uid(101)]
     assert len(member_p1.json(action.ListAction, [])) == 2
     assert len(admin.json(action.ListAction, ["--limit", "1"])) == 1
 
 
 def test_yaml_output(admin):
-    text = admin.text(instance.ShowInstance, [data._uuid(1), "-f", "yaml"])
+    text = admin.text(instance.ShowInstance, [data.uid(1), "-f", "yaml"])
     assert "state: monitored" in text
-    assert json.dumps(data._uuid(1))[1:-1] in text
+    assert json.dumps(data.uid(1))[1:-1] in text

@@ -11,7 +11,7 @@ from osc_lib import clientmanager
 import pytest
 
 from guestha.osc import plugin
-from tests.unit.osc import conftest as data
+from tests.unit.osc import world as data
 
 
 @pytest.fixture
@@ -59,11 +59,11 @@ def test_url_and_noauth_identity_from_env(openstack, api_url, monkeypatch):
     code, out, err = openstack("guestha", "instance", "list", "-f", "value",
                                "-c", "ID")
     assert code == 0, err
-    assert sorted(out.split()) == [data._uuid(4), data._uuid(5)]
+    assert sorted(out.split()) == [data.uid(4), data.uid(5)]
     code, out, err = openstack("guestha", "instance", "show",
-                               data._uuid(1))
+                               data.uid(1))
     assert code == 1
-    assert "No instance with ID %s" % data._uuid(1) in err
+    assert "No instance with ID %s" % data.uid(1) in err
 
 
 def test_unsupported_api_version(openstack, api_url):
