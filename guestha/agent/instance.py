@@ -52,6 +52,7 @@ from guestha.agent.ratelimit import TokenBucket
 from guestha.agent.ratelimit import WindowCounter
 from guestha_guest import protocol as p
 from guestha_guest.protocol import heartbeat as hb
+from guestha_guest.protocol import session as sessions
 
 LOG = logging.getLogger(__name__)
 
@@ -277,8 +278,8 @@ class Instance(object):
         self.info = None
         self.note = None          # why not monitored, for the status
         self.sock = None
-        self.conn = None
-        self.hb = None
+        # the protocol on the channel (a HostSession while connected)
+        self.session = None
         self.wake_at = None
         self._connect_at = None
         self._connect_backoff = 0.5
@@ -339,6 +340,16 @@ class Instance(object):
                                        2 * policy.broadcasts_per_second, now)
         self._errors_sent = TokenBucket(1.0, 5.0, now)
         self._misbehaviour = WindowCounter(60.0)
+
+    @property
+    def conn(self):
+        """The channel's protocol connection, or None."""
+        return None if self.session is None else self.session.conn
+
+    @property
+    def hb(self):
+        """The channel's heartbeat, or None."""
+        return None if self.session is None else self.session.heartbeat
 
     # -- the table ---------------------------------------------------------
 
@@ -444,9 +455,10 @@ class Instance(object):
         return self.state
 
     def _start_sync(self, now, arg):
-        self.conn = p.Connection(p.HOST, rng=_RNG)
+        self.session = sessions.HostSession(
+            self.uuid, self.policy.min_interval_ms,
+            self.policy.max_interval_ms, rng=_RNG)
         self._discarded_seen = 0
-        self.hb = None
         self._sync_backoff = self.policy.sync_retry_min
         if (self._restart_interval_ms is not None
                 and self._resync_deadline is None):
@@ -456,18 +468,12 @@ class Instance(object):
             self._resync_deadline = (
                 now + 2 * self._restart_interval_ms / 1000.0
                 + self.policy.channel_lost_grace)
-        self._send_sync(now)
-
-    def _send_sync(self, now):
-        self._write_sync()
+        self._apply(self.session.connect(now), now)
         self._sync_at = now + self._sync_backoff
 
-    def _write_sync(self):
-        # a resync makes whatever is still queued stale; only the rest of
-        # a line the guest has begun to receive is kept (the sync starts
-        # with a newline, so that line is not glued to it)
-        self._trim_output()
-        self._write(self.conn.start_sync())
+    def _send_sync(self, now):
+        self._apply(self.session.start_sync(now), now)
+        self._sync_at = now + self._sync_backoff
 
     def _check_resync_deadline(self, now):
         if self._resync_deadline is None or now < self._resync_deadline:
@@ -491,10 +497,7 @@ class Instance(object):
     def _invite(self, now, arg):
         self._sync_at = None
         self.note = None
-        self.hb = hb.HostHeartbeat(self.policy.min_interval_ms,
-                                   self.policy.max_interval_ms,
-                                   instance=self.uuid, rng=_RNG)
-        self._apply(self.hb.synced(now), now)
+        self._apply(self.session.start_heartbeat(now), now)
 
     def _registered(self, now, reg):
         self.interval_ms = reg.interval_ms
@@ -540,8 +543,8 @@ class Instance(object):
             self._guest_recovered(now, "guest exited")
 
     def _heartbeat_timer(self, now, arg):
-        if self.hb is not None:
-            self._apply(self.hb.tick(now), now)
+        if self.session is not None:
+            self._apply(self.session.tick(now), now)
         if self._resync_deadline is not None:
             self._check_resync_deadline(now)
         if self._confirm is not None or self._lost_at is not None:
@@ -581,7 +584,8 @@ class Instance(object):
         self._confirm = None
         self._lost_at = None
         self._resync_deadline = None
-        self.hb = None
+        if self.session is not None:
+            self.session.stop_heartbeat()
         self._sync_at = None
         self.misses = self.unhealthy = 0
         self.note = "domain %s" % (info.state if info else "suspended")
@@ -601,7 +605,6 @@ class Instance(object):
 
     def _stop(self, now, arg):
         self._close()
-        self.hb = None
         self._confirm = None
         self._lost_at = None
         self._resync_deadline = None
@@ -681,12 +684,13 @@ class Instance(object):
         if nl >= 0:
             del self._out[nl + 1:]
 
-    def _send(self, msg, droppable=False):
+    def _send(self, msg):
         try:
-            return self._write(self.conn.send(msg), droppable)
+            out = self.session.send(msg)
         except p.LocalProtocolError as exc:
             LOG.debug("instance %s: not sent: %s", self.uuid, exc)
             return False
+        return self._write(out.data)
 
     def readable(self, now):
         """The loop says our socket is readable."""
@@ -714,52 +718,42 @@ class Instance(object):
             self._misbehaved(now, "sends more than %d lines/s"
                              % self.policy.max_messages_per_second)
             return
-        conn = self.conn
+        session = self.session
         try:
-            conn.receive_data(data)
+            session.receive_data(data, now)
         except p.LocalProtocolError:
             self._reset(now, "receive buffer overflow")
             return
-        self._drain(now)
-        discarded = conn.discarded - self._discarded_seen
-        if discarded > 0 and self.conn is conn:
-            self._discarded_seen = conn.discarded
+        # line by line, as a reset for misbehaviour ends the channel
+        while self.session is session:
+            outputs = session.next_events(now)
+            if outputs is p.NEED_DATA:
+                break
+            self._apply(outputs, now)
+        discarded = session.discarded - self._discarded_seen
+        if discarded > 0 and self.session is session:
+            self._discarded_seen = session.discarded
             self.counters["discarded_lines"] += discarded
             if not self._discards.take(now, discarded):
                 self._misbehaved(now, "sends lines that are not the "
                                  "protocol while synchronising")
 
-    def _drain(self, now):
-        while self.conn is not None:
+    def _bad_line(self, bad, now):
+        self.counters["protocol_errors"] += 1
+        # an error line is never answered, valid or not (issue 8)
+        if bad.error.answerable and self._errors_sent.take(now):
             try:
-                event = self.conn.next_event()
-            except p.RemoteProtocolError as exc:
-                self.counters["protocol_errors"] += 1
-                # an error line is never answered, valid or not (issue 8)
-                if exc.answerable and self._errors_sent.take(now):
-                    self._send(exc.to_message())
-                if self._misbehaved(now, "protocol error: %s" % exc):
-                    return
-                continue
-            if event is p.NEED_DATA:
-                return
-            self._event(event, now)
+                self._write(self.session.refuse(bad).data)
+            except p.LocalProtocolError as exc:
+                LOG.debug("instance %s: not sent: %s", self.uuid, exc)
+        self._misbehaved(now, "protocol error: %s" % bad.error)
 
     def _event(self, event, now):
-        if type(event) is p.ChallengeResponse:
-            # the message of every round, first (as the branch below)
-            if self.hb is not None:
-                self._apply(self.hb.receive(event, now), now)
-        elif isinstance(event, p.Sync):
-            self._write(self.conn.answer_sync(event))
-        elif isinstance(event, p.Synced):
+        # what the session leaves to us: the guest's heartbeat messages
+        # and syncs are answered, the heartbeat's reports go to _apply
+        if isinstance(event, p.Synced):
             if self.state == SYNCING:
                 self.fire("synced", now)
-            elif self.hb is not None:
-                self._apply(self.hb.synced(now), now)
-        elif isinstance(event, (p.Init, p.ChallengeResponse, p.Exit)):
-            if self.hb is not None:
-                self._apply(self.hb.receive(event, now), now)
         elif isinstance(event, p.Broadcast):
             self._relay_broadcast(event, now)
         elif isinstance(event, p.StatusQuery):
@@ -770,8 +764,6 @@ class Instance(object):
                          self.uuid, guestlog.sanitise(event.code),
                          guestlog.sanitise(event.message),
                          self._log.take_suppressed())
-        elif isinstance(event, p.ConnectionClosed):
-            pass
 
     def _relay_broadcast(self, msg, now):
         if not self._broadcasts.take(now):
@@ -797,33 +789,43 @@ class Instance(object):
         self.env.relay("query_status", instance=self.uuid, seq=msg.seq)
 
     def _apply(self, outputs, now):
+        """Carry out the session's outputs."""
         for out in outputs:
-            # the two outputs of every round first (exact types: the
-            # branches below would take them the same way)
+            # the three outputs of every round first
             kind = type(out)
-            if kind is p.Challenge:
-                self.counters["challenges"] += 1
-                self._send(out, droppable=True)
+            if kind is sessions.Send:
+                if out.sync:
+                    # a resync makes whatever is still queued stale; only
+                    # the rest of a line the guest has begun to receive
+                    # is kept (the sync starts with a newline, so that
+                    # line is not glued to it)
+                    self._trim_output()
+                    self._write(out.data)
+                elif type(out.message) is p.Challenge:
+                    # sent again next interval: dropped, not queued, when
+                    # the guest does not read
+                    self.counters["challenges"] += 1
+                    self._write(out.data, droppable=True)
+                else:
+                    self._write(out.data)
             elif kind is hb.Answered:
                 self._answered(out, now)
-            elif isinstance(out, p.Message):
-                if isinstance(out, p.Challenge):
-                    self.counters["challenges"] += 1
-                self._send(out)
-            elif isinstance(out, hb.Resync):
-                self._write_sync()
-            elif isinstance(out, hb.Registered):
+            elif kind is p.ChallengeResponse:
+                pass  # (its report, Answered or Stale, follows)
+            elif kind is hb.Registered:
                 self.fire("registered", now, out)
-            elif isinstance(out, hb.Answered):
-                self._answered(out, now)
-            elif isinstance(out, hb.Missed):
+            elif kind is hb.Missed:
                 self._missed(out, now)
-            elif isinstance(out, hb.Exited):
+            elif kind is hb.Exited:
                 self.fire("exited", now, out)
-            elif isinstance(out, hb.Stale):
+            elif kind is hb.Stale:
                 self.counters["stale"] += 1
-            elif isinstance(out, hb.Rejected):
+            elif kind is hb.Rejected:
                 self.counters["protocol_errors"] += 1
+            elif kind is sessions.BadLine:
+                self._bad_line(out, now)
+            else:
+                self._event(out, now)
 
     # -- faults ---------------------------------------------------------------
 
@@ -1027,8 +1029,7 @@ class Instance(object):
             self.sock = None
         self._out.clear()
         self._out_watched = False
-        self.conn = None
-        self.hb = None
+        self.session = None
         self._sync_at = None
 
     # -- timers ---------------------------------------------------------------
@@ -1047,8 +1048,8 @@ class Instance(object):
             when = self._sync_at
         elif state == CONNECTING:
             when = self._connect_at
-        if self.hb is not None:
-            t = self.hb.next_timer()
+        if self.session is not None:
+            t = self.session.next_timer()
             if t is not None and (when is None or t < when):
                 when = t
         if self._confirm is not None:
@@ -1074,7 +1075,7 @@ class Instance(object):
 
     def deliver(self, msg):
         """Send a server-group message to the guest; False if not ready."""
-        if self.conn is None or self.conn.state != p.READY:
+        if self.session is None or self.session.state != p.READY:
             return False
         return self._send(msg)
 

@@ -2,10 +2,10 @@
 """Drive one agent Instance against an in-process guest, on a fake clock.
 
 The channel is a socketpair: the instance holds one end (as if connected to
-QEMU's socket), the test's guest (a real GuestHeartbeat + Connection, the
-same code the guest daemon runs) the other.  Nothing sleeps: ``advance``
-moves the clock and fires the instance's timers, ``pump`` moves bytes both
-ways until both sides are quiet.
+QEMU's socket), the test's guest (a real GuestSession, the same code the
+guest daemon runs) the other.  Nothing sleeps: ``advance`` moves the clock
+and fires the instance's timers, ``pump`` moves bytes both ways until both
+sides are quiet.
 """
 
 import select
@@ -14,7 +14,8 @@ import socket
 from guestha.agent import events as ev
 from guestha.agent import instance as im
 from guestha_guest import protocol as p
-from guestha_guest.protocol import heartbeat as hb
+from guestha_guest.protocol.session import GuestSession
+from guestha_guest.protocol.session import Send
 
 UUID = "5b0e7d9e-3c1a-4b6f-8e2d-1f0a9c8b7d6e"
 PATH = "/nonexistent/%s.sock" % UUID
@@ -92,19 +93,26 @@ class FakeEnv(im.Env):
 class Guest(object):
     """The guest side: answers as told (healthy, unhealthy, or frozen)."""
 
-    def __init__(self, sock, interval_ms=100):
+    def __init__(self, sock, interval_ms=100, now=0.0):
         self.sock = sock
-        self.conn = p.Connection(p.GUEST)
         self.healthy = True
         self.reason = None
         self.frozen = False
-        self.received = []
-        self.hb = hb.GuestHeartbeat(
+        self.received = []  # every message and report of the session
+        self.session = GuestSession(
             p.Init(name="g", interval_ms=interval_ms,
                    corrective_action="reboot"),
             lambda now: (self.healthy, self.reason,
                          None if self.healthy else "reboot"))
-        self.write(self.conn.start_sync())
+        self.apply(self.session.connect(now), now)
+
+    @property
+    def conn(self):
+        return self.session.conn
+
+    @property
+    def hb(self):
+        return self.session.heartbeat
 
     def write(self, data):
         try:
@@ -113,14 +121,14 @@ class Guest(object):
             pass  # the host closed its end (a reset): as a port, lost
 
     def send(self, msg):
-        self.write(self.conn.send(msg))
+        self.write(self.session.send(msg).data)
 
     def apply(self, outputs, now):
         for out in outputs:
-            if isinstance(out, p.Message):
-                self.send(out)
-            elif isinstance(out, hb.Resync):
-                self.write(self.conn.start_sync())
+            if isinstance(out, Send):
+                self.write(out.data)
+            else:
+                self.received.append(out)
 
     def pump(self, now):
         moved = False
@@ -134,20 +142,8 @@ class Guest(object):
             if not data:
                 break
             moved = True
-            self.conn.receive_data(data)
-            while True:
-                e = self.conn.next_event()
-                if e is p.NEED_DATA:
-                    break
-                self.received.append(e)
-                if isinstance(e, p.Sync):
-                    self.write(self.conn.answer_sync(e))
-                elif isinstance(e, p.Synced):
-                    self.apply(self.hb.synced(now), now)
-                elif isinstance(e, (p.InitAck, p.Challenge, p.Error)) and (
-                        not isinstance(e, p.Error) or e.app == "heartbeat"):
-                    self.apply(self.hb.receive(e, now), now)
-        self.apply(self.hb.tick(now), now)
+            self.apply(self.session.receive(data, now), now)
+        self.apply(self.session.tick(now), now)
         return moved
 
 
@@ -181,7 +177,8 @@ class Harness(object):
         # waiting on the port all along
         if len(self.env.guest_socks) > self._attached:
             self._attached = len(self.env.guest_socks)
-            self.guest = Guest(self.env.guest_socks[-1], self.interval_ms)
+            self.guest = Guest(self.env.guest_socks[-1], self.interval_ms,
+                               self.now)
             self.guest.frozen = self.guest_frozen
 
     def pump(self):

@@ -235,13 +235,13 @@ def test_reschedule_picks_the_earliest_timer(state):
                         inst._confirm = None if confirm is None else (
                             "t", "missed", "r", None, confirm)
                         inst._lost_at = lost_at
-                        saved_hb = inst.hb
+                        saved = inst.session
                         if not with_hb:
-                            inst.hb = None
+                            inst.session = None
                         inst.wake_at = -1.0
                         inst._reschedule(env.now)
                         assert inst.wake_at == reference_when(inst)
-                        inst.hb = saved_hb
+                        inst.session = saved
 
 
 def test_heartbeat_timer_checks_confirmations_and_lost_channels():

@@ -67,7 +67,7 @@ def test_registrations_are_logged_rate_limited(caplog):
     h = monitored()
     caplog.set_level(logging.INFO, logger="guestha.agent.instance")
     for _ in range(60):
-        h.guest = Guest(h.guest.sock)  # the daemon starts over
+        h.guest = Guest(h.guest.sock, now=h.now)  # the daemon starts over
         h.advance(0.5, step=0.05)
     logged = [r for r in caplog.records if "registered" in r.getMessage()]
     # a burst of the budget, then the budget per minute (30 s here)
@@ -81,7 +81,7 @@ def test_faults_a_guest_can_cause_per_window_are_bounded():
     h = monitored(policy=policy)
     seen = [0]
     for _ in range(300):  # 150 s: an init after every answered challenge
-        h.guest = Guest(h.guest.sock)
+        h.guest = Guest(h.guest.sock, now=h.now)
         h.advance(0.5, step=0.05)
         confirm_all(h, seen)
     starts = [f["detected_at_ts"] for f in h.faults()]
@@ -293,7 +293,7 @@ def test_registration_is_kept_for_the_next_start_and_exit_forgets_it():
     h = monitored()
     assert h.inst.monitored == {"interval_ms": 100, "action": "reboot"}
     assert h.env.monitoring_saves == 1
-    h.guest.apply(h.guest.hb.exit(h.now), h.now)
+    h.guest.apply(h.guest.session.exit(h.now), h.now)
     h.advance(0.2)
     assert h.inst.state == im.EXITED and h.inst.monitored is None
     assert h.env.monitoring_saves == 2

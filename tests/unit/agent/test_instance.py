@@ -108,7 +108,7 @@ def test_thresholds_need_consecutive_failures():
 
 def test_exit_is_not_a_fault():
     h = monitored()
-    h.guest.apply(h.guest.hb.exit(h.now), h.now)
+    h.guest.apply(h.guest.session.exit(h.now), h.now)
     h.pump()
     assert h.inst.state == im.EXITED
     h.guest.frozen = True
