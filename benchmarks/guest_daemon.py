@@ -85,6 +85,7 @@ from guestha_guest.client import GuestHAClient  # noqa: E402
 from guestha_guest.client import GuestHAError  # noqa: E402
 from guestha_guest import protocol as p  # noqa: E402
 from guestha_guest.protocol import heartbeat as hb  # noqa: E402
+from guestha_guest.protocol.session import Send  # noqa: E402
 from tests.unit.guest.simhost import SimHost  # noqa: E402
 from tools import proc as procs  # noqa: E402
 
@@ -203,10 +204,11 @@ class CountingHost(SimHost):
         self.challenges = []  # monotonic time of each challenge sent
         super().__init__(*args, **kwargs)
 
-    def send(self, msg):
-        if isinstance(msg, p.Challenge):
-            self.challenges.append(time.monotonic())
-        return super().send(msg)
+    def _apply(self, outputs, now):
+        for out in outputs:
+            if isinstance(out, Send) and isinstance(out.message, p.Challenge):
+                self.challenges.append(time.monotonic())
+        super()._apply(outputs, now)
 
     def is_closed(self):
         return getattr(self, "closed", False)

@@ -65,7 +65,8 @@ class Send(object):
     ``sync``: they begin a synchronisation (an empty line and a ``sync``):
     a writer that buffers keeps only the latest such line not yet begun,
     and may drop the lines queued before it, which are stale now.
-    ``message``: the message they encode (the ``Sync`` for a sync).
+    ``message``: the message they encode, or for the answer to a peer's
+    ``sync``, that ``Sync``; None for a sync of ours.
     """
 
     __slots__ = ("data", "message", "sync")
@@ -269,19 +270,23 @@ class HostSession(_Session):
         self.min_interval_ms = min_interval_ms
         self.max_interval_ms = max_interval_ms
 
-    def connect(self, now):
-        """A new connection (and no heartbeat): the outputs that begin
-        its synchronisation."""
+    def connect(self, now, heartbeat=False):
+        """A new connection: the outputs that begin its synchronisation.
+        ``heartbeat``: with a fresh heartbeat, which the first ``Synced``
+        starts (else none until :meth:`start_heartbeat`)."""
         self._new_connection()
-        self.heartbeat = None
+        self.heartbeat = self._new_heartbeat() if heartbeat else None
         return self.start_sync(now)
+
+    def _new_heartbeat(self):
+        return hb.HostHeartbeat(
+            self.min_interval_ms, self.max_interval_ms,
+            instance=self.instance, rng=self._rng)
 
     def start_heartbeat(self, now):
         """A fresh heartbeat on the synchronised channel: it invites the
         guest to register.  Returns the outputs."""
-        self.heartbeat = hb.HostHeartbeat(
-            self.min_interval_ms, self.max_interval_ms,
-            instance=self.instance, rng=self._rng)
+        self.heartbeat = self._new_heartbeat()
         return self._heartbeat_outputs([], self.heartbeat.synced(now), now)
 
     def stop_heartbeat(self):

@@ -2,8 +2,8 @@
 """A simulated compute host, and a bench that runs it against a guest
 daemon on a fake clock.
 
-:class:`SimHost` speaks the real protocol (the same Connection and
-HostHeartbeat the agent uses) over a file descriptor: a pty master standing
+:class:`SimHost` speaks the real protocol (the HostSession the agent
+uses) over a file descriptor: a pty master standing
 in for the virtio-serial port, or a UNIX socket connected to a daemon in
 ``unix-listen:`` mode.
 
@@ -25,6 +25,9 @@ import time
 
 from guestha_guest import protocol as p
 from guestha_guest.protocol import heartbeat as hb
+from guestha_guest.protocol.session import BadLine
+from guestha_guest.protocol.session import HostSession
+from guestha_guest.protocol.session import Send
 
 #: Real seconds the bench waits for written bytes to arrive before it
 #: declares the test stuck: a safety net, not a timing assertion.
@@ -45,21 +48,39 @@ class SimHost(object):
         self.fd = fd if fd is not None else sock.fileno()
         self.sock = sock
         self.clock = clock
-        self.conn = p.Connection(p.HOST, rng=random.Random(seed))
-        self.hb = hb.HostHeartbeat(min_ms, max_ms, instance=instance,
+        self.session = HostSession(instance, min_ms, max_ms,
                                    rng=random.Random(seed))
+        self._connect = self.session.connect(clock(), heartbeat=True)
+        self._hb = self.session.heartbeat  # while auto_heartbeat is off
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.fd, selectors.EVENT_READ)
         self.reports = []   # (time, output) of every heartbeat report
         self.messages = []  # every message received
         self.errors = []    # RemoteProtocolErrors raised by the connection
-        self.auto_heartbeat = True
         self.answer_syncs = True
         self.closed = False
         self.written = 0    # bytes written, for the bench
         self.read = 0       # bytes read, for the bench
         if sync:
-            self.resync()
+            self._apply(self._connect, clock())
+
+    @property
+    def conn(self):
+        return self.session.conn
+
+    @property
+    def hb(self):
+        return self._hb
+
+    @property
+    def auto_heartbeat(self):
+        """False: the heartbeat is left alone (no challenges, nothing
+        received reaches it), for a test that speaks for the host."""
+        return self.session.heartbeat is not None
+
+    @auto_heartbeat.setter
+    def auto_heartbeat(self, on):
+        self.session.heartbeat = self._hb if on else None
 
     @classmethod
     def connect_unix(cls, path, timeout=0.0, **kwargs):
@@ -93,23 +114,26 @@ class SimHost(object):
             view = view[n:]
 
     def send(self, msg):
-        self.write(self.conn.send(msg))
+        self.write(self.session.send(msg).data)
         return msg
 
     def resync(self):
-        self.write(self.conn.start_sync())
+        self._apply(self.session.start_sync(self.clock()), self.clock())
 
     def _apply(self, outputs, now):
         for out in outputs:
-            if isinstance(out, p.Message):
-                self.send(out)
-            elif isinstance(out, hb.Resync):
-                self.resync()
-            else:
+            if isinstance(out, Send):
+                if self.answer_syncs or not isinstance(out.message, p.Sync):
+                    self.write(out.data)
+            elif isinstance(out, hb.Output):
                 self.reports.append((now, out))
+            elif isinstance(out, BadLine):
+                self.errors.append(out.error)
+            elif not isinstance(out, (p.Sync, p.Synced)):
+                self.messages.append(out)
 
     def next_timer(self):
-        return self.hb.next_timer() if self.auto_heartbeat else None
+        return self.session.next_timer()
 
     def pump(self, wait=0.0):
         """Read what has arrived (waiting up to ``wait`` real seconds for
@@ -130,14 +154,14 @@ class SimHost(object):
                 return got
             got += len(data)
             self.read += len(data)
-            self.conn.receive_data(data)
-            self._drain(self.clock())
+            now = self.clock()
+            self._apply(self.session.receive(data, now), now)
         return got
 
     def tick(self):
-        if self.auto_heartbeat and not self.closed:
+        if not self.closed:
             now = self.clock()
-            self._apply(self.hb.tick(now), now)
+            self._apply(self.session.tick(now), now)
 
     def run(self, seconds, until=None):
         """Exchange traffic on the real clock for ``seconds`` or until
@@ -150,28 +174,6 @@ class SimHost(object):
             wait = 0.05 if t is None else max(0.0, min(0.05, t - self.clock()))
             self.pump(wait)
             self.tick()
-
-    def _drain(self, now):
-        while True:
-            try:
-                ev = self.conn.next_event()
-            except p.RemoteProtocolError as exc:
-                self.errors.append(exc)
-                continue
-            if ev is p.NEED_DATA:
-                return
-            if isinstance(ev, p.Sync):
-                if self.answer_syncs:
-                    self.write(self.conn.answer_sync(ev))
-                continue
-            if isinstance(ev, p.Synced):
-                if self.auto_heartbeat:
-                    self._apply(self.hb.synced(now), now)
-                continue
-            self.messages.append(ev)
-            if self.auto_heartbeat and isinstance(
-                    ev, (p.Init, p.ChallengeResponse, p.Exit)):
-                self._apply(self.hb.receive(ev, now), now)
 
     def of(self, kind):
         return [r for _t, r in self.reports if isinstance(r, kind)]
