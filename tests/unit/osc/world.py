@@ -51,16 +51,21 @@ PROJECT_OF = {row[0]: row[1] for row in INSTANCES}
 HOST_OF = {row[0]: row[2] for row in INSTANCES}
 
 
-def fill_ledger(path):
+def fill_ledger(path, projects=None):
     """What the controllers would have accepted from the agents of
-    host-a and host-b, through the ledger's own API."""
+    host-a and host-b, through the ledger's own API.
+
+    :param projects: {:data:`P1`: id, :data:`P2`: id}, the projects to
+        put the instances in instead (a real Keystone's).
+    """
+    projects = projects or {}
     ledger = ledger_mod.Ledger(path, "ctl-1", sinks=("log",),
                                clock=lambda: T0)
     ledger.register()
     events = []
     for n, (instance, project, host, state, reason, ms) in enumerate(
             INSTANCES):
-        details = {"project_id": project}
+        details = {"project_id": projects.get(project, project)}
         if ms is not None:
             details["interval_ms"] = ms
         events.append(rpc_api.make_state(instance, host, state, reason,
