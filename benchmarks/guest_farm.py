@@ -6,10 +6,10 @@
 For every path in ``PATHS`` (one a line) the farm listens on a UNIX socket,
 as QEMU does for a ``<channel type='unix'><source mode='bind'/>``, and plays
 the guest daemon behind it: the real :class:`guestha_guest.protocol.
-Connection` and :class:`~guestha_guest.protocol.heartbeat.GuestHeartbeat`,
-always healthy, answering each challenge as soon as it is read.  All
-channels share one ``selectors`` loop, so a farm costs one core at most and
-several farms (``benchmarks/agent_scale.py --farms``) can share the load.
+session.GuestSession`, always healthy, answering each challenge as soon as
+it is read.  All channels share one ``selectors`` loop, so a farm costs
+one core at most and several farms (``benchmarks/agent_scale.py --farms``)
+can share the load.
 
 Like QEMU, a listener serves one host client at a time (a second one is
 refused), and a guest starts afresh (new connection, unregistered) whenever
@@ -43,9 +43,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 
 from guestha_guest import protocol as p  # noqa: E402
 from guestha_guest.protocol import heartbeat as hb  # noqa: E402
+from guestha_guest.protocol.session import BadLine  # noqa: E402
+from guestha_guest.protocol.session import GuestSession  # noqa: E402
+from guestha_guest.protocol.session import Send  # noqa: E402
 
-SYNC_RETRY = 1.0
-SYNC_RETRY_MAX = 30.0
 # how often guests' own timers (init retry, host silence, sync retry) are
 # looked at; they are all seconds long, so a sweep beats a heap here
 SWEEP_INTERVAL = 0.5
@@ -58,19 +59,16 @@ def _healthy(now):
 class Guest(object):
     """One simulated guest behind one listening socket."""
 
-    __slots__ = ("farm", "path", "listener", "sock", "conn", "heartbeat",
-                 "out", "sync_at", "sync_retry", "writing")
+    __slots__ = ("farm", "path", "listener", "sock", "session", "out",
+                 "writing")
 
     def __init__(self, farm, path, init):
         self.farm = farm
         self.path = path
         self.listener = None
         self.sock = None
-        self.conn = None
-        self.heartbeat = hb.GuestHeartbeat(init, _healthy)
+        self.session = GuestSession(init, _healthy)
         self.out = bytearray()     # bytes the socket did not take yet
-        self.sync_at = None
-        self.sync_retry = SYNC_RETRY
         self.writing = False
 
     def listen(self, sel):
@@ -101,10 +99,7 @@ class Guest(object):
         self.sock = sock
         self.farm.sel.register(sock, selectors.EVENT_READ, self.ready)
         self.farm.stats["connects"] += 1
-        self.conn = p.Connection(p.GUEST)
-        self.heartbeat.reset()
-        self.sync_retry = SYNC_RETRY
-        self.start_sync(now)
+        self.apply(self.session.connect(now))
 
     def ready(self, mask, now):
         if mask & selectors.EVENT_WRITE:
@@ -121,30 +116,22 @@ class Guest(object):
             self.close()
             return
         try:
-            self.conn.receive_data(data)
+            outputs = self.session.receive(data, now)
         except p.LocalProtocolError:
             self.farm.stats["overflows"] += 1
             self.close()
             return
-        while self.conn is not None:
-            try:
-                event = self.conn.next_event()
-            except p.RemoteProtocolError:
-                self.farm.stats["protocol_errors"] += 1
-                continue
-            if event is p.NEED_DATA:
-                return
-            self.dispatch(event, now)
+        self.apply(outputs)
 
     def close(self):
         if self.sock is not None:
             self.farm.sel.unregister(self.sock)
             self.sock.close()
             self.farm.stats["disconnects"] += 1
-        self.sock = self.conn = self.sync_at = None
+        self.sock = None
         self.writing = False
         del self.out[:]
-        self.heartbeat.reset()
+        self.session.disconnect()
 
     def write(self, data):
         if self.sock is None:
@@ -180,49 +167,27 @@ class Guest(object):
 
     # -- the protocol -----------------------------------------------------
 
-    def start_sync(self, now):
-        self.write(self.conn.start_sync())
-        self.sync_at = now + self.sync_retry
-
-    def dispatch(self, event, now):
-        if isinstance(event, p.Sync):
-            self.write(self.conn.answer_sync(event))
-        elif isinstance(event, p.Synced):
-            self.sync_at = None
-            self.sync_retry = SYNC_RETRY
-            self.apply(self.heartbeat.synced(now), now)
-        elif isinstance(event, (p.InitAck, p.Challenge)) or (
-                isinstance(event, p.Error) and event.app == "heartbeat"):
-            self.apply(self.heartbeat.receive(event, now), now)
-        # anything else (server-group traffic, base errors, the end of the
-        # stream) does not concern a heartbeat-only guest
-
-    def apply(self, outputs, now):
+    def apply(self, outputs):
         stats = self.farm.stats
         for out in outputs:
-            if isinstance(out, p.Message):
-                try:
-                    self.write(self.conn.send(out))
-                except p.LocalProtocolError:
-                    stats["not_sent"] += 1
-            elif isinstance(out, hb.Resync):
-                stats["resyncs"] += 1
-                self.start_sync(now)
-            elif isinstance(out, hb.ChallengeAnswered):
+            kind = type(out)
+            if kind is Send:
+                if out.sync:
+                    stats["syncs"] += 1
+                self.write(out.data)
+            elif kind is hb.ChallengeAnswered:
                 stats["answers"] += 1
-            elif isinstance(out, hb.Acknowledged):
+            elif kind is hb.Acknowledged:
                 stats["registrations"] += 1
-            elif isinstance(out, hb.HostError):
+            elif kind is hb.HostError:
                 stats["host_errors"] += 1
+            elif kind is BadLine:
+                stats["protocol_errors"] += 1
+            # anything else (server-group traffic, base errors, the end of
+            # the stream) does not concern a heartbeat-only guest
 
     def tick(self, now):
-        if self.conn is None:
-            return
-        if (self.sync_at is not None and now >= self.sync_at
-                and self.conn.state == p.SYNCING):
-            self.sync_retry = min(self.sync_retry * 2, SYNC_RETRY_MAX)
-            self.start_sync(now)
-        self.apply(self.heartbeat.tick(now), now)
+        self.apply(self.session.tick(now))
 
 
 class Farm(object):
@@ -242,8 +207,8 @@ class Farm(object):
         self.parked = set()
         self.stats = dict.fromkeys(
             ("connects", "disconnects", "registrations", "answers",
-             "resyncs", "host_errors", "protocol_errors", "overflows",
-             "not_sent", "foreign"), 0)
+             "syncs", "host_errors", "protocol_errors", "overflows",
+             "foreign"), 0)
         init = p.Init(name=name, interval_ms=interval_ms,
                       corrective_action="none")
         self.guests = [Guest(self, path, init) for path in paths]

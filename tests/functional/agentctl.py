@@ -56,6 +56,9 @@ import uuid as uuidlib
 from guestha_guest import protocol as p
 from guestha_guest.protocol import heartbeat as hb
 from guestha_guest.protocol import messages
+from guestha_guest.protocol.session import BadLine
+from guestha_guest.protocol.session import GuestSession
+from guestha_guest.protocol.session import Send
 from tools import proc as procs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -647,22 +650,21 @@ class Domains(object):
 
 class _FarmGuest(object):
     """One listening channel socket and, while the host is connected, the
-    protocol's guest side (Connection + GuestHeartbeat), as the daemon runs
-    them: sync on connect, answer the host's syncs, register, answer every
-    challenge healthy."""
+    protocol's guest side (a GuestSession), as the daemon runs it: sync on
+    connect, answer the host's syncs, register, answer every challenge
+    healthy."""
 
     def __init__(self, path, name, interval_ms):
         self.path = path
-        self.init = p.Init(name=name, interval_ms=interval_ms,
-                           corrective_action="none")
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(path)
         self.listener.listen(4)
         self.listener.setblocking(False)
         self.sock = None
-        self.conn = None
-        self.heartbeat = None
-        self.sync_at = None
+        self.session = GuestSession(
+            p.Init(name=name, interval_ms=interval_ms,
+                   corrective_action="none"),
+            lambda now: (True, None, None))
         self.answers = 0
         self.registrations = 0
         self.protocol_errors = 0
@@ -678,14 +680,7 @@ class _FarmGuest(object):
         sock.setblocking(False)
         self.sock = sock
         sel.register(sock, selectors.EVENT_READ, ("data", self))
-        self.conn = p.Connection(p.GUEST)
-        self.heartbeat = hb.GuestHeartbeat(
-            self.init, lambda now: (True, None, None))
-        self._sync(now)
-
-    def _sync(self, now):
-        self.write(self.conn.start_sync())
-        self.sync_at = now + 1.0
+        self.apply(self.session.connect(now), now)
 
     def write(self, data):
         if self.sock is None:
@@ -705,59 +700,31 @@ class _FarmGuest(object):
         if not data:
             self.close(sel)
             return
-        self.conn.receive_data(data)
-        while self.conn is not None:
-            try:
-                event = self.conn.next_event()
-            except p.RemoteProtocolError:
-                self.protocol_errors += 1
-                continue
-            if event is p.NEED_DATA:
-                return
-            if isinstance(event, p.Sync):
-                self.write(self.conn.answer_sync(event))
-            elif isinstance(event, p.Synced):
-                self.sync_at = None
-                self.apply(self.heartbeat.synced(now), now)
-            elif isinstance(event, (p.InitAck, p.Challenge)) or (
-                    isinstance(event, p.Error) and event.app == "heartbeat"):
-                self.apply(self.heartbeat.receive(event, now), now)
+        self.apply(self.session.receive(data, now), now)
 
     def apply(self, outputs, now):
         for out in outputs:
-            if isinstance(out, p.Message):
-                try:
-                    self.write(self.conn.send(out))
-                except p.LocalProtocolError:
-                    pass
-            elif isinstance(out, hb.Resync):
-                self._sync(now)
+            if isinstance(out, Send):
+                self.write(out.data)
             elif isinstance(out, hb.Acknowledged):
                 self.registrations += 1
             elif isinstance(out, hb.ChallengeAnswered):
                 self.answers += 1
+            elif isinstance(out, BadLine):
+                self.protocol_errors += 1
 
     def tick(self, now):
-        if self.conn is None:
-            return
-        if (self.sync_at is not None and now >= self.sync_at
-                and self.conn.state == p.SYNCING):
-            self._sync(now)
-        self.apply(self.heartbeat.tick(now), now)
+        self.apply(self.session.tick(now), now)
 
     def next_timer(self):
-        if self.conn is None:
-            return None
-        timers = [t for t in (self.sync_at, self.heartbeat.next_timer())
-                  if t is not None]
-        return min(timers) if timers else None
+        return self.session.next_timer()
 
     def close(self, sel):
         if self.sock is not None:
             sel.unregister(self.sock)
             self.sock.close()
-        self.sock = self.conn = self.heartbeat = None
-        self.sync_at = None
+        self.sock = None
+        self.session.disconnect()
 
 
 class GuestFarm(object):
