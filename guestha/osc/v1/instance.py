@@ -15,8 +15,8 @@ COLUMNS = ("id", "project_id", "host", "state", "open_faults",
            "updated_at")
 HEADINGS = ("ID", "Project ID", "Host", "State", "Open Faults",
             "Updated At")
-LONG_COLUMNS = COLUMNS + ("interval_ms", "reason")
-LONG_HEADINGS = HEADINGS + ("Interval (ms)", "Reason")
+LONG_COLUMNS = COLUMNS + ("name", "interval_ms", "reason")
+LONG_HEADINGS = HEADINGS + ("Name", "Interval (ms)", "Reason")
 
 
 class ListInstance(command.Lister):
@@ -37,7 +37,8 @@ class ListInstance(command.Lister):
             help="Only the instances of this project (ID)")
         parser.add_argument(
             "--long", action="store_true", default=False,
-            help="Also list the heartbeat interval and the reason")
+            help="Also list the Nova name, the heartbeat interval and "
+                 "the reason of the state")
         pagination.add_arguments(parser, "instances")
         return parser
 

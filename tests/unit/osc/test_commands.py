@@ -38,6 +38,7 @@ def test_instance_list_long(admin):
     rows = admin.json(instance.ListInstance, ["--long"])
     by_id = {row["ID"]: row for row in rows}
     assert by_id[data.uid(5)]["Interval (ms)"] == 500
+    assert by_id[data.uid(5)]["Name"] == "vm-5"
     assert by_id[data.uid(4)]["Reason"] == "no virtio-serial controller"
 
 

@@ -65,7 +65,8 @@ def fill_ledger(path, projects=None):
     events = []
     for n, (instance, project, host, state, reason, ms) in enumerate(
             INSTANCES):
-        details = {"project_id": projects.get(project, project)}
+        details = {"project_id": projects.get(project, project),
+                   "name": "vm-%d" % (n + 1)}
         if ms is not None:
             details["interval_ms"] = ms
         events.append(rpc_api.make_state(instance, host, state, reason,
