@@ -22,13 +22,17 @@ class ListAction(command.Lister):
         parser.add_argument(
             "--instance", metavar="<instance-id>",
             help="Only the actions on this instance")
+        parser.add_argument(
+            "--fault", metavar="<fault-id>",
+            help="Only the actions taken for this fault")
         pagination.add_arguments(parser, "actions")
         return parser
 
     def take_action(self, parsed_args):
         client = self.app.client_manager.guestha
         items = client.list(
-            "actions", filters={"instance_id": parsed_args.instance},
+            "actions", filters={"instance_id": parsed_args.instance,
+                                "fault_id": parsed_args.fault},
             limit=parsed_args.limit, marker=parsed_args.marker)
         return (HEADINGS,
                 (utils.get_dict_properties(item, COLUMNS) for item in items))

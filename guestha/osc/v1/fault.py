@@ -24,6 +24,9 @@ class ListFault(command.Lister):
         parser.add_argument(
             "--instance", metavar="<instance-id>",
             help="Only the faults of this instance")
+        parser.add_argument(
+            "--host", metavar="<host>",
+            help="Only the faults detected on this compute host")
         state = parser.add_mutually_exclusive_group()
         state.add_argument(
             "--open", dest="open", action="store_true", default=None,
@@ -46,6 +49,7 @@ class ListFault(command.Lister):
         items = client.list(
             "faults",
             filters={"instance_id": parsed_args.instance,
+                     "host": parsed_args.host,
                      "open": None if is_open is None else (
                          "true" if is_open else "false"),
                      "kind": parsed_args.kind},

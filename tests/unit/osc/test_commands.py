@@ -134,6 +134,8 @@ def test_fault_list(admin):
     (["--kind", "missed"], [data.uid(102), data.uid(103)]),
     (["--instance", data.uid(1)], [data.uid(101)]),
     (["--instance", data.uid(5), "--open"], [data.uid(103)]),
+    (["--host", "host-b"], [data.uid(103)]),
+    (["--host", "host-a", "--closed"], [data.uid(101)]),
     (["--limit", "1", "--kind", "missed"], None),
 ])
 def test_fault_list_filters(admin, argv, expected):
@@ -181,6 +183,8 @@ def test_action_list(admin, member_p1):
     assert by_fault[data.uid(102)]["Instance ID"] == data.uid(2)
     only = admin.json(action.ListAction, ["--instance", data.uid(1)])
     assert [row["Fault ID"] for row in only] == [data.uid(101)]
+    by_fault = admin.json(action.ListAction, ["--fault", data.uid(102)])
+    assert [row["Outcome"] for row in by_fault] == ["refused: cap"]
     assert len(member_p1.json(action.ListAction, [])) == 2
     assert len(admin.json(action.ListAction, ["--limit", "1"])) == 1
 
