@@ -20,8 +20,8 @@ runs this checkout's guest daemon; a real ``guestha-agent`` watches it on
 ``qemu:///system`` (``[agent] min_interval_ms = 100``, ``miss_threshold``
 and everything else that bears on detection at the defaults) and reports
 over RabbitMQ (a vhost of its own) to a real ``guestha-server`` with the
-``log`` sink, Nova played by tests/fakes/nova.py.  For every interval of
-``--intervals`` the guest daemon is restarted with that interval
+``log`` sink and no Nova (tests/functional/novaless.py).  For every
+interval of ``--intervals`` the guest daemon is restarted with that interval
 (configuration rewritten, ``daemon_stop`` + ``daemon_start`` through the
 test control channel), then ``--samples`` times: wait until the last
 fault has recovered and the instance is MONITORED and answering healthy,
@@ -109,8 +109,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from guestha.agent import status as agent_status  # noqa: E402
-from tests.fakes.nova import FakeNova  # noqa: E402
-from tests.functional import serverctl  # noqa: E402
+from tests.functional import novaless  # noqa: E402
 from tools import proc as procs  # noqa: E402
 from tools import vm as vmlib  # noqa: E402
 
@@ -277,12 +276,7 @@ class GuesthaRig(object):
 
         self.vm = vm = vmlib.GuestVM("lat", interval_ms=interval_ms)
         self.cleanups.append(vm.close)
-        nova = FakeNova().start()
-        self.cleanups.append(nova.stop)
-        nova.add_server(vm.uuid, name="lat", host="ghlat-host",
-                        flavor_extra_specs={"guestha:heartbeat": "true"})
-        self.server = serverctl.ServerProcess(self.workdir, url, "ghlat-ctl",
-                                              nova.endpoint)
+        self.server = novaless.ServerProcess(self.workdir, url, "ghlat-ctl")
         self.cleanups.append(self._stop_server)
         self.server.start()
         self.sink = SinkTail(self.server.sink_log)

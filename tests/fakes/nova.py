@@ -1,5 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
-"""A stand-in for the Nova compute API, over real HTTP, for tests.
+"""A stand-in for the Nova compute API, over real HTTP, for unit tests.
+
+Unit tests only (issue 9): every functional test of guestha against Nova
+runs against the real Nova of the cloud harness (tools/cloud.sh,
+tests/cloud/); the functional tests that are not about Nova run their
+controllers without one (tests/functional/novaless.py).
+doc/source/testing.rst says which test uses which real part.
+benchmarks/controller.py, a benchmark of server-group routing at a scale
+the one-node cloud cannot hold, uses it too.
 
 It speaks the JSON that Nova speaks for the few calls guestha makes, with
 microversions (the request headers decide the response shape, and the

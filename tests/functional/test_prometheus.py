@@ -3,8 +3,8 @@
 (issue 12).
 
 What runs: RabbitMQ (the ``rabbit_vhost`` fixture), a real
-``guestha-server`` (tests/functional/serverctl.py, Nova faked by
-tests/fakes/nova.py) and a real ``guestha-agent`` with ``[metrics]``
+``guestha-server`` (tests/functional/serverctl.py, without Nova:
+tests/functional/novaless.py) and a real ``guestha-agent`` with ``[metrics]``
 enabled on loopback ports; the agent watches libvirt's in-process test
 driver (``test:///<node file>``: no libvirtd) whose one running domain's
 guestha channel is served by a real guest daemon.  Debian's
@@ -32,9 +32,8 @@ import uuid as uuidlib
 
 import pytest
 
-from tests.fakes.nova import FakeNova
 from tests.functional import agentctl
-from tests.functional import serverctl
+from tests.functional import novaless
 
 PROMETHEUS = shutil.which("prometheus")
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which(
@@ -111,13 +110,12 @@ def rig(rabbit_vhost, tmp_path):
     workdir = str(tmp_path)
     sockdir = agentctl.short_tempdir()
     processes = agentctl.Processes()
-    nova = FakeNova().start()
     server = None
     try:
         ports = {"agent_port": free_port(), "server_port": free_port(),
                  "am_port": free_port(), "prom_port": free_port()}
-        server = serverctl.ServerProcess(
-            workdir, rabbit_vhost, "ghprom-ctl", nova.endpoint,
+        server = novaless.ServerProcess(
+            workdir, rabbit_vhost, "ghprom-ctl",
             metrics={"enabled": "true", "host": "127.0.0.1",
                      "port": ports["server_port"]})
         server.start()
@@ -125,7 +123,6 @@ def rig(rabbit_vhost, tmp_path):
         guest = agentctl.GuestProcess(processes, workdir, sockdir, "g1",
                                       interval_ms=INTERVAL_MS).start()
         uuid = str(uuidlib.uuid4())
-        nova.add_server(uuid, host="ghprom-host")
         node = os.path.join(workdir, "node.xml")
         # the in-process test driver: the domains of the node file, no
         # libvirtd (its state is private to the agent's connection)
@@ -176,7 +173,6 @@ def rig(rabbit_vhost, tmp_path):
         if server is not None:
             server.kill()
         processes.kill_all()
-        nova.stop()
         shutil.rmtree(sockdir, ignore_errors=True)
 
 
