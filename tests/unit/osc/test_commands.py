@@ -10,6 +10,7 @@ import pytest
 from guestha.osc.v1 import action
 from guestha.osc.v1 import fault
 from guestha.osc.v1 import instance
+from tests.unit.osc import conftest
 from tests.unit.osc import world as data
 
 ALL = sorted(row[0] for row in data.INSTANCES)
@@ -193,3 +194,16 @@ def test_yaml_output(admin):
     text = admin.text(instance.ShowInstance, [data.uid(1), "-f", "yaml"])
     assert "state: monitored" in text
     assert json.dumps(data.uid(1))[1:-1] in text
+
+
+def test_no_role_is_refused_with_the_apis_message(api_url):
+    # a caller with no role at all may not list: the API's 403 and its
+    # message, with the URL
+    nobody = conftest.Runner(api_url, roles=None, project=data.P1)
+    with pytest.raises(exceptions.CommandError) as exc:
+        nobody.text(instance.ListInstance, [])
+    message = str(exc.value)
+    assert message.startswith(
+        "The guestha API answered 403 Forbidden to GET %sv1/instances"
+        % api_url)
+    assert "policy does not allow guestha:instance:list" in message
