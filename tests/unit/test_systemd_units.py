@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 UNITS = os.path.join(ROOT, "etc", "systemd")
 NAMES = ("guestha-agent.service", "guestha-server.service",
-         "guestha-guest.service")
+         "guestha-guest.service", "guestha-api.service")
 
 
 def unit(name):
