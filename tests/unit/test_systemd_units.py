@@ -37,6 +37,15 @@ def test_agent_after_libvirt_monolithic_and_modular():
     assert "virtqemud.service" in after
 
 
+def test_api_runs_as_guestha():
+    service = unit("guestha-api.service")["Service"]
+    assert (service.get("User"), service.get("Group")) == ("guestha",
+                                                           "guestha")
+    assert service.get("ExecStart").split()[1:] == [
+        "--config-file", "/etc/guestha/guestha.conf"]
+    assert service.get("StateDirectory") is None
+
+
 def test_server_runs_as_guestha():
     service = unit("guestha-server.service")["Service"]
     assert service.get("User") == "guestha"
