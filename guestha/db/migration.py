@@ -82,6 +82,7 @@ def import_ledger(path, engine):
     :returns: ``{table: rows copied}``.
     """
     from guestha.db import api as db_api
+    from guestha.db import views
 
     check(engine)
     source = sa.create_engine(db_api.sqlite_url(path))
@@ -107,7 +108,15 @@ def import_ledger(path, engine):
                 for row in rows:
                     if "rowid" in row:
                         row["seq"] = row.pop("rowid")
-                copied[table.name] = _insert_new(dst, table, rows)
+                new = _insert_new(dst, table, rows)
+                copied[table.name] = len(new)
+                if table is models.events and "faults" not in tables:
+                    # a ledger older than revision 003: the REST API's
+                    # tables from its events
+                    new.sort(key=lambda row: (row["received"], row["seq"]))
+                    views.copy_events(dst, [
+                        (row["body"], row["received"], row["server"])
+                        for row in new])
     finally:
         source.dispose()
     return copied
@@ -115,7 +124,7 @@ def import_ledger(path, engine):
 
 def _insert_new(conn, table, rows):
     if not rows:
-        return 0
+        return []
     keys = [c.name for c in table.primary_key.columns]
     if not keys:  # action_slots: the whole row is the key
         keys = [c.name for c in table.columns]
@@ -125,4 +134,4 @@ def _insert_new(conn, table, rows):
            not in existing]
     if new:
         conn.execute(table.insert(), new)
-    return len(new)
+    return new

@@ -22,6 +22,8 @@ the API shows is exactly what the controllers have accepted:
 actions and instances gone for longer than the retention.
 """
 
+import json
+
 import sqlalchemy as sa
 
 from guestha.db.models import actions
@@ -132,6 +134,28 @@ def record(conn, entries, server):
                 recovery_id=event["id"]))
     if states:
         _apply_states(conn, states)
+
+
+def copy_events(conn, rows, batch=500):
+    """Write ledger rows into the API's tables (a migration, an import):
+    ``rows`` are ``(body, received, server)`` in the order of arrival;
+    rows whose body is not an event record are skipped."""
+    entries, server = [], None
+    for body, received, owner in rows:
+        try:
+            event = json.loads(body)
+        except ValueError:
+            continue
+        if not isinstance(event, dict) or not event.get("id") or not (
+                event.get("instance")):
+            continue
+        if entries and (owner != server or len(entries) >= batch):
+            record(conn, entries, server)
+            entries = []
+        server = owner
+        entries.append((event, received))
+    if entries:
+        record(conn, entries, server)
 
 
 def _apply_states(conn, states):

@@ -76,3 +76,22 @@ def test_upgrade_from_002_copies_the_ledgers_events(tmp_path):
     assert [(r.instance, r.state, r.project_id, r.interval_ms, r.at,
              r.event_id) for r in states] == [
         (A, "monitored", PROJECT, 1000, T0 - 5, new_state["id"])]
+
+
+def test_import_of_an_older_ledger_fills_the_apis_tables(tmp_path):
+    from tests.unit.db import test_migration as v1
+
+    old = str(tmp_path / "server-ledger.sqlite")
+    events = v1.faults(3)
+    v1.write_v1(old, events)
+    target = db_api.create_engine(str(tmp_path / "shared.sqlite"))
+    migration.upgrade(target)
+    assert migration.import_ledger(old, target)["events"] == 3
+    with target.connect() as conn:
+        faults = conn.execute(sa.select(models.faults.c.id)).scalars().all()
+    assert sorted(faults) == sorted(e["id"] for e in events)
+    # again: nothing new, nothing twice
+    migration.import_ledger(old, target)
+    with target.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(
+            models.faults)).scalar() == 3

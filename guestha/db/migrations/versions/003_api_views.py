@@ -15,8 +15,6 @@ Revises: 002
 Create Date: 2026-12-04
 """
 
-import json
-
 from alembic import op
 import sqlalchemy as sa
 
@@ -26,8 +24,6 @@ revision = "003"
 down_revision = "002"
 branch_labels = None
 depends_on = None
-
-_BATCH = 500
 
 
 def upgrade():
@@ -96,24 +92,6 @@ def _copy_events(conn):
                       events.c.server).where(
         events.c.type.in_(("fault", "recovery", "state", "action"))
     ).order_by(events.c.received, events.c.seq)
-    batch, server = [], None
     # read first: SQLite cannot write while a cursor of the same
     # connection is open on the table read
-    for body, received, owner in conn.execute(query).all():
-        try:
-            event = json.loads(body)
-        except ValueError:
-            continue
-        if not isinstance(event, dict) or not event.get("id") or not (
-                event.get("instance")):
-            continue
-        if owner != server and batch:
-            views.record(conn, batch, server)
-            batch = []
-        server = owner
-        batch.append((event, received))
-        if len(batch) >= _BATCH:
-            views.record(conn, batch, server)
-            batch = []
-    if batch:
-        views.record(conn, batch, server)
+    views.copy_events(conn, conn.execute(query).all())
