@@ -126,12 +126,15 @@ def record(conn, entries, server):
         conn.execute(faults.insert(), new_faults)
     if new_actions:
         conn.execute(actions.insert(), new_actions)
-    for event, received in recoveries:
+    if recoveries:
         conn.execute(faults.update().where(
-            faults.c.id == event.get("fault_id"),
+            faults.c.id == sa.bindparam("b_fault"),
             faults.c.recovered_at.is_(None)).values(
-                recovered_at=_number(event.get("recovered_at_ts"), received),
-                recovery_id=event["id"]))
+                recovered_at=sa.bindparam("b_at"),
+                recovery_id=sa.bindparam("b_id")), [
+            {"b_fault": _text(event.get("fault_id"), 36),
+             "b_at": _number(event.get("recovered_at_ts"), received),
+             "b_id": event["id"]} for event, received in recoveries])
     if states:
         _apply_states(conn, states)
 
