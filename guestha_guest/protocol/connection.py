@@ -62,7 +62,7 @@ not counted.
 """
 
 import collections
-import secrets
+import random
 
 from guestha_guest.protocol.errors import LocalProtocolError
 from guestha_guest.protocol.errors import RemoteProtocolError
@@ -120,11 +120,6 @@ _TRANSITIONS = {
 }
 
 
-# types _classify calls "message" and _deliver returns as they are
-_PLAIN = {m.Init, m.InitAck, m.Challenge, m.ChallengeResponse, m.Exit,
-          m.Broadcast, m.Notification, m.StatusQuery}
-
-
 class Connection(object):
     """One side of a guestha channel.
 
@@ -142,7 +137,10 @@ class Connection(object):
         self.role = role
         self.peer = m.GUEST if role == m.HOST else m.HOST
         self.max_buffer = max(max_buffer, m.MAX_LINE)
-        self._rng = rng or secrets.SystemRandom()
+        # (random's SystemRandom is the one secrets re-exports, without
+        # importing secrets: it imports hashlib, hmac and OpenSSL's
+        # libcrypto, 3.7 MiB of the guest daemon's 20 MB)
+        self._rng = rng or random.SystemRandom()
         self.state = SYNCING
         self.version = m.VERSION
         self._nonce = None
@@ -178,11 +176,6 @@ class Connection(object):
                 "unexpected_message",
                 "receive buffer full: call next_event() until NEED_DATA "
                 "before feeding more")
-        nl = data.find(b"\n")
-        if (nl == len(data) - 1 < m.MAX_LINE and type(data) is bytes
-                and not self._partial and not self._skipping):
-            self._queue(data[:nl])  # one whole line: as the loop below
-            return
         start = 0
         while True:
             nl = data.find(b"\n", start)
@@ -278,8 +271,6 @@ class Connection(object):
         return "message"
 
     def _deliver(self, msg):
-        if self.state == READY and type(msg) in _PLAIN:
-            return msg  # what the table does
         self.state, action = _TRANSITIONS[(self.state, self._classify(msg))]
         if action == "drop":
             self.discarded += 1

@@ -285,11 +285,11 @@ class Message(object):
 
     def __init__(self, **kwargs):
         self.seq = kwargs.pop("seq", None)
-        names = {f.name for f in self.FIELDS}
-        unknown = set(kwargs) - names
-        if unknown:
+        if not self._NAMES.issuperset(kwargs):
             raise TypeError("%s has no field %s" % (
-                type(self).__name__, ", ".join(sorted(unknown))))
+                type(self).__name__,
+                ", ".join(sorted(set(kwargs) - self._NAMES))))
+        attrs = self.__dict__
         for field in self.FIELDS:
             value = kwargs.get(field.name)
             if value is None:
@@ -309,7 +309,7 @@ class Message(object):
                 except _Invalid as exc:
                     raise LocalProtocolError(
                         exc.code, "%s.%s %s" % (self.TYPE, field.name, exc))
-            setattr(self, field.name, value)
+            attrs[field.name] = value
         try:
             self._check_together()
         except _Invalid as exc:
@@ -332,20 +332,6 @@ class Message(object):
         items = ", ".join("%s=%r" % (k, v) for k, v in self.fields().items()
                           if v is not None)
         return "%s(%s, seq=%r)" % (type(self).__name__, items, self.seq)
-
-    def _wire_fields(self):
-        out = {}
-        for field in self.FIELDS:
-            value = getattr(self, field.name)
-            if value is None:
-                continue
-            if isinstance(value, bytes):
-                value = base64.b64encode(value).decode("ascii")
-            elif isinstance(value, list) and value and isinstance(
-                    value[0], Member):
-                value = [m.to_wire() for m in value]
-            out[field.name] = value
-        return out
 
 
 # -- base layer --------------------------------------------------------------
@@ -415,16 +401,6 @@ class Challenge(Message):
     SENDERS = (HOST,)
     FIELDS = (Field("challenge", _str(64, _TOKEN_RE, min_len=1)),
               Field("deadline_ms", _int(1, MAX_MS)))
-
-    @classmethod
-    def _trusted(cls, challenge, deadline_ms):
-        # as cls(challenge=..., deadline_ms=...), unchecked: for values known
-        # valid (the host's own token and granted interval)
-        msg = cls.__new__(cls)
-        msg.seq = None
-        msg.challenge = challenge
-        msg.deadline_ms = deadline_ms
-        return msg
 
 
 class ChallengeResponse(Message):
@@ -524,6 +500,14 @@ for _cls in (Sync, SyncAck, Init, InitAck, Challenge, ChallengeResponse,
 _APPS = APPS
 for _app in _APPS:
     _TYPES[(_app, "error")] = Error
+for _cls in set(_TYPES.values()):
+    _cls._NAMES = frozenset(f.name for f in _cls.FIELDS)
+    # what decode() takes from each sender, field by field: (name, check
+    # or None if the key is not this sender's to set, required, default)
+    _cls._TAKES = {sender: tuple(
+        (f.name, f.check if sender in f.senders else None,
+         f.required and sender in f.senders, f.default)
+        for f in _cls.FIELDS) for sender in (HOST, GUEST)}
 #: base-layer types whose format is frozen across versions: they parse
 #: whatever ``v`` says, so versions can be negotiated at all.
 _FROZEN = {("base", "sync"), ("base", "sync_ack"), ("base", "error")}
@@ -535,33 +519,6 @@ def _reject_constant(name):
 
 # json.loads(..., parse_constant=) builds a decoder per call
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-
-
-def _fast_response(obj):
-    # The answer of every heartbeat round: returns it only if the general
-    # path below would return the same message, else None (which then takes
-    # the general path, errors included).
-    seq, ref, token, reason = (obj.get("seq"), obj.get("ref"),
-                               obj.get("challenge"), obj.get("reason"))
-    if (obj.get("app") != "heartbeat" or type(seq) is not int
-            or not 0 <= seq <= MAX_SEQ or type(ref) is not int
-            or not 0 <= ref <= MAX_SEQ or type(obj.get("v")) is not int
-            or obj["v"] not in SUPPORTED_VERSIONS
-            or type(obj.get("healthy")) is not bool
-            or type(token) is not str or not 0 < len(token) <= 64
-            or not _TOKEN_RE.fullmatch(token)
-            or obj.get("action") not in ACTIONS + (None,)):
-        return None
-    if reason is not None:
-        try:
-            reason = _REASON(reason)
-        except _Invalid:
-            return None
-    msg = ChallengeResponse.__new__(ChallengeResponse)
-    msg.seq = None
-    msg.ref, msg.challenge, msg.healthy = ref, token, obj["healthy"]
-    msg.reason, msg.action, msg.seq = reason, obj.get("action"), seq
-    return msg
 
 
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
@@ -617,10 +574,6 @@ def decode(line, sender):
         raise RemoteProtocolError("invalid_json", "not JSON: %s" % exc)
     if not isinstance(obj, dict):
         raise RemoteProtocolError("invalid_json", "not a JSON object")
-    if obj.get("type") == "challenge_response" and sender == GUEST:
-        msg = _fast_response(obj)
-        if msg is not None:
-            return msg
     try:
         return _decode_object(obj, sender)
     except RemoteProtocolError as exc:
@@ -635,11 +588,12 @@ def _decode_object(obj, sender):
     # peer can hand them to the layer that sent the line
     err_app = app if isinstance(app, str) and app in APPS else "base"
     seq = obj.get("seq")
-    try:
-        seq = _SEQ(seq)
-    except _Invalid as exc:
-        raise RemoteProtocolError("invalid_message", "seq %s" % exc,
-                                  app=err_app)
+    if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
+        try:
+            seq = _SEQ(seq)
+        except _Invalid as exc:
+            raise RemoteProtocolError("invalid_message", "seq %s" % exc,
+                                      app=err_app)
     if not isinstance(app, str) or not isinstance(mtype, str):
         raise RemoteProtocolError("invalid_message",
                                   "app and type must be strings", ref=seq,
@@ -649,8 +603,8 @@ def _decode_object(obj, sender):
         raise RemoteProtocolError(
             "unknown_type", "unknown message %r of application %r"
             % (mtype[:40], app[:40]), ref=seq, app=err_app)
-    if (app if cls is not Error else "base", mtype) not in _FROZEN and (
-            type(version) is not int or version not in SUPPORTED_VERSIONS):
+    if (type(version) is not int or version not in SUPPORTED_VERSIONS) and (
+            app if cls is not Error else "base", mtype) not in _FROZEN:
         raise RemoteProtocolError(
             "unsupported_version", "version %r is not one of %s"
             % (version, list(SUPPORTED_VERSIONS)), ref=seq, app=err_app)
@@ -658,54 +612,89 @@ def _decode_object(obj, sender):
         raise RemoteProtocolError(
             "unexpected_message", "a %s may not send %s.%s"
             % (sender, app, mtype), ref=seq, app=err_app)
-    kwargs = {}
-    for field in cls.FIELDS:
-        if sender not in field.senders:
-            continue  # not this sender's to set: ignored as unknown
-        value = obj.get(field.name)
-        if value is None:
-            if field.required:
+    if cls is Error:
+        kwargs = {}
+        for name, check, required, _default in cls._TAKES[sender]:
+            value = obj.get(name)
+            if value is None or check is None:
+                if value is None and required:
+                    raise RemoteProtocolError(
+                        "invalid_message", "%s.%s is required"
+                        % (mtype, name), ref=seq, app=err_app)
+                continue
+            try:
+                kwargs[name] = check(value)
+            except _Invalid as exc:
+                raise RemoteProtocolError(
+                    exc.code, "%s.%s %s" % (mtype, name, exc), ref=seq,
+                    app=err_app)
+        msg = Error(app=app, **kwargs)
+        msg.seq = seq
+        return msg
+    msg = cls.__new__(cls)
+    attrs = msg.__dict__
+    for name, check, required, default in cls._TAKES[sender]:
+        value = obj.get(name)
+        if value is None or check is None:
+            # absent (null is absent), or not this sender's to set
+            if value is None and required:
                 raise RemoteProtocolError(
                     "invalid_message", "%s.%s is required"
-                    % (mtype, field.name), ref=seq, app=err_app)
+                    % (mtype, name), ref=seq, app=err_app)
+            attrs[name] = default
             continue
         try:
-            kwargs[field.name] = field.check(value)
+            attrs[name] = check(value)
         except _Invalid as exc:
             raise RemoteProtocolError(
-                exc.code, "%s.%s %s" % (mtype, field.name, exc), ref=seq,
+                exc.code, "%s.%s %s" % (mtype, name, exc), ref=seq,
                 app=err_app)
-    if cls is Error:
-        msg = Error(app=app, **kwargs)
-    else:
-        msg = cls.__new__(cls)
-        msg.seq = None
-        for field in cls.FIELDS:
-            setattr(msg, field.name, kwargs.get(field.name, field.default))
-        try:
-            msg._check_together()
-        except _Invalid as exc:
-            raise RemoteProtocolError(exc.code, "%s %s" % (mtype, exc),
-                                      ref=seq, app=err_app)
+    try:
+        msg._check_together()
+    except _Invalid as exc:
+        raise RemoteProtocolError(exc.code, "%s %s" % (mtype, exc),
+                                  ref=seq, app=err_app)
     msg.seq = seq
     return msg
 
 
+def _wire(value):
+    """``value`` as JSON text, as ``json.dumps(value, separators=(",",
+    ":"), ensure_ascii=True)`` writes it, for the values of fields:
+    bytes become base64 strings and Members objects.  The common types
+    are written directly (json.dumps costs more than the rest of
+    encoding a challenge)."""
+    kind = type(value)
+    if kind is str:
+        return _json_str(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is bytes:
+        return '"%s"' % base64.b64encode(value).decode("ascii")
+    if kind is list and value and isinstance(value[0], Member):
+        value = [member.to_wire() for member in value]
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=True)
+
+
 def encode(msg, seq, version=VERSION):
-    """Serialise ``msg`` with sequence number ``seq`` as one line."""
-    if (type(msg) is Challenge and type(seq) is type(version) is int
-            and type(msg.deadline_ms) is int and type(msg.challenge) is str
-            and "app" not in msg.__dict__ and len(msg.challenge) <= 64):
-        # the line of the general path below, built at less cost
-        return ('{"v":%d,"app":"heartbeat","type":"challenge","seq":%d,'
-                '"challenge":%s,"deadline_ms":%d}\n' % (
-                    version, seq, _json_str(msg.challenge),
-                    msg.deadline_ms)).encode("ascii")
-    obj = {"v": version, "app": getattr(msg, "app", msg.APP),
-           "type": msg.TYPE, "seq": seq}
-    obj.update(msg._wire_fields())
-    line = json.dumps(obj, separators=(",", ":"), ensure_ascii=True)
-    data = line.encode("ascii") + b"\n"
+    """Serialise ``msg`` with sequence number ``seq`` as one line: the
+    envelope, then the fields in declaration order, the absent ones
+    left out."""
+    app = getattr(msg, "app", msg.APP)
+    if type(version) is int and type(seq) is int and app in APPS:
+        parts = ['{"v":%d,"app":"%s","type":"%s","seq":%d' % (
+            version, app, msg.TYPE, seq)]  # (names that need no escape)
+    else:
+        parts = ['{"v":%s,"app":%s,"type":%s,"seq":%s' % (
+            _wire(version), _wire(app), _wire(msg.TYPE), _wire(seq))]
+    for field in msg.FIELDS:
+        value = getattr(msg, field.name)
+        if value is not None:
+            parts.append(',"%s":%s' % (field.name, _wire(value)))
+    parts.append("}\n")
+    data = "".join(parts).encode("ascii")
     if len(data) > MAX_LINE:
         raise LocalProtocolError(
             "line_too_long", "%s.%s encodes to %d bytes; the maximum is %d"
