@@ -16,8 +16,10 @@ What runs where
   sees every domain of libvirtd, also other people's; it monitors only
   those with a guestha channel.
 * **The controller**: one ``guestha-server`` (tests/functional/serverctl.py)
-  with the log sink, on a RabbitMQ vhost of its own, Nova played by
-  tests/fakes/nova.py.
+  with the log sink, on a RabbitMQ vhost of its own, and no Nova
+  (tests/functional/novaless.py): none of these tests is about Nova.  The
+  same guest daemon in a server that Nova booted, with Nova's reboots,
+  server groups and notifications, is tests/cloud/test_scenarios.py.
 
 Assertions are on what reached the log sink (faults, recoveries) and on
 the agent's status.  Each test leaves the rig as it found it: the VM
@@ -36,8 +38,8 @@ import time
 
 import pytest
 
-from tests.fakes.nova import FakeNova
 from tests.functional import agentctl
+from tests.functional import novaless
 from tests.functional import serverctl
 from tools import proc as procs
 from tools import vm as vmlib
@@ -178,7 +180,6 @@ class Rig(object):
         self.procs = agentctl.Processes()
         self.workdir = agentctl.short_tempdir("ghrv-")
         self.vhost = None
-        self.nova = None
         self.server = None
         self.agent = None
         self.vm = None
@@ -196,13 +197,8 @@ class Rig(object):
         self.uuid = self.vm.uuid
         started = time.monotonic()
         self.vm.start()
-        self.nova = FakeNova().start()
-        self.nova.add_server(self.uuid, name="rv", host="ghrv-host",
-                             flavor_extra_specs={"guestha:heartbeat":
-                                                 "true"})
-        self.server = serverctl.ServerProcess(
-            self.workdir, self.url, "ghrv-ctl", self.nova.endpoint,
-            **self.server_groups)
+        self.server = novaless.ServerProcess(
+            self.workdir, self.url, "ghrv-ctl", **self.server_groups)
         self.server.start()
         self.agent = Agent(self.procs, self.workdir, self.url, "ghrv-host")
         self.agent.start()
@@ -285,7 +281,6 @@ class Rig(object):
             self.server and self.server.stop,
             self.procs.kill_all,
             self.server and self.server.kill,
-            self.nova and self.nova.stop,
             self.vhost and self._delete_vhost,
             lambda: shutil.rmtree(self.workdir, ignore_errors=True))
 

@@ -80,10 +80,6 @@ def silent(rig):
         vm.wait_booted(rv.BOOT_TIMEOUT)
         vm.control("daemon_stop")
         assert vm.control("daemon_pid")["pid"] is None
-        # known to Nova, so that a fault, if any, would reach the sink
-        rig.nova.add_server(vm.uuid, name="nd", host=rig.agent.host,
-                            flavor_extra_specs={"guestha:heartbeat":
-                                                "true"})
         rig.agent.start()
         rv.wait_for(lambda: (rig.agent.instance(vm.uuid) or {}).get(
             "state") == "SYNCING", "the agent to sync the silent VM",
