@@ -23,9 +23,36 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 
+
+def _driver_errors():
+    """The base exception classes of the MySQL drivers installed.
+
+    SQLAlchemy wraps what a driver raises in a statement, but not what it
+    raises in the ``engine_connect`` event: there it sets the session's
+    isolation level on each connection it hands out (``SET SESSION
+    TRANSACTION ISOLATION LEVEL``, ``COMMIT``), and a database that goes
+    away at that moment raises the driver's own ``OperationalError``
+    (seen at a MariaDB restart).  It is a database failure like any
+    other; a caller that let it through lost what it was writing.
+    """
+    found = []
+    try:
+        import pymysql
+        found.append(pymysql.err.Error)
+    except ImportError:
+        pass
+    try:
+        import MySQLdb
+        found.append(MySQLdb.Error)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
 #: What a database that is down, restarting or busy raises: the caller
 #: did not get its transaction, and may try again.
-DB_ERRORS = (db_exc.DBError, sa_exc.SQLAlchemyError, sqlite3.Error)
+DB_ERRORS = (db_exc.DBError, sa_exc.SQLAlchemyError,
+             sqlite3.Error) + _driver_errors()
 
 #: Seconds SQLite waits for another process's write transaction.
 SQLITE_BUSY_TIMEOUT = 30

@@ -52,9 +52,13 @@ round trip and a log flush on MySQL) is shared.
 Delivery to the sinks is at least once: a controller killed after a sink
 took an event but before the ledger heard of it delivers that event again
 after the restart.  Sinks get the event id and can deduplicate.
+
+A commit can fail for this process although the database made it (the
+connection broke before the answer): :meth:`Ledger.settle_uncertain`.
 """
 
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -131,13 +135,15 @@ class Accepted(object):
 class _Request(object):
     """One caller's share of a group commit."""
 
-    __slots__ = ("valid", "now", "new", "duplicates", "error", "done")
+    __slots__ = ("valid", "now", "new", "duplicates", "reclaimed", "error",
+                 "done")
 
     def __init__(self, valid, now):
         self.valid = valid
         self.now = now
         self.new = []
         self.duplicates = []
+        self.reclaimed = []
         self.error = None
         self.done = False
 
@@ -218,7 +224,9 @@ class Ledger(object):
         # all the same (the connection broke before the answer); then the
         # agent's resend finds them stored, owned by this controller and
         # never dispatched, and they must count as new
+        # (ids, under _uncertain_lock; see settle_uncertain)
         self._uncertain = collections.OrderedDict()
+        self._uncertain_lock = threading.Lock()
         # orders the events one controller received at the same instant;
         # starts above the last run's (nanoseconds since the epoch)
         self._seq = time.time_ns()
@@ -280,6 +288,93 @@ class Ledger(object):
             self._seq += 1
             return self._seq
 
+    # -- commits whose outcome we do not know -----------------------------
+
+    def _remember_uncertain(self, ids):
+        with self._uncertain_lock:
+            for event_id in ids:
+                self._uncertain[event_id] = None
+                self._uncertain.move_to_end(event_id)
+            while len(self._uncertain) > _MAX_UNCERTAIN:
+                self._uncertain.popitem(last=False)
+
+    def _is_uncertain(self, event_id):
+        with self._uncertain_lock:
+            return event_id in self._uncertain
+
+    def _take_uncertain(self, event_id):
+        """Forget ``event_id`` as uncertain; whether it was."""
+        with self._uncertain_lock:
+            return self._uncertain.pop(event_id, False) is None
+
+    @contextlib.contextmanager
+    def _leading(self):
+        """Be the group commit's leader (see :meth:`_commit_grouped`): no
+        commit of this process that may settle an uncertain event runs
+        meanwhile."""
+        with self._gc_cond:
+            while self._gc_leader:
+                self._gc_cond.wait()
+            self._gc_leader = True
+        try:
+            yield
+        finally:
+            with self._gc_cond:
+                self._gc_leader = False
+                self._gc_cond.notify_all()
+
+    @property
+    def uncertain(self):
+        """How many events of failed commits are still unsettled."""
+        return len(self._uncertain)
+
+    def settle_uncertain(self):
+        """The events of commits that failed for this controller but
+        that the database holds all the same, owned by this controller.
+
+        A commit can fail for the client after the database committed it
+        (the connection broke before the answer).  The agent then sends
+        the events again, to any controller: another one finds them stored
+        and answers "accepted" without handing them on, and so would this
+        one, but for :meth:`_store`'s check.  Nobody else ever dispatches
+        them either (their owner lives), so the keeper calls this as soon
+        as the database answers again (:class:`~guestha.server.service.
+        LedgerKeeper`): what the database holds is dispatched now, what it
+        does not hold is forgotten (the agent sends it again).  It runs
+        as the group commit's leader, so that no commit of this process
+        settles the same events meanwhile.
+
+        :returns: the work to dispatch, as :meth:`pending` lists it.
+        """
+        if not self._uncertain:
+            return []
+        now = self._clock()
+        with self._leading():
+            with self._uncertain_lock:
+                ids = list(self._uncertain)
+
+            def work(conn):
+                owners = self._owners(conn, ids)
+                mine = [i for i in ids if owners.get(i) == self.server_id]
+                rows = []
+                for chunk in _chunks(mine):
+                    found = self._pending_rows(conn, sa.and_(
+                        events_t.c.server == self.server_id,
+                        events_t.c.id.in_(chunk)))
+                    self._count_attempts(conn, found, now)
+                    rows.extend(found)
+                return mine, rows
+
+            mine, rows = self._run(work)
+            with self._uncertain_lock:
+                for event_id in ids:
+                    self._uncertain.pop(event_id, None)
+        if mine:
+            LOG.warning("dispatching %d event(s) whose commit failed for "
+                        "this controller but happened (their resend was "
+                        "answered without them)", len(mine))
+        return _group_work(rows)
+
     # -- events ----------------------------------------------------------
 
     def accept(self, events, now=None):
@@ -333,14 +428,13 @@ class Ledger(object):
         if batch is not None:
             try:
                 self._run(lambda conn: self._store(conn, batch))
+                self._settle_reclaimed(batch)
             except BaseException as exc:
                 for req in batch:
                     req.error = exc
                     req.new, req.duplicates = [], []
-                    for event, _ in req.valid:
-                        self._uncertain[event["id"]] = None
-                while len(self._uncertain) > _MAX_UNCERTAIN:
-                    self._uncertain.popitem(last=False)
+                self._remember_uncertain(
+                    event["id"] for req in batch for event, _ in req.valid)
             finally:
                 with self._gc_cond:
                     for req in batch:
@@ -350,6 +444,19 @@ class Ledger(object):
         if request.error is not None:
             raise request.error
 
+    def _settle_reclaimed(self, batch):
+        """After the commit: the events of a failed commit of ours that
+        :meth:`_store` found stored, or stored itself, are new to the
+        caller that takes them from the uncertain ones first (this one, or
+        the keeper's :meth:`settle_uncertain`), a duplicate to the
+        other."""
+        for req in batch:
+            lost = {event_id for event_id in req.reclaimed
+                    if not self._take_uncertain(event_id)}
+            if lost:
+                req.new = [e for e in req.new if e["id"] not in lost]
+                req.duplicates.extend(lost)
+
     def _store(self, conn, batch):
         ids = [e["id"] for req in batch for e, _ in req.valid]
         stored = self._owners(conn, ids)
@@ -357,22 +464,27 @@ class Ledger(object):
         targets = []
         fresh = []  # (event, received) for the API's tables
         for req in batch:
-            req.new, req.duplicates = [], []
+            req.new, req.duplicates, req.reclaimed = [], [], []
             for event, body in req.valid:
                 owner = stored.get(event["id"])
                 if owner is not None:
                     if (owner == self.server_id
-                            and event["id"] in self._uncertain):
+                            and self._is_uncertain(event["id"])):
                         # committed by a commit that failed for us: this
-                        # process never dispatched it
-                        self._uncertain.pop(event["id"], None)
+                        # process never dispatched it (unless the keeper
+                        # does meanwhile: _settle_reclaimed)
                         req.new.append(event)
+                        req.reclaimed.append(event["id"])
                         stored[event["id"]] = owner
                     else:
                         req.duplicates.append(event["id"])
                     continue
                 stored[event["id"]] = self.server_id
                 req.new.append(event)
+                if self._is_uncertain(event["id"]):
+                    # a failed commit of ours that did not happen: this
+                    # one stores it, and settles it (_settle_reclaimed)
+                    req.reclaimed.append(event["id"])
                 rows.append({"id": event["id"], "type": event["type"],
                              "instance": event["instance"],
                              "host": event["host"], "body": body,
@@ -396,8 +508,18 @@ class Ledger(object):
         body = json.dumps(event, separators=(",", ":"))
 
         def work(conn):
-            if self._existing(conn, [event["id"]]):
-                return False
+            owner = self._owners(conn, [event["id"]]).get(event["id"])
+            if owner is not None:
+                # stored by a commit that failed for us (see accept):
+                # this process never handed it on
+                mine = (owner == self.server_id
+                        and self._is_uncertain(event["id"]))
+                return "reclaim" if mine else False
+            if self._is_uncertain(event["id"]):
+                # a failed commit of ours that did not happen: stored now
+                reclaim = "reclaim"
+            else:
+                reclaim = True
             conn.execute(events_t.insert(), [{
                 "id": event["id"], "type": event["type"],
                 "instance": event["instance"],
@@ -410,9 +532,17 @@ class Ledger(object):
                     {"event_id": event["id"], "sink": sink,
                      "state": PENDING, "attempts": 1, "updated": now}
                     for sink in self.sinks])
-            return True
+            return reclaim
 
-        return self._run(work)
+        try:
+            with self._leading():   # see settle_uncertain
+                stored = self._run(work)
+                if stored == "reclaim":
+                    stored = self._take_uncertain(event["id"])
+        except DB_ERRORS:
+            self._remember_uncertain([event["id"]])
+            raise
+        return stored
 
     def _delivery_rows(self, event, now):
         rows = [{"event_id": event["id"], "sink": sink, "state": PENDING,
@@ -495,7 +625,8 @@ class Ledger(object):
             marks, self._marks = self._marks, []
         try:
             self.mark(marks, now=now)
-        except DB_ERRORS:
+        except BaseException:
+            # whatever failed, the outcomes are not written: keep them
             with self._marks_lock:
                 self._marks[:0] = marks
             raise

@@ -6,7 +6,8 @@ notification listener (Nova's versioned notifications), one thread per
 fault sink (:class:`~guestha.sinks.base.SinkDispatcher`), the
 corrective-action worker, the server-group refresher, and the ledger
 keeper (this module), which renews the lease, writes delivery outcomes in
-batches, takes over the work of dead controllers and prunes old events.
+batches, settles failed commits, takes over the work of dead controllers
+and prunes old events.
 
 Start: the lease first (a second process with the same ``server_id``
 stops here), then the sinks and the action worker, then the work this
@@ -108,6 +109,7 @@ class LedgerKeeper(object):
         self._quiet_until = None
         self._failures_seen = ledger.failures
         self._resubmit_actions = False
+        self._next_renew = self._next_prune = clock()
 
     def database_failed(self, now):
         """The database failed this controller (any of its threads).
@@ -171,28 +173,41 @@ class LedgerKeeper(object):
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def settle_uncertain(self):
+        """Dispatch the events of commits that failed for this controller
+        but happened (:meth:`Ledger.settle_uncertain`): nobody else
+        would."""
+        if not self.ledger.uncertain:
+            return 0
+        return self.deliveries.redispatch(self.ledger.settle_uncertain())
+
+    def upkeep(self, now):
+        """One round of the keeper's work (every :data:`FLUSH_INTERVAL`);
+        raises what the database raises."""
+        self.watch_failures(now)
+        self.ledger.flush()
+        self.settle_uncertain()
+        if self._resubmit_actions:
+            self.resubmit_actions()
+        now = self._clock()
+        if now >= self._next_renew:
+            self._next_renew = now + self.lease / 3.0
+            self.ledger.renew()
+            self.update_relay()
+            self.take_over(now)
+        if now >= self._next_prune:
+            self._next_prune = now + PRUNE_INTERVAL
+            pruned = self.ledger.prune(time.time() - self.retention)
+            if pruned:
+                LOG.info("ledger: forgot %d delivered event(s) older than "
+                         "%d s", pruned, self.retention)
+
     def _run(self):
-        renew_every = self.lease / 3.0
-        next_renew = self._clock() + renew_every
-        next_prune = self._clock() + PRUNE_INTERVAL
+        self._next_renew = self._clock() + self.lease / 3.0
+        self._next_prune = self._clock() + PRUNE_INTERVAL
         while not self._stopping.wait(FLUSH_INTERVAL):
             try:
-                self.watch_failures(self._clock())
-                self.ledger.flush()
-                if self._resubmit_actions:
-                    self.resubmit_actions()
-                now = self._clock()
-                if now >= next_renew:
-                    next_renew = now + renew_every
-                    self.ledger.renew()
-                    self.update_relay()
-                    self.take_over(now)
-                if now >= next_prune:
-                    next_prune = now + PRUNE_INTERVAL
-                    pruned = self.ledger.prune(time.time() - self.retention)
-                    if pruned:
-                        LOG.info("ledger: forgot %d delivered event(s) "
-                                 "older than %d s", pruned, self.retention)
+                self.upkeep(self._clock())
             except db_api.DB_ERRORS as exc:
                 # the database is away: the agents' calls fail and are
                 # sent again; the upkeep resumes when it is back

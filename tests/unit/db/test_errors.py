@@ -6,8 +6,9 @@ from oslo_db import exception as db_exc
 import pytest
 
 from guestha.sinks import base
-from tests.unit.server.test_recovery_cap import clock  # noqa: F401
-from tests.unit.server.test_recovery_cap import ledger  # noqa: F401
+from tests.unit.server.conftest import clock  # noqa: F401
+from tests.unit.server.conftest import ledger  # noqa: F401
+from tests.unit.server.test_recovery_cap import ledger_sinks  # noqa: F401
 from tests.unit.server.test_recovery_cap import masakari_with_cap
 from tests.unit.server.test_recovery_cap import unhealthy
 
