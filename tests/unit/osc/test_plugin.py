@@ -87,3 +87,12 @@ def test_module_attributes():
     assert plugin.API_NAME == "guestha"
     assert plugin.API_VERSION_OPTION == "os_guestha_api_version"
     assert set(plugin.API_VERSIONS) == {"1"}
+
+
+def test_noauth_endpoint_option(openstack, api_url):
+    # keystoneauth's "none" plugin has an endpoint of its own: used when
+    # no --os-guestha-url is given
+    code, out, err = openstack("--os-endpoint", api_url, "guestha",
+                               "fault", "list", "-f", "value", "-c", "ID")
+    assert code == 0, err
+    assert sorted(out.split()) == sorted(f[0] for f in data.FAULTS)
