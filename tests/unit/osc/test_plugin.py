@@ -4,6 +4,7 @@ global options and make_client, through the real ``openstack`` shell run
 in this process against the API on a real HTTP server."""
 
 import json
+import logging
 import os
 
 from openstackclient import shell
@@ -27,7 +28,15 @@ def openstack(monkeypatch, capsys):
         # descriptor of the ClientManager class: forget the last one
         vars(clientmanager.ClientManager)[plugin.API_NAME]._handle = None
         capsys.readouterr()
-        code = shell.main(["--os-auth-type", "none"] + list(argv))
+        # the shell sets up logging for a process of its own: give the
+        # next tests the root logger as it was
+        root = logging.getLogger()
+        level, handlers = root.level, root.handlers[:]
+        try:
+            code = shell.main(["--os-auth-type", "none"] + list(argv))
+        finally:
+            root.setLevel(level)
+            root.handlers[:] = handlers
         out, err = capsys.readouterr()
         return code, out, err
     return run
