@@ -16,7 +16,11 @@ is forgotten.  The **channel** is the host side of the virtio-serial port, a
 UNIX socket that QEMU serves: the instance connects, synchronises (which
 discards whatever an earlier agent left in the stream), invites the guest to
 register, and then lets :class:`~guestha_guest.protocol.heartbeat.
-HostHeartbeat` challenge it.
+HostHeartbeat` challenge it.  The protocol itself is a
+:class:`~guestha_guest.protocol.session.HostSession`: the instance feeds it
+what the socket returned and the time, and carries out its outputs (bytes
+to write, whole lines only; the heartbeat's reports; the guest's
+server-group messages).
 
 The states, and what moves between them, are one table,
 :data:`TRANSITIONS`: ``(state, input) -> (handler, next state)``; a

@@ -421,7 +421,9 @@ def test_example_app(srv):
     proc = run_example_process(srv, ["--name", "demo", "--broadcast",
                                      "hi there"])
     try:
-        srv.until(lambda: srv.server.counts()["subscribers"]["status"] == 1)
+        # (it subscribes, then broadcasts)
+        srv.until(lambda: srv.server.counts()["subscribers"]["status"] == 1
+                  and srv.broadcasts)
         assert srv.broadcasts == [b"hi there"]
         bc = {"op": "broadcast", "from": MEMBERS[1]["instance"],
               "payload": base64.b64encode(b"from a peer").decode()}
