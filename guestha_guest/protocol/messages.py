@@ -283,33 +283,31 @@ class Message(object):
     SENDERS = (HOST, GUEST)
     FIELDS = ()
 
-    def __init__(self, **kwargs):
-        self.seq = kwargs.pop("seq", None)
+    def __init__(self, seq=None, **kwargs):
+        self.seq = seq
         if not self._NAMES.issuperset(kwargs):
             raise TypeError("%s has no field %s" % (
                 type(self).__name__,
                 ", ".join(sorted(set(kwargs) - self._NAMES))))
         attrs = self.__dict__
-        for field in self.FIELDS:
-            value = kwargs.get(field.name)
+        for name, check, required, default in self._SPECS:
+            value = kwargs.get(name)
             if value is None:
-                # Fix: None means "absent", as JSON null does in decode(),
-                # so an optional field gets its default either way (before,
-                # Init(corrective_action=None) kept None but decoded as
-                # "none").
-                value = field.default
+                # None means "absent", as JSON null does in decode(), so an
+                # optional field gets its default either way
+                value = default
             if value is None:
-                if field.required:
+                if required:
                     raise LocalProtocolError(
                         "invalid_message", "%s.%s is required"
-                        % (self.TYPE, field.name))
+                        % (self.TYPE, name))
             else:
                 try:
-                    value = field.check(value)
+                    value = check(value)
                 except _Invalid as exc:
                     raise LocalProtocolError(
-                        exc.code, "%s.%s %s" % (self.TYPE, field.name, exc))
-            attrs[field.name] = value
+                        exc.code, "%s.%s %s" % (self.TYPE, name, exc))
+            attrs[name] = value
         try:
             self._check_together()
         except _Invalid as exc:
@@ -501,7 +499,11 @@ _APPS = APPS
 for _app in _APPS:
     _TYPES[(_app, "error")] = Error
 for _cls in set(_TYPES.values()):
+    # made once from FIELDS, for the constructor and encode()
     _cls._NAMES = frozenset(f.name for f in _cls.FIELDS)
+    _cls._NAMES_IN_ORDER = tuple(f.name for f in _cls.FIELDS)
+    _cls._SPECS = tuple((f.name, f.check, f.required, f.default)
+                        for f in _cls.FIELDS)
     # what decode() takes from each sender, field by field: (name, check
     # or None if the key is not this sender's to set, required, default)
     _cls._TAKES = {sender: tuple(
@@ -689,10 +691,11 @@ def encode(msg, seq, version=VERSION):
     else:
         parts = ['{"v":%s,"app":%s,"type":%s,"seq":%s' % (
             _wire(version), _wire(app), _wire(msg.TYPE), _wire(seq))]
-    for field in msg.FIELDS:
-        value = getattr(msg, field.name)
+    attrs = msg.__dict__
+    for name in msg._NAMES_IN_ORDER:
+        value = attrs[name]
         if value is not None:
-            parts.append(',"%s":%s' % (field.name, _wire(value)))
+            parts.append(',"%s":%s' % (name, _wire(value)))
     parts.append("}\n")
     data = "".join(parts).encode("ascii")
     if len(data) > MAX_LINE:
