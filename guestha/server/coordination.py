@@ -8,11 +8,13 @@ Theory of operation
 Every controller gets every Nova notification (each listens in a pool of
 its own, to keep its cache); one of them, the **relay**, tells the agents.
 The relay is the holder of the tooz lock :data:`RELAY_LOCK`: each
-controller tries to take it at every upkeep tick, without waiting, and
+controller tries to take it every second
+(:data:`~guestha.server.service.RELAY_INTERVAL`), without waiting, and
 keeps it by the coordinator's heartbeat.  When the holder dies its lock
 expires (``[coordination] lock_timeout``; at once on a backend that ties
-locks to a connection, such as MySQL) and the next tick of another
-controller takes it.  A controller that cannot reach the backend does not
+locks to a connection, such as MySQL) and the next try of another
+controller takes it: a state change in between is told by nobody (see
+doc/source/server.rst).  A controller that cannot reach the backend does not
 relay: two relays would tell the peers twice.
 
 Without a backend, :class:`LeaseRelay` elects the relay from the leases
@@ -75,6 +77,7 @@ class ToozRelay(object):
             lock_timeout=lock_timeout)
         self._relay_lock = None
         self._held = False
+        self._unreachable = False
 
     @classmethod
     def from_conf(cls, conf):
@@ -109,9 +112,12 @@ class ToozRelay(object):
                 self._held = False
             if not self._held:
                 self._held = bool(self._relay_lock.acquire(blocking=False))
+            self._unreachable = False
         except tooz_coordination.ToozError as exc:
-            LOG.warning("coordination backend unreachable; not relaying: "
-                        "%s", exc)
+            # every try (each second) while it lasts: say it once
+            (LOG.debug if self._unreachable else LOG.warning)(
+                "coordination backend unreachable; not relaying: %s", exc)
+            self._unreachable = True
             self._held = False
         return self._held, (self.member_id if self._held else "another")
 

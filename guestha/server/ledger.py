@@ -19,9 +19,11 @@ transaction, before it answers:
 * ``deliveries`` holds one row per event and delivery target: each fault
   sink, and :data:`ACTIONS` for the corrective-action worker.  A row is
   ``pending`` until the target reports ``done`` (or ``dropped``, after its
-  retries).  What is pending when a controller dies is delivered by the
-  next controller to look: a restarted one re-dispatches its own pending
-  rows, and any controller takes over the pending rows of a controller
+  retries); a sink's row is ``inflight`` while the sink has the event and
+  the controller has not yet noted that it is done
+  (:meth:`Ledger.begin_sending`).  What is owed when a controller dies is
+  delivered by the next controller to look: a restarted one re-dispatches
+  its own rows, and any controller takes over the rows of a controller
   whose lease ran out.
 * ``servers`` holds each controller's lease: its host name, pid and last
   heartbeat.  A controller is dead when its heartbeat is older than the
@@ -49,9 +51,14 @@ together (group commit, :meth:`Ledger.accept`): each caller waits for the
 commit that holds its events, and a commit's cost (an fsync on SQLite, a
 round trip and a log flush on MySQL) is shared.
 
-Delivery to the sinks is at least once: a controller killed after a sink
-took an event but before the ledger heard of it delivers that event again
-after the restart.  Sinks get the event id and can deduplicate.
+Delivery to the sinks is exactly once but for the deliveries in doubt:
+a sink's worker marks a batch ``inflight`` before the sink gets it and
+``done`` right after, and only a controller killed between the two leaves
+deliveries ``inflight``; whoever dispatches them again sends them with
+:data:`REDELIVERED` set (the sink may have them already; every record
+carries its id), and sends what was only ``pending`` as it is.  So at
+most one batch per sink per killed controller may reach its sink twice,
+flagged.  See doc/source/server.rst, "Delivery to the sinks".
 
 A commit can fail for this process although the database made it (the
 connection broke before the answer): :meth:`Ledger.settle_uncertain`.
@@ -87,6 +94,13 @@ LOG = logging.getLogger(__name__)
 ACTIONS = "@actions"
 
 PENDING, DONE, DROPPED = "pending", "done", "dropped"
+#: Handed to the sink, not yet known to be done (see :meth:`Ledger.
+#: begin_sending`): after its controller died, in doubt.
+INFLIGHT = "inflight"
+#: The states of a delivery still owed.
+OWED = (PENDING, INFLIGHT)
+#: The key a re-sent in-doubt event carries, true, to its sink.
+REDELIVERED = "redelivered"
 
 #: What a failing database raises (see :mod:`guestha.db.api`).
 DB_ERRORS = db_api.DB_ERRORS
@@ -171,14 +185,20 @@ def _chunks(values):
 
 
 def _group_work(rows):
-    """``[(id, body, sink)]`` -> ``[(event, [sinks])]``, in row order."""
+    """``[(id, body, sink, state)]`` -> ``[(event, [sinks])]``, in row
+    order.  The targets an event was in flight to are in an entry of
+    their own, with a copy of the event that says :data:`REDELIVERED`."""
     result = []
-    by_id = {}
-    for event_id, body, sink in rows:
-        if event_id not in by_id:
-            by_id[event_id] = (json.loads(body), [])
-            result.append(by_id[event_id])
-        by_id[event_id][1].append(sink)
+    by_key = {}
+    for event_id, body, sink, state in rows:
+        key = (event_id, state == INFLIGHT)
+        if key not in by_key:
+            event = json.loads(body)
+            if state == INFLIGHT:
+                event[REDELIVERED] = True
+            by_key[key] = (event, [])
+            result.append(by_key[key])
+        by_key[key][1].append(sink)
     return result
 
 
@@ -608,6 +628,51 @@ class Ledger(object):
             {"b_id": event_id, "b_sink": sink, "b_state": state}
             for event_id, sink, state in results]))
 
+    def begin_sending(self, sink, event_ids, now=None):
+        """Note that ``event_ids`` are handed to ``sink`` now: the sink's
+        worker calls this right before the sink, and :meth:`mark` right
+        after.  In between, each delivery is :data:`INFLIGHT`; a
+        controller that dies then leaves it so, and whoever dispatches it
+        again (:meth:`pending` after a restart, :meth:`claim_orphans`)
+        knows that the sink may have it already and says so
+        (:data:`REDELIVERED`).
+
+        Only the deliveries of events this controller still owns, and
+        still owes, are sent: another controller may have taken an event
+        over meanwhile (it thought this one dead while the database was
+        away), and the event's row is locked for the check, so that a
+        take-over either waits for this transaction (and finds the
+        delivery in flight) or comes first (and this controller leaves
+        the event alone).
+
+        :returns: the set of ids to send now.
+        :raises: one of :data:`DB_ERRORS`; then send nothing yet.
+        """
+        now = self._clock() if now is None else now
+        ids = list(dict.fromkeys(event_ids))
+
+        def work(conn):
+            mine = []
+            for chunk in _chunks(ids):
+                owed = conn.execute(
+                    sa.select(deliveries.c.event_id)
+                    .select_from(deliveries.join(
+                        events_t, events_t.c.id == deliveries.c.event_id))
+                    .where(deliveries.c.event_id.in_(chunk),
+                           deliveries.c.sink == sink,
+                           deliveries.c.state.in_(OWED),
+                           events_t.c.server == self.server_id)
+                    .with_for_update()).scalars().all()
+                if owed:
+                    conn.execute(deliveries.update().where(
+                        deliveries.c.event_id.in_(owed),
+                        deliveries.c.sink == sink).values(
+                            state=INFLIGHT, updated=now))
+                    mine.extend(owed)
+            return set(mine)
+
+        return self._run(work)
+
     def mark_later(self, event_id, sink, state):
         """Queue an outcome for the next :meth:`flush` (any thread).
 
@@ -634,10 +699,11 @@ class Ledger(object):
 
     def _pending_rows(self, conn, where):
         return conn.execute(
-            sa.select(events_t.c.id, events_t.c.body, deliveries.c.sink)
+            sa.select(events_t.c.id, events_t.c.body, deliveries.c.sink,
+                      deliveries.c.state)
             .select_from(deliveries.join(
                 events_t, events_t.c.id == deliveries.c.event_id))
-            .where(deliveries.c.state == PENDING, where)
+            .where(deliveries.c.state.in_(OWED), where)
             .order_by(events_t.c.received, events_t.c.seq,
                       deliveries.c.sink)).all()
 
@@ -648,7 +714,7 @@ class Ledger(object):
                 deliveries.c.sink == sa.bindparam("b_sink")).values(
                     attempts=deliveries.c.attempts + 1, updated=now),
                 [{"b_id": event_id, "b_sink": sink}
-                 for event_id, _, sink in rows])
+                 for event_id, _, sink, _ in rows])
 
     def pending(self, targets=None):
         """This controller's undelivered work: ``[(event, [targets])]``,
@@ -771,7 +837,7 @@ class Ledger(object):
                 sa.select(events_t.c.server).distinct()
                 .select_from(deliveries.join(
                     events_t, events_t.c.id == deliveries.c.event_id))
-                .where(deliveries.c.state == PENDING)).scalars().all()
+                .where(deliveries.c.state.in_(OWED))).scalars().all()
             orphaned = sorted(o for o in owners if o not in live)
             for row in dead:  # unless it came back meanwhile
                 conn.execute(servers.delete().where(
@@ -780,7 +846,7 @@ class Ledger(object):
             if not orphaned:
                 return orphaned, []
             pending_ids = sa.select(deliveries.c.event_id).where(
-                deliveries.c.state == PENDING)
+                deliveries.c.state.in_(OWED))
             conn.execute(events_t.update().where(
                 events_t.c.server.in_(orphaned),
                 events_t.c.id.in_(pending_ids)).values(server=token))
@@ -849,7 +915,7 @@ class Ledger(object):
         def work(conn):
             old = sa.select(events_t.c.id).where(events_t.c.received < before)
             still = sa.select(deliveries.c.event_id).where(
-                deliveries.c.state == PENDING)
+                deliveries.c.state.in_(OWED))
             done = conn.execute(old.where(
                 events_t.c.id.not_in(still))).scalars().all()
             pruned = 0

@@ -3,11 +3,12 @@
 
 Threads: oslo.messaging's RPC server (the agents' calls and casts) and
 notification listener (Nova's versioned notifications), one thread per
-fault sink (:class:`~guestha.sinks.base.SinkDispatcher`), the
-corrective-action worker, the server-group refresher, and the ledger
-keeper (this module), which renews the lease, writes delivery outcomes in
-batches, settles failed commits, takes over the work of dead controllers
-and prunes old events.
+fault sink (:class:`~guestha.sinks.base.SinkDispatcher`; it notes each
+batch in flight in the ledger before its sink gets it and done right
+after, :class:`Deliveries`), the corrective-action worker, the
+server-group refresher, and the ledger keeper (this module), which renews
+the lease, writes the outcomes queued in batches, settles failed commits,
+takes over the work of dead controllers and prunes old events.
 
 Start: the lease first (a second process with the same ``server_id``
 stops here), then the sinks and the action worker, then the work this
@@ -51,6 +52,10 @@ LOG = logging.getLogger(__name__)
 FLUSH_INTERVAL = 0.2
 #: Seconds between two prunes of the ledger.
 PRUNE_INTERVAL = 600.0
+#: Seconds between two tries to take (or keep) the relay: when the relay
+#: dies, state changes go untold from then until its lock expired and
+#: the next try of another controller (see doc/source/server.rst).
+RELAY_INTERVAL = 1.0
 
 
 class Deliveries(object):
@@ -65,6 +70,32 @@ class Deliveries(object):
 
     def on_result(self, event, sink_name, state):
         self.ledger.mark_later(event["id"], sink_name, state)
+
+    def before_send(self, sink_name, events):
+        """The sink's worker is about to hand ``events`` to the sink: in
+        flight in the ledger first (:meth:`Ledger.begin_sending`), and
+        only those this controller still owns."""
+        mine = self.ledger.begin_sending(sink_name,
+                                         [e["id"] for e in events])
+        send = []
+        for event in events:
+            if event["id"] in mine:
+                mine.discard(event["id"])   # once, even if queued twice
+                send.append(event)
+        return send
+
+    def on_results(self, sink_name, events, state):
+        """A delivered batch's outcome, written at once: the shorter a
+        delivery stays in flight after the sink has it, the fewer
+        deliveries a controller that dies leaves in doubt.  Queued for the
+        keeper's next flush if the database fails (and the other outcomes,
+        drops and skips, always: :meth:`on_result`)."""
+        results = [(e["id"], sink_name, state) for e in events]
+        try:
+            self.ledger.mark(results)
+        except Exception:  # noqa: BLE001 - never lose an outcome
+            for result in results:
+                self.ledger.mark_later(*result)
 
     def dispatch(self, event, targets=None):
         """Hand ``event`` to every sink, or to ``targets`` (the ledger's
@@ -109,7 +140,7 @@ class LedgerKeeper(object):
         self._quiet_until = None
         self._failures_seen = ledger.failures
         self._resubmit_actions = False
-        self._next_renew = self._next_prune = clock()
+        self._next_renew = self._next_prune = self._next_relay = clock()
 
     def database_failed(self, now):
         """The database failed this controller (any of its threads).
@@ -190,10 +221,12 @@ class LedgerKeeper(object):
         if self._resubmit_actions:
             self.resubmit_actions()
         now = self._clock()
+        if now >= self._next_relay:
+            self._next_relay = now + RELAY_INTERVAL
+            self.update_relay()
         if now >= self._next_renew:
             self._next_renew = now + self.lease / 3.0
             self.ledger.renew()
-            self.update_relay()
             self.take_over(now)
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_INTERVAL
@@ -204,6 +237,7 @@ class LedgerKeeper(object):
 
     def _run(self):
         self._next_renew = self._clock() + self.lease / 3.0
+        self._next_relay = self._clock() + RELAY_INTERVAL
         self._next_prune = self._clock() + PRUNE_INTERVAL
         while not self._stopping.wait(FLUSH_INTERVAL):
             try:
@@ -249,7 +283,9 @@ class ServerService(object):
         nova = actions_mod.NovaActions.from_conf(conf)
         deliveries = Deliveries(ledger, None, None)
         dispatcher = sinks_base.SinkDispatcher.from_conf(
-            conf, sinks=sinks, on_result=deliveries.on_result)
+            conf, sinks=sinks, on_result=deliveries.on_result,
+            on_results=deliveries.on_results,
+            before_send=deliveries.before_send)
         deliveries.dispatcher = dispatcher
         keeper = LedgerKeeper(ledger, deliveries, retention,
                               server.lease_seconds,

@@ -34,6 +34,11 @@ state of an instance is worth more than an old one.  Events a sink does
 not take (:meth:`FaultSink.accepts`; Vitrage has no use for action
 records) are never queued for it.
 
+``before_send(sink_name, events)``, if given, is called right before a
+batch goes to its sink, and may leave events out or hold the batch back
+(the controller notes there that the deliveries are in flight, see
+:class:`SinkDispatcher`); ``on_results(sink_name, events, state)``, if
+given, hears each delivered batch at once, right after the sink took it.
 ``on_result(event, sink_name, state)``, if given, hears the fate of every
 event per sink: :data:`DONE` (delivered, or not for this sink) or
 :data:`DROPPED`, from the worker threads; the controller's ledger uses it
@@ -256,6 +261,7 @@ class _SinkWorker(object):
         self.current = []      # the batch being attempted
         self.solo = 0          # events to send one by one (after a reject)
         self.failures = 0      # consecutive failed attempts
+        self.deferrals = 0     # consecutive failures of before_send
         self.next_at = None    # no attempt before this clock value
         self.last_error = None
         self.thread = None
@@ -297,6 +303,16 @@ class _SinkWorker(object):
                 return self.next_at - now
             batch = list(self.current)
         events = [entry.event for entry in batch]
+        if self._d.before_send is not None:
+            try:
+                keep = self._d.before_send(self.name, events)
+            except Exception as exc:  # noqa: BLE001 - the hook's failure
+                return self._deferred(batch, exc, now)
+            if len(keep) < len(events):
+                batch, events = self._keep(batch, keep)
+                if not batch:
+                    with self.cond:
+                        return 0.0 if self.queue else None
         try:
             if len(events) == 1:
                 self.sink.send(events[0])
@@ -314,6 +330,34 @@ class _SinkWorker(object):
             return self._failed(batch, exc, now)
         return self._delivered(batch)
 
+    def _keep(self, batch, keep):
+        """Leave out of the batch what ``before_send`` did not return."""
+        kept = {id(event) for event in keep}
+        left = [e for e in batch if id(e.event) not in kept]
+        batch = [e for e in batch if id(e.event) in kept]
+        with self.cond:
+            self.current = list(batch)
+            self.counters["withdrawn"] += len(left)
+        LOG.info("sink %s: %d event(s) not sent: no longer this "
+                 "controller's to send (%s)", self.name, len(left),
+                 ", ".join(str(e.event.get("id")) for e in left))
+        return batch, [entry.event for entry in batch]
+
+    def _deferred(self, batch, exc, now):
+        """``before_send`` failed (the controller's ledger is away): the
+        batch waits, as after a failed attempt, but no event's attempts
+        or age count it against the sink."""
+        with self.cond:
+            self.deferrals += 1
+            self.counters["deferred"] += 1
+            delay = self._d.backoff_delay(self.deferrals)
+            self.next_at = now + delay
+        if self.deferrals == 1:
+            LOG.warning("sink %s: not sending %d event(s) yet, retrying in "
+                        "%.1f s: %s: %s", self.name, len(batch), delay,
+                        type(exc).__name__, exc)
+        return delay
+
     def _delivered(self, batch):
         if self.failures:
             LOG.info("sink %s: delivering again after %d failed "
@@ -324,9 +368,10 @@ class _SinkWorker(object):
             self.next_at = None
             self.last_error = None
             self.counters["sent"] += len(batch)
+            self.deferrals = 0
             more = bool(self.queue)
-        for entry in batch:
-            self._d.report(entry.event, self.name, DONE)
+        self._d.report_batch([entry.event for entry in batch], self.name,
+                             DONE)
         return 0.0 if more else None
 
     def _rejected(self, batch, exc):
@@ -415,7 +460,8 @@ class _SinkWorker(object):
                                                3)),
             })
         for key in ("queued", "sent", "failed_attempts", "dropped_overflow",
-                    "dropped_gave_up", "dropped_rejected", "skipped"):
+                    "dropped_gave_up", "dropped_rejected", "skipped",
+                    "deferred", "withdrawn"):
             stats.setdefault(key, 0)
         return stats
 
@@ -434,11 +480,23 @@ class SinkDispatcher(object):
         event is dropped at its next failed attempt.
     :param on_result: ``f(event, sink_name, state)``, state :data:`DONE`
         or :data:`DROPPED`, called from the worker threads.
+    :param on_results: ``f(sink_name, events, state)``: the same for a
+        whole batch at once: a delivered batch is reported so, and, if
+        there is no ``on_result``, everything else.
+    :param before_send: ``f(sink_name, events)``, called by a sink's
+        worker right before it hands ``events`` to the sink: returns
+        those to send (the others are left out, unreported: they are no
+        longer this dispatcher's to send), or raises to hold the batch
+        back for a while (back-off as after a failure, without counting
+        an attempt against the events).  The controller notes there
+        that the deliveries are in flight (see
+        :meth:`guestha.server.ledger.Ledger.begin_sending`).
     """
 
     def __init__(self, sinks, clock=time.monotonic, rng=random.random,
                  queue_size=10000, retry_min=1.0, retry_max=60.0,
-                 max_attempts=20, give_up_after=3600.0, on_result=None):
+                 max_attempts=20, give_up_after=3600.0, on_result=None,
+                 on_results=None, before_send=None):
         if not 0 < retry_min <= retry_max:
             raise ValueError("need 0 < retry_min <= retry_max, not %r, %r"
                              % (retry_min, retry_max))
@@ -453,6 +511,8 @@ class SinkDispatcher(object):
         self.max_attempts = max_attempts
         self.give_up_after = give_up_after
         self._on_result = on_result
+        self._on_results = on_results
+        self.before_send = before_send
         self._workers = collections.OrderedDict()
         for sink in sinks:
             if not sink.name or sink.name in self._workers:
@@ -501,8 +561,21 @@ class SinkDispatcher(object):
                 self.report(event, name, DONE)
 
     def report(self, event, sink_name, state):
+        """One event's fate (a drop, a skip): ``on_result``, or else
+        ``on_results``."""
         if self._on_result is not None:
             self._on_result(event, sink_name, state)
+        elif self._on_results is not None:
+            self._on_results(sink_name, [event], state)
+
+    def report_batch(self, events, sink_name, state):
+        """A delivered batch: ``on_results``, or else ``on_result`` for
+        each event."""
+        if self._on_results is not None:
+            self._on_results(sink_name, events, state)
+        elif self._on_result is not None:
+            for event in events:
+                self._on_result(event, sink_name, state)
 
     def backoff_delay(self, failures):
         """The wait after ``failures`` consecutive failures:

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The ledger's delivery bookkeeping across failures: a commit that
-failed for the controller but happened, and what the database driver
-raises itself (issue 11)."""
+failed for the controller but happened, and (issue 11) deliveries in
+flight when a controller dies."""
 
 import pytest
 
@@ -238,3 +238,97 @@ def test_an_agents_batch_meets_an_unwrapped_driver_error(path, wall):
         endpoint.report_events({}, "compute-1", [state()])
     assert isinstance(info.value.exc_info[1],
                       endpoint_mod.LedgerUnavailable)
+
+
+# -- deliveries in flight, and in doubt after a death (issue 11) ------------
+
+def dead(ledger, wall):
+    """``ledger``'s controller dies: SIGKILL, its lease runs out."""
+    wall.advance(31)
+
+
+def test_only_the_deliveries_in_flight_come_back_flagged(path, wall):
+    """A controller marks a batch in flight, the sink takes it, and the
+    controller dies before it marks it done: the batch is in doubt.  The
+    controller that takes over sends it again flagged ``redelivered``,
+    and what was only pending, not flagged."""
+    mine = make(path, wall, "ctl-a")
+    taker = make(path, wall, "ctl-b")
+    sent, done, waiting = state(), state(), fault()
+    mine.accept([sent, done, waiting])
+    assert mine.begin_sending("log", [sent["id"], done["id"]]) == {
+        sent["id"], done["id"]}
+    mine.mark([(done["id"], "log", ledger_mod.DONE)])
+    assert mine.counts() == {"inflight": 1, "done": 1, "pending": 2}
+
+    dead(mine, wall)
+    taker.renew()
+    work = taker.claim_orphans()
+    by_id = {(e["id"], bool(e.get(ledger_mod.REDELIVERED))): sorted(t)
+             for e, t in work}
+    assert by_id == {(sent["id"], True): ["log"],
+                     (waiting["id"], False): sorted(
+                         ["log", ledger_mod.ACTIONS])}
+    # the event itself is as the agent sent it, but for the flag
+    flagged, = [e for e, _ in work if e.get(ledger_mod.REDELIVERED)]
+    assert dict(flagged, redelivered=None) == dict(sent, redelivered=None)
+
+
+def test_a_restarted_controller_flags_its_own_in_doubt_deliveries(
+        path, wall):
+    mine = Ledger(path, "ctl-a", sinks=("log",), lease=30.0, clock=wall,
+                  hostname="host-ctl-a", pid=_dead_pid())
+    mine.register()
+    sent, waiting = state(), state()
+    mine.accept([sent, waiting])
+    mine.begin_sending("log", [sent["id"]])
+    # SIGKILL, and the same server_id starts again on the same host
+    again = Ledger(path, "ctl-a", sinks=("log",), lease=30.0, clock=wall,
+                   hostname="host-ctl-a")
+    again.register()
+    work = again.pending()
+    assert [(e["id"], bool(e.get("redelivered")), t) for e, t in work] == [
+        (sent["id"], True, ["log"]), (waiting["id"], False, ["log"])]
+
+
+def _dead_pid():
+    from tests.unit.server.test_ledger import dead_pid
+    return dead_pid()
+
+
+def test_a_controller_taken_for_dead_does_not_send_what_it_lost(
+        path, wall):
+    """The database was away longer than a lease: ctl-a's lease ran out
+    although it lives, and ctl-b took its work over.  ctl-a still holds
+    the events in its sink's queue: it sends none of them (ctl-b does),
+    so they are not sent twice unflagged."""
+    mine = make(path, wall, "ctl-a")
+    taker = make(path, wall, "ctl-b")
+    lost, kept = state(), state()
+    mine.accept([lost])
+    dead(mine, wall)
+    taker.renew()
+    assert [e["id"] for e, _ in taker.claim_orphans()] == [lost["id"]]
+    mine.renew()   # it lives: its lease again
+    mine.accept([kept])
+    assert mine.begin_sending("log", [lost["id"], kept["id"]]) == {
+        kept["id"]}
+    assert taker.begin_sending("log", [lost["id"]]) == {lost["id"]}
+
+
+def test_a_delivery_done_is_not_sent_again(path, wall):
+    mine = make(path, wall, "ctl-a")
+    ev = state()
+    mine.accept([ev])
+    mine.mark([(ev["id"], "log", ledger_mod.DONE)])
+    assert mine.begin_sending("log", [ev["id"]]) == set()
+
+
+def test_in_flight_deliveries_are_owed_until_done(path, wall):
+    mine = make(path, wall, "ctl-a")
+    ev = state()
+    mine.accept([ev], now=wall.now - 100)
+    mine.begin_sending("log", [ev["id"]])
+    assert mine.prune(wall.now) == 0   # not forgotten while in flight
+    mine.mark([(ev["id"], "log", ledger_mod.DONE)])
+    assert mine.prune(wall.now) == 1
