@@ -223,24 +223,35 @@ function stop_guestha {
 }
 
 # create_guestha_flavor: an example flavor with guestha:heartbeat=true
-# (where Nova's API runs).
+# (where Nova's API runs).  Its extra specs are set at compute API
+# microversion 2.86, from which Nova validates them (with guestha's
+# validators, guestha/nova_extra_specs.py, where nova-api has them): a typo
+# in GUESTHA_FLAVOR_EXTRA_PROPERTIES stops stack.sh, and leaves no flavor
+# without its settings behind (which a second run would keep).  Below
+# 2.86 Nova takes any value, and "flavor create --property" reports a
+# refused property without failing.
 function create_guestha_flavor {
     if [[ "$GUESTHA_CREATE_FLAVOR" != "True" ]] || ! is_service_enabled n-api; then
         return
     fi
-    if openstack --os-cloud devstack-admin flavor show "$GUESTHA_FLAVOR_NAME" \
-            >/dev/null 2>&1; then
+    local os=(openstack --os-cloud devstack-admin)
+    if "${os[@]}" flavor show "$GUESTHA_FLAVOR_NAME" >/dev/null 2>&1; then
         return
     fi
-    local args=(--ram "$GUESTHA_FLAVOR_RAM" --disk "$GUESTHA_FLAVOR_DISK"
-                --vcpus "$GUESTHA_FLAVOR_VCPUS"
-                --property guestha:heartbeat=true)
+    local properties=(--property guestha:heartbeat=true)
     local property
     for property in $GUESTHA_FLAVOR_EXTRA_PROPERTIES; do
-        args+=(--property "$property")
+        properties+=(--property "$property")
     done
-    openstack --os-cloud devstack-admin flavor create "${args[@]}" \
+    "${os[@]}" flavor create --ram "$GUESTHA_FLAVOR_RAM" \
+        --disk "$GUESTHA_FLAVOR_DISK" --vcpus "$GUESTHA_FLAVOR_VCPUS" \
         "$GUESTHA_FLAVOR_NAME"
+    if ! "${os[@]}" --os-compute-api-version 2.86 flavor set \
+            "${properties[@]}" "$GUESTHA_FLAVOR_NAME"; then
+        "${os[@]}" flavor delete "$GUESTHA_FLAVOR_NAME"
+        die $LINENO "Nova refused the extra specs of flavor" \
+            "$GUESTHA_FLAVOR_NAME (${properties[*]})"
+    fi
 }
 
 # create_guestha_masakari_segment: a Masakari failover segment holding
@@ -248,7 +259,9 @@ function create_guestha_flavor {
 # masakari sink).  Without one masakari-api refuses guestha's
 # notifications (HTTP 400).  Idempotent: an existing segment or host is
 # left alone.  Masakari checks a host's name against Nova's compute
-# services, hence the names nova-compute reports.
+# services, hence the names nova-compute reports; and a host belongs to
+# one segment at most (a second "segment host create" is HTTP 409), so a
+# host already in another segment stays there.
 function create_guestha_masakari_segment {
     local segment=$GUESTHA_MASAKARI_SEGMENT
     if [[ -z "$segment" || ",$(guestha_sinks)," != *,masakari,* ]] ||
@@ -256,7 +269,7 @@ function create_guestha_masakari_segment {
         return
     fi
     local os=(openstack --os-cloud devstack-admin)
-    local existing hosts host
+    local existing hosts host segments uuid
     # captured, not piped into grep -q: with pipefail an early grep exit
     # could fail the pipeline and create a second segment
     existing=$("${os[@]}" segment list -f value -c name)
@@ -266,11 +279,18 @@ function create_guestha_masakari_segment {
     fi
     hosts=$("${os[@]}" compute service list --service nova-compute \
         -f value -c Host)
-    existing=$("${os[@]}" segment host list "$segment" -f value -c name)
+    # the hosts of every segment, ours included
+    existing=""
+    segments=$("${os[@]}" segment list -f value -c uuid)
+    for uuid in $segments; do
+        existing+=$("${os[@]}" segment host list "$uuid" -f value -c name)
+        existing+=$'\n'
+    done
     for host in $hosts; do
-        if ! grep -Fxq -- "$host" <<<"$existing"; then
-            "${os[@]}" segment host create "$host" COMPUTE SSH "$segment"
+        if grep -Fxq -- "$host" <<<"$existing"; then
+            continue
         fi
+        "${os[@]}" segment host create "$host" COMPUTE SSH "$segment"
     done
 }
 

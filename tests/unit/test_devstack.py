@@ -295,12 +295,22 @@ def flavor_creates(node):
             if c[3:5] == ["flavor", "create"]]
 
 
+def flavor_sets(node):
+    return [c for c in node.calls("openstack")
+            if c[3:7] == ["--os-compute-api-version", "2.86", "flavor",
+                          "set"]]
+
+
 def test_flavor(aio):
     aio.stack()
     creates = flavor_creates(aio)
     assert creates == [[
         "openstack", "--os-cloud", "devstack-admin", "flavor", "create",
-        "--ram", "1024", "--disk", "10", "--vcpus", "1",
+        "--ram", "1024", "--disk", "10", "--vcpus", "1", "guestha.small"]]
+    # the extra specs where Nova validates them (microversion 2.86)
+    assert flavor_sets(aio) == [[
+        "openstack", "--os-cloud", "devstack-admin",
+        "--os-compute-api-version", "2.86", "flavor", "set",
         "--property", "guestha:heartbeat=true", "guestha.small"]]
 
 
@@ -313,7 +323,10 @@ def test_flavor_extra_properties_and_existing(tmp_path):
     creates = flavor_creates(node)
     assert creates == [[
         "openstack", "--os-cloud", "devstack-admin", "flavor", "create",
-        "--ram", "1024", "--disk", "10", "--vcpus", "1",
+        "--ram", "1024", "--disk", "10", "--vcpus", "1", "hb.tiny"]]
+    assert flavor_sets(node) == [[
+        "openstack", "--os-cloud", "devstack-admin",
+        "--os-compute-api-version", "2.86", "flavor", "set",
         "--property", "guestha:heartbeat=true",
         "--property", "guestha:server_group_messaging=true",
         "--property", "guestha:corrective_action=reboot", "hb.tiny"]]
@@ -321,7 +334,7 @@ def test_flavor_extra_properties_and_existing(tmp_path):
     node.clear_calls()
     node.env["STUB_FLAVOR_EXISTS"] = "1"
     node.run(("stack", "extra"))
-    assert not flavor_creates(node)
+    assert not flavor_creates(node) and not flavor_sets(node)
 
 
 def test_compute_node_only(tmp_path):
