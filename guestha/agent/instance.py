@@ -734,9 +734,9 @@ class Instance(object):
             if outputs is p.NEED_DATA:
                 break
             self._apply(outputs, now)
-        discarded = session.discarded - self._discarded_seen
+        discarded = session.conn.discarded - self._discarded_seen
         if discarded > 0 and self.session is session:
-            self._discarded_seen = session.discarded
+            self._discarded_seen = session.conn.discarded
             self.counters["discarded_lines"] += discarded
             if not self._discards.take(now, discarded):
                 self._misbehaved(now, "sends lines that are not the "
@@ -1052,8 +1052,10 @@ class Instance(object):
             when = self._sync_at
         elif state == CONNECTING:
             when = self._connect_at
-        if self.session is not None:
-            t = self.session.next_timer()
+        session = self.session
+        if session is not None and session.heartbeat is not None:
+            # (the host session's only timer is its heartbeat's)
+            t = session.heartbeat.next_timer()
             if t is not None and (when is None or t < when):
                 when = t
         if self._confirm is not None:

@@ -320,8 +320,11 @@ class HostHeartbeat(_Machine):
 
     def _challenge(self, msg, now):
         token = "%032x" % self._rng.getrandbits(128)
-        self._outstanding = m.Challenge(challenge=token,
-                                        deadline_ms=self.interval_ms)
+        if type(self.interval_ms) is int:  # granted, so within bounds
+            self._outstanding = m.host_challenge(token, self.interval_ms)
+        else:
+            self._outstanding = m.Challenge(challenge=token,
+                                            deadline_ms=self.interval_ms)
         self._copy = None
         self._challenged_at = now
         self._timer = now + self.interval_ms / 1000.0  # self.interval

@@ -3,11 +3,14 @@
 the obvious code: ``encode`` writes each field itself (``messages._wire``)
 where ``json.dumps`` of a dict would do, ``decode`` parses with one shared
 JSON decoder, ``Connection.receive_data`` queues the lines of a chunk in
-one pass.  They must write the same bytes and accept and refuse the same
+one pass, and the heartbeat round's shortcuts (``host_challenge``, the
+challenge's line, the plain ``challenge_response``) give what the general
+code gives.  They must write the same bytes and accept and refuse the same
 lines.
 """
 
 import base64
+import itertools
 import json
 import random
 
@@ -19,6 +22,103 @@ from guestha_guest.protocol import messages as m
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 UUID = "5b0e7d9e-3c1a-4b6f-8e2d-1f0a9c8b7d6e"
+
+
+def line_of(obj):
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+
+def general_decode(line, sender, monkeypatch):
+    """decode() without the heartbeat round's shortcut."""
+    with monkeypatch.context() as patch:
+        patch.setattr(m, "_round_response", lambda obj: None)
+        return outcome(line, sender)
+
+
+def outcome(line, sender):
+    try:
+        msg = m.decode(line, sender)
+    except RemoteProtocolError as exc:
+        return ("error", exc.code, str(exc), exc.ref, exc.app)
+    return ("message", type(msg), msg.seq, vars(msg))
+
+
+def response(**changes):
+    obj = {"v": 1, "app": "heartbeat", "type": "challenge_response",
+           "seq": 17, "ref": 42, "challenge": TOKEN, "healthy": True}
+    for key, value in changes.items():
+        if value is KeyError:
+            obj.pop(key, None)
+        else:
+            obj[key] = value
+    return obj
+
+
+# every field of a challenge_response, each with values the general path
+# accepts and values it refuses (or ignores)
+VARIANTS = {
+    "v": [1, 2, 0, True, 1.0, "1", None, KeyError],
+    "app": ["heartbeat", "base", "server_group", 1, None],
+    "seq": [0, 17, m.MAX_SEQ, m.MAX_SEQ + 1, -1, True, 1.5, "3", None,
+            KeyError],
+    "ref": [0, 42, m.MAX_SEQ, m.MAX_SEQ + 1, -1, False, 2.0, "42", None,
+            KeyError],
+    "challenge": [TOKEN, "a", "x" * 64, "x" * 65, "", "ab\n", "a b",
+                  "a.b:c-d_e", "\u00e9", 5, None, KeyError],
+    "healthy": [True, False, 1, 0, "true", None, KeyError],
+    "reason": ["ok", "", "r" * 120, "r" * 121, "bad\x01", "\u00e9t\u00e9",
+               7, None, KeyError],
+    "action": ["none", "log", "reboot", "stop", "explode", "", 3, [],
+               None, KeyError],
+    "extra": [KeyError, "ignored", {"a": 1}],
+}
+
+
+@pytest.mark.parametrize("field", sorted(VARIANTS))
+def test_round_response_decodes_as_the_general_path(field, monkeypatch):
+    for value, sender in itertools.product(VARIANTS[field],
+                                           (m.GUEST, m.HOST)):
+        line = line_of(response(**{field: value}))
+        fast = outcome(line, sender)
+        assert fast == general_decode(line, sender, monkeypatch), (
+            field, value, sender)
+
+
+def test_round_response_random_combinations(monkeypatch):
+    rng = random.Random(7)
+    fields = sorted(VARIANTS)
+    for _ in range(3000):
+        changes = {f: rng.choice(VARIANTS[f])
+                   for f in rng.sample(fields, rng.randint(1, 4))}
+        line = line_of(response(**changes))
+        assert outcome(line, m.GUEST) == general_decode(
+            line, m.GUEST, monkeypatch), changes
+
+
+def test_host_challenge_is_a_challenge():
+    msg = m.host_challenge(TOKEN, 1000)
+    assert msg == m.Challenge(challenge=TOKEN, deadline_ms=1000)
+    assert vars(msg) == vars(m.Challenge(challenge=TOKEN, deadline_ms=1000))
+
+
+@pytest.mark.parametrize("token", ["\u00e9\u2028\"\\", "\ud83d\ude00" * 64,
+                                   "x" * 65, "x" * 4300])
+def test_challenge_line_of_unchecked_values(token):
+    # only host_challenge makes such a challenge; encode() still writes
+    # what the general path writes (escapes included) or refuses the same
+    msg = m.host_challenge(token, 1000)
+    try:
+        expected = general_encode(msg, 3, 1)
+    except Exception as exc:  # noqa: BLE001
+        expected = type(exc)
+    try:
+        got = m.encode(msg, 3, 1)
+    except Exception as exc:  # noqa: BLE001
+        got = type(exc)
+    if isinstance(expected, bytes) and len(expected) > m.MAX_LINE:
+        assert got is m.LocalProtocolError
+    else:
+        assert got == expected
 
 
 def reference_loads(line):
