@@ -239,6 +239,10 @@ def describe(record, names):
     if kind == "RECOVERY":
         return "%s %-8s %-5s fault %s cleared" % (
             when, kind, who, (record.get("fault_id") or "")[:8])
+    if kind == "STATE":  # the agent's report of the instance's state
+        return "%s %-8s %-5s %s%s" % (
+            when, kind, who, record.get("state"),
+            ": %s" % record["reason"] if record.get("reason") else "")
     return "%s %-8s %-5s %s" % (when, kind, who, json.dumps(
         {k: v for k, v in record.items()
          if k not in ("logged_at", "type", "instance")})[:90])
