@@ -718,7 +718,10 @@ class Ledger(object):
 
     def pending(self, targets=None):
         """This controller's undelivered work: ``[(event, [targets])]``,
-        oldest first, each dispatch counted as an attempt.
+        oldest first, each dispatch counted as an attempt.  The targets
+        a delivery was in flight to (the last run died before it was
+        done) come in an entry of their own, the event flagged
+        :data:`REDELIVERED`.
 
         :param targets: only these delivery targets (default: all).
         """

@@ -7,11 +7,12 @@ A storm of faults and recoveries from four agents goes on while one
 controller (the relay) is SIGKILLed and restarted, and, on MariaDB, while
 the database restarts.  Then:
 
-* every event an agent sent is at the log sink; twice only if the
-  controller that dispatched it was killed before it wrote that the sink
-  had it (delivery is at least once, each record carries its id), and
-  such an event is then in the killed controller's file and once more
-  elsewhere;
+* every event an agent sent is at the log sink, once, but for the
+  deliveries the killed controller had in flight (marked in flight before
+  its sink got them, not yet done): those are in doubt and sent again
+  with ``"redelivered": true``, so an event is twice only if it is in the
+  killed controller's file before the kill and once more, flagged; at
+  most one batch of the log sink is in doubt;
 * in each controller's sink file, the events of one instance are in the
   order the agent sent them, except the events it re-dispatched after a
   death (taken over or owed from the last run), which come late by
