@@ -163,7 +163,7 @@ class _Session(object):
             if self.heartbeat is None:
                 return [event]
             return self._heartbeat_outputs(
-                [event], self.heartbeat.receive(event, now), now)
+                self.heartbeat.receive(event, now), now, event)
         if kind is m.Sync:
             return [event, Send(conn.answer_sync(event), event)]
         if kind is c.Synced:
@@ -183,8 +183,8 @@ class _Session(object):
     def _synced(self, event, now):
         if self.heartbeat is None:
             return [event]
-        return self._heartbeat_outputs([event], self.heartbeat.synced(now),
-                                       now)
+        return self._heartbeat_outputs(self.heartbeat.synced(now), now,
+                                       event)
 
     # -- sending -----------------------------------------------------------
 
@@ -221,7 +221,7 @@ class _Session(object):
         """Fire the timers that are due; returns the outputs."""
         if self.heartbeat is None:
             return []
-        return self._heartbeat_outputs([], self.heartbeat.tick(now), now)
+        return self._heartbeat_outputs(self.heartbeat.tick(now), now)
 
     def next_timer(self):
         """When :meth:`tick` must next be called (None: no timer)."""
@@ -230,20 +230,27 @@ class _Session(object):
 
     # -- the heartbeat's outputs -------------------------------------------
 
-    def _heartbeat_outputs(self, outputs, results, now):
-        for out in results:
+    def _heartbeat_outputs(self, results, now, event=None):
+        """The heartbeat's ``results`` as outputs, after ``event`` (the
+        message that caused them) if given.  Its list is rewritten in
+        place (every round of every instance passes here: no new list)."""
+        i = 0
+        while i < len(results):
+            out = results[i]
             if isinstance(out, m.Message):
                 try:
-                    outputs.append(self.send(out))
+                    results[i] = self.send(out)
                 except LocalProtocolError:
                     # not synchronised (a resync is on its way, which
                     # will bring the heartbeat back); nothing to write
-                    pass
+                    del results[i]
+                    continue
             elif type(out) is hb.Resync:
-                outputs += self._resync(now)
-            else:
-                outputs.append(out)
-        return outputs
+                results[i:i + 1] = self._resync(now)
+            i += 1
+        if event is not None:
+            results.insert(0, event)
+        return results
 
 
 class HostSession(_Session):
@@ -287,7 +294,7 @@ class HostSession(_Session):
         """A fresh heartbeat on the synchronised channel: it invites the
         guest to register.  Returns the outputs."""
         self.heartbeat = self._new_heartbeat()
-        return self._heartbeat_outputs([], self.heartbeat.synced(now), now)
+        return self._heartbeat_outputs(self.heartbeat.synced(now), now)
 
     def stop_heartbeat(self):
         self.heartbeat = None
@@ -394,8 +401,8 @@ class GuestSession(_Session):
             outputs += self.start_sync(now, fresh=False)
         if self.stopping:
             return outputs  # no init retries or resyncs by the heartbeat
-        return self._heartbeat_outputs(outputs, self.heartbeat.tick(now),
-                                       now)
+        more = self._heartbeat_outputs(self.heartbeat.tick(now), now)
+        return outputs + more if outputs else more
 
     def next_timer(self):
         if self.conn is None:
@@ -425,4 +432,4 @@ class GuestSession(_Session):
 
     def _send_exit(self, now):
         self.exit_sent = True
-        return self._heartbeat_outputs([], self.heartbeat.exit(now), now)
+        return self._heartbeat_outputs(self.heartbeat.exit(now), now)
