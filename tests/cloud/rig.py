@@ -233,17 +233,20 @@ class Controller(serverctl.ServerProcess):
     """``guestha-server`` with the cloud's Nova (and Masakari): real
     credentials, not serverctl's stand-in endpoint."""
 
-    def __init__(self, workdir, url, name, masakari=False, max_actions=1):
+    def __init__(self, workdir, url, name, masakari=False, max_actions=1,
+                 ledger="ledger.sqlite",
+                 soft_reboot_timeout=SOFT_REBOOT_TIMEOUT,
+                 server_id="ghcloud-ctl", sink_log="events.jsonl"):
         groups = {
             "actions": {"allowed_max": "log" if masakari else "reboot",
                         "max_actions": max_actions, "window": 3600,
-                        "soft_reboot_timeout": SOFT_REBOOT_TIMEOUT},
+                        "soft_reboot_timeout": soft_reboot_timeout},
             "sinks": {"enabled": "log,masakari" if masakari else "log"},
             "server": {"group_refresh_interval": 5},
         }
-        super().__init__(workdir, url, "ghcloud-ctl", "unused",
-                         ledger_path=os.path.join(workdir, "ledger.sqlite"),
-                         sink_log=os.path.join(workdir, "events.jsonl"),
+        super().__init__(workdir, url, server_id, "unused",
+                         ledger_path=os.path.join(workdir, ledger),
+                         sink_log=os.path.join(workdir, sink_log),
                          name=name, **groups)
         with open(self.conf_path) as f:
             text = f.read()
@@ -284,12 +287,16 @@ class GuestHA(object):
         self.agent.start()
         return self
 
-    def start_server(self, masakari=False, max_actions=1):
+    def start_server(self, masakari=False, max_actions=1, **kwargs):
+        """(Re)start the controller; ``kwargs``: :class:`Controller`'s
+        (``ledger``, another ledger file: a cap count of its own;
+        ``soft_reboot_timeout``)."""
         if self.server is not None:
             self.server.stop()
         self.server = Controller(self.workdir, self.url,
                                  "ctl-masakari" if masakari else "ctl",
-                                 masakari=masakari, max_actions=max_actions)
+                                 masakari=masakari, max_actions=max_actions,
+                                 **kwargs)
         self.server.start()
         return self.server
 
@@ -404,6 +411,27 @@ class GuestHA(object):
         for group in self.groups:
             self.conn.compute.delete_server_group(group,
                                                   ignore_missing=True)
+
+
+def nova_client():
+    """guestha's Nova client (guestha.agent.nova.NovaClient) configured
+    by a ``[nova]`` group as the controllers' guestha.conf has it."""
+    import tempfile
+
+    from oslo_config import cfg
+
+    from guestha.agent import nova as nova_mod
+    from guestha.conf import nova as nova_conf
+
+    with tempfile.NamedTemporaryFile("w", suffix=".conf") as f:
+        f.write("[nova]\n" + "".join("%s = %s\n" % kv
+                                     for kv in os_auth().items()))
+        f.flush()
+        conf = cfg.ConfigOpts()
+        nova_conf.register_opts(conf)
+        conf(["--config-file", f.name], project="guestha",
+             default_config_files=[])
+    return nova_mod.NovaClient.from_conf(conf)
 
 
 def rabbit_queues():
