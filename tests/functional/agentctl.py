@@ -245,10 +245,13 @@ class ControllerStub(object):
 
     def events(self, instance=None, type_=None):
         """Events received (duplicates included), optionally of one
-        instance and one type (``"fault"``, ``"recovery"``)."""
+        instance and one type (``"fault"``, ``"recovery"``, ``"state"``);
+        without a type, faults and recoveries only (the agent also reports
+        each instance's state: :mod:`guestha.agent.statereport`)."""
         return [r["event"] for r in self.records()
                 if (instance is None or r["event"]["instance"] == instance)
-                and (type_ is None or r["event"]["type"] == type_)]
+                and (r["event"]["type"] == type_ if type_ is not None
+                     else r["event"]["type"] != "state")]
 
     def faults(self, instances=None):
         return [e for e in self.events(type_="fault")
