@@ -186,12 +186,16 @@ def test_2_hung_daemon_rebooted_through_nova_once(gha, hb_ready):
     regs = gha.agent.registrations(server.id)
     stopped_at = time.monotonic()
     riglib.guest_ok(server.id, "kill -STOP $(guestha-daemon-pid)")
+    # the SIGSTOP happened during that guest-exec, which a loaded machine
+    # under TCG slows down: the bound counts from its end
+    exec_s = time.monotonic() - stopped_at
     fault = riglib.wait_for(lambda: gha.faults(server.id, since),
                             "a missed fault", timeout=30,
                             diag=lambda: gha.diagnostics(server.id))[0]
     detected_s = time.monotonic() - stopped_at
     assert fault["kind"] == "missed", fault
-    assert detected_s <= 2 * INTERVAL + MARGIN + 1, detected_s
+    assert detected_s - exec_s <= 2 * INTERVAL + MARGIN + 1, (
+        detected_s, exec_s)
 
     action = riglib.wait_for(
         lambda: [a for a in gha.sink(server.id, "action", since)
@@ -211,8 +215,9 @@ def test_2_hung_daemon_rebooted_through_nova_once(gha, hb_ready):
                  if r.get("fault_id") == fault["id"]],
         "the recovery of the fault", timeout=30, diag=gha.diagnostics)
     repaired_s = time.monotonic() - stopped_at
-    print("scenario 2: fault %.1f s after SIGSTOP, healthy again after "
-          "%.1f s" % (detected_s, repaired_s))
+    print("scenario 2: fault %.1f s after the SIGSTOP's guest-exec began "
+          "(which took %.1f s), healthy again after %.1f s"
+          % (detected_s, exec_s, repaired_s))
 
     # a second fault inside the window: capped, no second reboot
     since2 = time.time()
