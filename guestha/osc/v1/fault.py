@@ -2,25 +2,23 @@
 """``openstack guestha fault list|show``: the faults guestha detected,
 open and recovered, newest first."""
 
-from osc_lib.command import command
-from osc_lib import utils
-
-from guestha.osc.v1 import pagination
-
-COLUMNS = ("id", "instance_id", "host", "kind", "open", "detected_at",
-           "recovered_at")
-HEADINGS = ("ID", "Instance ID", "Host", "Kind", "Open", "Detected At",
-            "Recovered At")
-LONG_COLUMNS = COLUMNS + ("project_id", "action", "reason")
-LONG_HEADINGS = HEADINGS + ("Project ID", "Action", "Reason")
+from guestha.osc.v1 import base
 
 
-class ListFault(command.Lister):
+class ListFault(base.CollectionLister):
     """List faults, newest first (an admin sees every project's, a
     project member their project's)."""
 
-    def get_parser(self, prog_name):
-        parser = super().get_parser(prog_name)
+    collection = "faults"
+    columns = ("id", "instance_id", "host", "kind", "open", "detected_at",
+               "recovered_at")
+    headings = ("ID", "Instance ID", "Host", "Kind", "Open", "Detected At",
+                "Recovered At")
+    long_columns = ("project_id", "action", "reason")
+    long_headings = ("Project ID", "Action", "Reason")
+    long_help = "Also list the project, recommended action and reason"
+
+    def add_filters(self, parser):
         parser.add_argument(
             "--instance", metavar="<instance-id>",
             help="Only the faults of this instance")
@@ -37,41 +35,19 @@ class ListFault(command.Lister):
         parser.add_argument(
             "--kind", metavar="<kind>",
             help="Only the faults of this kind (e.g. missed, unhealthy)")
-        parser.add_argument(
-            "--long", action="store_true", default=False,
-            help="Also list the project, recommended action and reason")
-        pagination.add_arguments(parser, "faults")
-        return parser
 
-    def take_action(self, parsed_args):
-        client = self.app.client_manager.guestha
+    def filters(self, parsed_args):
         is_open = parsed_args.open
-        items = client.list(
-            "faults",
-            filters={"instance_id": parsed_args.instance,
-                     "host": parsed_args.host,
-                     "open": None if is_open is None else (
-                         "true" if is_open else "false"),
-                     "kind": parsed_args.kind},
-            limit=parsed_args.limit, marker=parsed_args.marker)
-        columns, headings = COLUMNS, HEADINGS
-        if parsed_args.long:
-            columns, headings = LONG_COLUMNS, LONG_HEADINGS
-        return (headings,
-                (utils.get_dict_properties(item, columns) for item in items))
+        return {"instance_id": parsed_args.instance,
+                "host": parsed_args.host,
+                "open": None if is_open is None else (
+                    "true" if is_open else "false"),
+                "kind": parsed_args.kind}
 
 
-class ShowFault(command.ShowOne):
+class ShowFault(base.ItemShow):
     """Show one fault."""
 
-    def get_parser(self, prog_name):
-        parser = super().get_parser(prog_name)
-        parser.add_argument(
-            "fault", metavar="<fault-id>",
-            help="The fault (its event ID)")
-        return parser
-
-    def take_action(self, parsed_args):
-        client = self.app.client_manager.guestha
-        item = client.show("faults", parsed_args.fault)
-        return zip(*sorted(item.items()))
+    collection = "faults"
+    metavar = "<fault-id>"
+    id_help = "The fault (its event ID)"
