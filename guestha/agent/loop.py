@@ -4,7 +4,7 @@ per VM.
 
 Theory of operation
 -------------------
-One thread owns all instance state.  It waits in ``select()`` on the
+One thread owns all instance state.  It waits in epoll (``_Epoll``) on the
 channel sockets, the status socket and a wake-up socket, for at most the
 time to the earliest timer in a heap.  Other threads (the libvirt watcher,
 the oslo.messaging server delivering server-group messages, the hot-plug

@@ -166,7 +166,7 @@ class Connection(object):
         if not data:
             self._eof = True
             return
-        # Fix: count the partial line too (self.buffered, not self._queued):
+        # The partial line counts too (self.buffered, not self._queued):
         # a partial line completed by this chunk joins the queue, and
         # buffered could reach max_buffer + 2 * MAX_LINE.  Reading at most
         # max_buffer bytes after draining never hits this.

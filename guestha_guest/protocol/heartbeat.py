@@ -501,11 +501,11 @@ class GuestHeartbeat(_Machine):
     def _answer(self, challenge, now):
         healthy, reason, action = self._health(now)
         self.last_challenge_at = now
-        # Fix: re-arm the host-silence watchdog only when registered.  In
-        # REGISTERING the timer is init's retry; replacing it (as happened
-        # once interval_ms was known from an earlier registration) meant a
-        # lost init was never re-sent while challenges kept coming, and the
-        # guest stayed REGISTERING for good.
+        # The host-silence watchdog is re-armed only when registered.  In
+        # REGISTERING the timer is init's retry; replacing it (once
+        # interval_ms is known from an earlier registration) would mean a
+        # lost init never re-sent while challenges keep coming, and the
+        # guest staying REGISTERING for good.
         if self.state == REGISTERED:
             self._watch(now)
         return [m.ChallengeResponse(

@@ -124,8 +124,8 @@ def _str(max_len, pattern=None, min_len=0):
         if not min_len <= len(value) <= max_len:
             raise _Invalid("must be %d to %d characters long"
                            % (min_len, max_len))
-        # Fix: fullmatch, not match: "$" also matches before a trailing
-        # newline, so "abc\n" passed as a token, a code or a state.
+        # fullmatch, not match: "$" also matches before a trailing
+        # newline, so "abc\n" would pass as a token, a code or a state.
         if pattern is not None and not pattern.fullmatch(value):
             raise _Invalid("has characters that are not allowed")
         if pattern is None and any(ord(c) < 0x20 for c in value):
@@ -143,7 +143,7 @@ def _enum(values):
 
 
 def _uuid(value):
-    # Fix: fullmatch, as in _str (a uuid followed by "\n" passed)
+    # fullmatch, as in _str (else a uuid followed by "\n" would pass)
     if not isinstance(value, str) or not _UUID_RE.fullmatch(value):
         raise _Invalid("must be a lower-case canonical UUID")
     return value
@@ -164,8 +164,8 @@ def _members(value):
     out = []
     for member in value:
         if isinstance(member, Member):
-            # Fix: Member objects were taken unchecked, so a bad instance
-            # or state was sent instead of raising LocalProtocolError.
+            # Member objects are checked too, so that a bad instance or
+            # state raises LocalProtocolError instead of being sent.
             out.append(Member(_uuid(member.instance), _STATE(member.state)))
             continue
         if not isinstance(member, dict):
