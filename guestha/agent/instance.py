@@ -972,7 +972,8 @@ class Instance(object):
         self._held_recovery = self._release_at = None
         event = api.make_recovery(
             instance=self.uuid, host=self.env.host, fault_id=fault["id"],
-            recovered_at=self.env.wallclock(), details={"why": why})
+            recovered_at=self.env.wallclock(), details={"why": why},
+            kind=fault["kind"])
         LOG.info("instance %s: recovered from %s fault %s: %s", self.uuid,
                  fault["kind"], fault["id"], why)
         self.env.report(event)

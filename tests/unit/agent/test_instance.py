@@ -53,6 +53,7 @@ def test_hung_guest_is_a_fault_within_two_intervals_once_confirmed():
     h.advance(1)
     r = h.recoveries()
     assert len(r) == 1 and r[0]["fault_id"] == f[0]["id"]
+    assert r[0]["kind"] == "missed"   # the kind of the fault it clears
     assert h.inst.fault is None
 
 
