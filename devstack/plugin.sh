@@ -9,6 +9,9 @@
 # Services (enable them in local.conf):
 #   guestha-server   the controller: systemd unit devstack@guestha-server
 #   guestha-agent    the compute agent: systemd unit devstack@guestha-agent
+#   guestha-api      the REST API (a controller node, with guestha-server
+#                    or where its database is): devstack@guestha-api, in
+#                    Keystone's catalog as service type guestha
 
 _XTRACE_GUESTHA=$(set +o | grep xtrace)
 set -o xtrace
@@ -101,6 +104,14 @@ function configure_guestha {
     if [[ ",$sinks," == *,masakari,* ]]; then
         _guestha_iniset_keystone_auth masakari
     fi
+    # guestha-api checks tokens with keystonemiddleware as the service user
+    if is_service_enabled guestha-api; then
+        iniset "$GUESTHA_CONF" api auth_strategy keystone
+        iniset "$GUESTHA_CONF" api host "$GUESTHA_API_LISTEN_ADDRESS"
+        iniset "$GUESTHA_CONF" api port "$GUESTHA_API_PORT"
+        configure_keystone_authtoken_middleware "$GUESTHA_CONF" \
+            "$GUESTHA_SERVICE_USER"
+    fi
 }
 
 # create_guestha_accounts: the Keystone user of $GUESTHA_CONF's client
@@ -108,6 +119,11 @@ function configure_guestha {
 function create_guestha_accounts {
     if is_service_enabled key; then
         create_service_user "$GUESTHA_SERVICE_USER" "$GUESTHA_SERVICE_ROLE"
+        if is_service_enabled guestha-api; then
+            get_or_create_service guestha guestha \
+                "guestha: instances monitored from the inside"
+            get_or_create_endpoint guestha "$REGION_NAME" "$GUESTHA_API_URL"
+        fi
     fi
 }
 
@@ -206,11 +222,16 @@ function install_guestha_units {
             "Service:Restart=on-failure" "Service:LimitNOFILE=65536" \
             "Unit:After=libvirtd.service virtqemud.service"
     fi
+    if is_service_enabled guestha-api; then
+        _guestha_write_unit guestha-api "$GUESTHA_SERVER_USER" \
+            "$bin_dir/guestha-api --config-file $GUESTHA_CONF" \
+            "Service:Restart=on-failure"
+    fi
 }
 
 function start_guestha {
     local service
-    for service in guestha-server guestha-agent; do
+    for service in guestha-server guestha-agent guestha-api; do
         if is_service_enabled "$service"; then
             $SYSTEMCTL start "devstack@$service.service"
         fi
@@ -218,6 +239,7 @@ function start_guestha {
 }
 
 function stop_guestha {
+    stop_process guestha-api
     stop_process guestha-agent
     stop_process guestha-server
 }
@@ -297,7 +319,7 @@ function create_guestha_masakari_segment {
 # cleanup_guestha: what stack.sh made, for clean.sh.
 function cleanup_guestha {
     local service
-    for service in guestha-agent guestha-server; do
+    for service in guestha-api guestha-agent guestha-server; do
         sudo rm -f "$SYSTEMD_DIR/devstack@$service.service"
     done
     $SYSTEMCTL daemon-reload
@@ -309,7 +331,7 @@ function cleanup_guestha {
     done
 }
 
-if is_service_enabled guestha-agent guestha-server; then
+if is_service_enabled guestha-agent guestha-server guestha-api; then
     if [[ "${1:-}" == "stack" && "${2:-}" == "install" ]]; then
         echo_summary "Installing guestha"
         install_guestha

@@ -29,6 +29,8 @@ SERVICE_PASSWORD=${SERVICE_PASSWORD:-secretservice}
 SERVICE_DOMAIN_NAME=${SERVICE_DOMAIN_NAME:-Default}
 SERVICE_PROJECT_NAME=${SERVICE_PROJECT_NAME:-service}
 REGION_NAME=${REGION_NAME:-RegionOne}
+SERVICE_PROTOCOL=${SERVICE_PROTOCOL:-http}
+SERVICE_HOST=${SERVICE_HOST:-10.0.0.5}
 RABBIT_USERID=${RABBIT_USERID:-stackrabbit}
 RABBIT_PASSWORD=${RABBIT_PASSWORD:-secretrabbit}
 RABBIT_HOST=${RABBIT_HOST:-10.0.0.5}
@@ -155,6 +157,23 @@ function create_service_user {
     local user
     user=$(get_or_create_user "$1" "$SERVICE_PASSWORD" default)
     get_or_add_user_project_role "${2:-service}" "$user" "$SERVICE_PROJECT_NAME"
+}
+
+# devstack's configure_keystone_authtoken_middleware <conf> <user> [section]
+function configure_keystone_authtoken_middleware {
+    stub_record configure_keystone_authtoken_middleware "$@"
+}
+
+# devstack's get_or_create_service <name> <type> <description>
+function get_or_create_service {
+    stub_record get_or_create_service "$@"
+    echo "service-id-of-$1"
+}
+
+# devstack's get_or_create_endpoint <service> <region> <public url> ...
+function get_or_create_endpoint {
+    stub_record get_or_create_endpoint "$@"
+    echo "endpoint-id-of-$1"
 }
 
 function get_transport_url {

@@ -559,7 +559,8 @@ def test_unstack_and_clean(aio):
     aio.clear_calls()
     aio.run(("unstack",))
     assert aio.calls("stop_process") == [
-        ["stop_process", "guestha-agent"], ["stop_process", "guestha-server"]]
+        ["stop_process", "guestha-api"], ["stop_process", "guestha-agent"],
+        ["stop_process", "guestha-server"]]
     assert aio.conf_path.exists()
 
     aio.run(("clean",))
@@ -568,3 +569,45 @@ def test_unstack_and_clean(aio):
     assert not aio.state_dir.exists()
     assert not aio.conf_path.parent.exists()
     assert ["systemctl", "daemon-reload"] in aio.calls("systemctl")
+
+
+def test_api_service(tmp_path):
+    """guestha-api: [api] with Keystone tokens, keystonemiddleware's
+    section by devstack's helper, its unit, started, and the endpoint of
+    service type guestha in the catalog; unstack and clean undo it."""
+    node = Devstack(tmp_path, ALL_IN_ONE + ",guestha-api")
+    node.stack()
+    conf = node.conf()
+    assert dict(conf.items("api")) == {
+        "auth_strategy": "keystone", "host": "0.0.0.0", "port": "9749"}
+    assert node.calls("configure_keystone_authtoken_middleware") == [
+        ["configure_keystone_authtoken_middleware", str(node.conf_path),
+         "guestha"]]
+    assert node.calls("get_or_create_service") == [
+        ["get_or_create_service", "guestha", "guestha",
+         "guestha: instances monitored from the inside"]]
+    assert node.calls("get_or_create_endpoint") == [
+        ["get_or_create_endpoint", "guestha", "RegionOne",
+         "http://10.0.0.5:9749"]]
+    api = node.unit("guestha-api")
+    assert api.get("Service", "ExecStart") == \
+        "%s/guestha-api --config-file %s" % (node.bin_dir, node.conf_path)
+    assert api.get("Service", "User") == "stack"
+    systemctl = [c[1:] for c in node.calls("systemctl")]
+    assert ["enable", "devstack@guestha-api.service"] in systemctl
+    assert ["start", "devstack@guestha-api.service"] in systemctl
+    known = sample_options()
+    for option in conf.options("api"):
+        assert option in known["api"], option
+
+    node.run(("unstack",), ("clean",))
+    assert ["stop_process", "guestha-api"] in node.calls("stop_process")
+    assert not (node.systemd_dir / "devstack@guestha-api.service").exists()
+
+
+def test_api_service_alone(tmp_path):
+    """The plugin acts for guestha-api on a node without the other two."""
+    node = Devstack(tmp_path, "key,guestha-api")
+    node.stack()
+    assert node.conf().get("api", "auth_strategy") == "keystone"
+    assert node.calls("get_or_create_endpoint")
