@@ -28,7 +28,7 @@ with its own host name, and calls ``report_events`` in a loop, one call
 at a time and each batch waiting for its answer, as the agent's reporter
 does, with ``--batches`` events per call (the agent's default
 ``[reporting] report_batch`` is 100).  The events are real fault records
-(:func:`guestha.rpc.api.make_fault`, kind ``missed``, a new instance each,
+(:func:`guestha.records.make_fault`, kind ``missed``, a new instance each,
 no recommended action).
 
 Each client makes one warm-up call, then all send for ``--duration``
@@ -333,14 +333,15 @@ def client_main(args):
     figures as JSON."""
     from oslo_config import cfg
 
+    from guestha import records
     from guestha import rpc
     from guestha.rpc import api
 
     transport = rpc.get_transport(cfg.CONF, url=args.url)
     client = api.ControllerAPI(transport, args.host, timeout=120)
-    template = api.make_fault(str(uuid.uuid4()), args.host, "missed",
-                              "no answer to challenge", None, time.time(),
-                              1000, 1)
+    template = records.make_fault(str(uuid.uuid4()), args.host, "missed",
+                                  "no answer to challenge", None, time.time(),
+                                  1000, 1)
 
     def events(n, details=None):
         out = []

@@ -49,7 +49,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 
 from guestha.agent.outbox import Outbox  # noqa: E402
 from guestha.agent.reporter import Reporter  # noqa: E402
-from guestha.rpc import api as rpc_api  # noqa: E402
+from guestha import records  # noqa: E402
 import oslo_messaging  # noqa: E402
 
 P99_TARGET_MS = 5.0
@@ -96,7 +96,7 @@ class FullDisk(Outbox):
 
 
 def fault(n):
-    return rpc_api.make_fault(
+    return records.make_fault(
         instance=str(uuid.UUID(int=n % 5000)), host="bench", kind="missed",
         reason="benchmark %d" % n, action=None, detected_at=time.time(),
         interval_ms=1000, misses=3)

@@ -913,7 +913,7 @@ class Instance(object):
         self._check_lost_grace(now)
 
     def _open_fault(self, kind, reason, action, now, unconfirmed):
-        from guestha.rpc import api
+        from guestha import records as api
         self.counters["faults"] += 1
         self._fault_times.append(now)
         interval_ms = self.interval_ms
@@ -966,7 +966,7 @@ class Instance(object):
                 why, self.policy.fault_limit, self.policy.fault_window))
 
     def _recover(self, now, why):
-        from guestha.rpc import api
+        from guestha import records as api
         fault = self.fault
         self.fault = None
         self._held_recovery = self._release_at = None

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 """The agent's reports of each instance's monitoring state to the
-controllers (``state`` events, :func:`guestha.rpc.api.make_state`), so
+controllers (``state`` events, :func:`guestha.records.make_state`), so
 that the REST API shows every instance the agent watches, monitored or not.
 
 Theory of operation
@@ -28,7 +28,7 @@ delivered after a broker outage.  After an agent restart every instance
 is reported again (the controllers store the same state twice, which is
 harmless).
 
-States (the ``state`` of the record, :data:`guestha.rpc.api.INSTANCE_STATES`):
+States (the ``state`` of the record, :data:`guestha.records.INSTANCE_STATES`):
 ``unregistered`` (the flavor asks for guestha, no guest registered),
 ``refused`` (the channel cannot be hot-plugged: no virtio-serial
 controller), ``registered`` (the guest registered, no challenge answered
@@ -41,7 +41,7 @@ import logging
 
 from guestha.agent import instance as inst_mod
 from guestha.agent import nova as nova_mod
-from guestha.rpc import api
+from guestha import records
 
 LOG = logging.getLogger(__name__)
 
@@ -227,9 +227,9 @@ class StateReporter(object):
             ("project_id", current.project_id), ("name", current.name),
             ("interval_ms", current.interval_ms)) if v is not None}
         try:
-            record = api.make_state(uuid, self.host, current.state,
-                                    current.reason, self.wallclock(),
-                                    details=details)
+            record = records.make_state(uuid, self.host, current.state,
+                                        current.reason, self.wallclock(),
+                                        details=details)
         except ValueError as exc:  # a domain uuid Nova would not make
             LOG.debug("instance %s: no state report: %s", uuid, exc)
             return True  # as if sent: not tried again at every look

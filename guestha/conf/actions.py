@@ -4,9 +4,10 @@
 
 from oslo_config import cfg
 
-#: From least to most intrusive; the controller applies the less intrusive
-#: of what the guest recommends and what the operator allows.
-ACTIONS = ("none", "log", "reboot", "stop")
+# The actions, from least to most intrusive, are the wire protocol's: the
+# controller applies the less intrusive of what the guest recommends and
+# what the operator allows.
+from guestha_guest.protocol import ACTIONS
 
 
 def _group():

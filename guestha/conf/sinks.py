@@ -10,10 +10,8 @@ Masakari clients are keystoneauth1's own options, as in
 from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
 
-#: guestha.rpc.api.FAULT_KINDS, spelled out so that the sinks do not
-#: import oslo.messaging (tests/unit/sinks check they agree).
-FAULT_KINDS = ("missed", "unhealthy", "guest-exit-unexpected",
-               "channel-lost")
+from guestha.records import FAULT_KINDS
+
 #: Vitrage alarm severities the guestha datasource plugin maps (its
 #: datasources_values file, etc/vitrage/datasources_values/guestha.yaml).
 VITRAGE_SEVERITIES = ("CRITICAL", "MAJOR", "MINOR", "WARNING")

@@ -10,7 +10,7 @@ the API shows is exactly what the controllers have accepted:
 
 * ``instance_states``: one row per instance, its latest monitoring state
   as its agent reported it (a ``state`` event, see
-  :func:`guestha.rpc.api.make_state`), with its project and host.  Reports
+  :func:`guestha.records.make_state`), with its project and host.  Reports
   of one instance are applied in the order of the agent's clock (``at``),
   whatever order they arrive in; a ``gone`` from a host the instance has
   left (a live migration: the destination reported first) is ignored.

@@ -85,7 +85,7 @@ from guestha.db.models import deliveries
 from guestha.db.models import events as events_t
 from guestha.db.models import servers
 from guestha.db import views
-from guestha.rpc import api
+from guestha import records
 
 LOG = logging.getLogger(__name__)
 
@@ -416,7 +416,7 @@ class Ledger(object):
         duplicates = []
         for index, event in enumerate(events):
             try:
-                api.validate_event(event)
+                records.validate_event(event)
                 body = json.dumps(event, separators=(",", ":"))
             except (ValueError, TypeError) as exc:
                 rejected[_rejected_key(index, event)] = str(exc)
@@ -520,7 +520,7 @@ class Ledger(object):
     def record(self, event, now=None):
         """Store an event this controller made itself (an action record)
         for delivery to the sinks; it need not pass
-        :func:`~guestha.rpc.api.validate_event`.
+        :func:`~guestha.records.validate_event`.
 
         :returns: True if stored, False if an event with its id exists.
         """

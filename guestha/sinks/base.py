@@ -5,7 +5,7 @@ Theory of operation
 -------------------
 The controller hands every event it has accepted (fault, recovery, and the
 action and refusal records of its corrective-action policy; see
-:mod:`guestha.rpc.api` for the fields) to :meth:`SinkDispatcher.submit`.
+:mod:`guestha.records` for the fields) to :meth:`SinkDispatcher.submit`.
 ``submit`` never blocks and never touches the network: it appends the
 event to one bounded in-memory queue per sink and wakes that sink's
 worker thread.  Each sink has its own thread and queue, so a sink that is

@@ -4,7 +4,7 @@
 The default sink: it needs no other service, so a single node runs
 guestha with nothing but RabbitMQ.  Each line is the event record as the
 controller has it (``id``, ``type``, ``instance``, ``host``, ``reason``
-and the fields of its type, see :mod:`guestha.rpc.api`) with
+and the fields of its type, see :mod:`guestha.records`) with
 ``logged_at``, the UTC time it was written, in front::
 
     {"logged_at": "2026-01-01T12:00:00.123456+00:00", "version": "1.0",

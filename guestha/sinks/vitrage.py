@@ -36,6 +36,7 @@ from vitrageclient import exceptions as vitrage_exc
 from vitrageclient.v1 import client as vitrage_client
 
 from guestha.conf import sinks as sinks_conf
+from guestha import records
 from guestha.sinks import base
 
 LOG = logging.getLogger(__name__)
@@ -66,10 +67,10 @@ def _event_time(ts):
 def _severities(configured):
     severities = {}
     for kind, severity in (configured or {}).items():
-        if kind not in sinks_conf.FAULT_KINDS:
+        if kind not in records.FAULT_KINDS:
             raise ValueError("[vitrage] severities: unknown fault kind %r "
                              "(kinds: %s)" % (kind, ", ".join(
-                                 sinks_conf.FAULT_KINDS)))
+                                 records.FAULT_KINDS)))
         severity = str(severity).strip().upper()
         if severity not in sinks_conf.VITRAGE_SEVERITIES:
             raise ValueError("[vitrage] severities: %s: unknown severity %r "

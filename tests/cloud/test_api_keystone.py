@@ -30,7 +30,7 @@ from keystoneauth1.identity import v3
 from keystoneauth1 import session as ks_session
 import pytest
 
-from guestha.rpc import api
+from guestha import records
 from guestha.server import actions as actions_mod
 from guestha.server.ledger import Ledger
 from tools.cloud import harness
@@ -105,15 +105,15 @@ def world(cloud, tmp_path_factory):
         ledger.register()
         now = time.time()
         i1, i2 = str(uuid.uuid4()), str(uuid.uuid4())
-        f1 = api.make_fault(i1, "compute-1", "missed", "no answer",
-                            "reboot", now, 1000, 1)
-        f2 = api.make_fault(i2, "compute-1", "unhealthy", "db down", None,
-                            now, 1000, 0)
+        f1 = records.make_fault(i1, "compute-1", "missed", "no answer",
+                                "reboot", now, 1000, 1)
+        f2 = records.make_fault(i2, "compute-1", "unhealthy", "db down", None,
+                                now, 1000, 0)
         assert not ledger.accept([
-            api.make_state(i1, "compute-1", "faulted", "fault missed open",
-                           now, details={"project_id": p1.id}),
-            api.make_state(i2, "compute-1", "faulted", None, now,
-                           details={"project_id": p2.id}),
+            records.make_state(i1, "compute-1", "faulted", "fault missed open",
+                               now, details={"project_id": p1.id}),
+            records.make_state(i2, "compute-1", "faulted", None, now,
+                               details={"project_id": p2.id}),
             f1, f2]).rejected
         ledger.record(actions_mod.action_record(
             f1, "log", "logged", "the guest recommends reboot, policy "

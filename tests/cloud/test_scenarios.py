@@ -363,7 +363,7 @@ def test_11_notifications_sink_project_from_nova(gha, hb):
     import oslo_messaging
 
     from guestha.conf import opts
-    from guestha.rpc import api as rpc_api
+    from guestha import records
     from guestha.sinks import base
     from tools.cloud import harness
 
@@ -397,7 +397,7 @@ def test_11_notifications_sink_project_from_nova(gha, hb):
     dispatcher = base.SinkDispatcher([sink])
     dispatcher.start()
     try:
-        fault = rpc_api.make_fault(
+        fault = records.make_fault(
             instance=hb.id, host=gha.host, kind="missed",
             reason="no answer", action="reboot", detected_at=time.time(),
             interval_ms=1000, misses=3)

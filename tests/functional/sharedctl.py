@@ -37,6 +37,7 @@ import threading
 import time
 import uuid
 
+from guestha import records
 from guestha.rpc import api
 from tests.functional import serverctl
 from tests.functional.serverctl import ROOT
@@ -245,7 +246,7 @@ class Storm(object):
             now = time.time()
             for cycle in range(cycles):
                 for vm in vms:
-                    fault = api.make_fault(
+                    fault = records.make_fault(
                         vm, host, "missed", "cycle %d" % cycle, action,
                         now + cycle, 1000, 3)
                     events.append(fault)
@@ -253,7 +254,7 @@ class Storm(object):
             ordered = []
             for fault in events:
                 ordered.append(fault)
-                ordered.append(api.make_recovery(
+                ordered.append(records.make_recovery(
                     fault["instance"], host, fault["id"],
                     fault["detected_at_ts"] + 0.5, kind="missed"))
             self.sent[host] = ordered

@@ -18,7 +18,7 @@ from guestha.conf import opts
 from guestha.db import api as db_api
 from guestha.db import migration
 from guestha.db import models
-from guestha.rpc import api
+from guestha import records
 from guestha.server import actions as actions_mod
 from guestha.server.ledger import Ledger
 from tests.functional import sharedctl
@@ -48,14 +48,14 @@ def test_the_api_on_mariadb(mariadb):
     migration.upgrade(engine, "002")
     now = time.time()
     a, b = str(uuid.uuid4()), str(uuid.uuid4())
-    old_fault = api.make_fault(a, "c1", "missed", "no answer", "reboot",
-                               now - 60, 1000, 1)
+    old_fault = records.make_fault(a, "c1", "missed", "no answer", "reboot",
+                                   now - 60, 1000, 1)
     with engine.begin() as conn:
         for seq, event in enumerate([
-                api.make_state(a, "c1", "monitored", None, now - 100,
-                               details={"project_id": P1}),
+                records.make_state(a, "c1", "monitored", None, now - 100,
+                                   details={"project_id": P1}),
                 old_fault,
-                api.make_recovery(a, "c1", old_fault["id"], now - 50)]):
+                records.make_recovery(a, "c1", old_fault["id"], now - 50)]):
             conn.execute(models.events.insert().values(
                 id=event["id"], type=event["type"],
                 instance=event["instance"], host=event["host"],
@@ -70,11 +70,11 @@ def test_the_api_on_mariadb(mariadb):
     ledger = Ledger(url, "ctl-a", sinks=("log",))
     try:
         ledger.register()
-        fault = api.make_fault(b, "c2", "unhealthy", "é" * 2000, None, now,
-                               500, 0)
+        fault = records.make_fault(b, "c2", "unhealthy", "é" * 2000, None, now,
+                                   500, 0)
         assert not ledger.accept([
-            api.make_state(b, "c2", "faulted", None, now,
-                           details={"project_id": P2, "name": "vm-b"}),
+            records.make_state(b, "c2", "faulted", None, now,
+                               details={"project_id": P2, "name": "vm-b"}),
             fault]).rejected
         ledger.record(actions_mod.action_record(
             fault, "reboot", "failed: " + "x" * 600, "Nova said no",

@@ -38,6 +38,7 @@ import pytest
 import sqlalchemy as sa
 
 from guestha.db import migration
+from guestha import records
 from guestha import rpc
 from guestha.rpc import api
 from guestha.sinks.log import LogSink
@@ -266,9 +267,10 @@ def test_a_storm_through_a_killed_relay_and_a_database_restart(
 
         # -- the cap, cloud-wide -------------------------------------------
         capper = api.ControllerAPI(transport, "compute-9", timeout=10)
-        cap_faults = [api.make_fault(CAPPED, "compute-9", "unhealthy",
-                                     "bad %d" % n, "reboot", time.time(),
-                                     1000, 0) for n in range(4 * MAX_ACTIONS)]
+        cap_faults = [records.make_fault(CAPPED, "compute-9", "unhealthy",
+                                         "bad %d" % n, "reboot", time.time(),
+                                         1000, 0)
+                      for n in range(4 * MAX_ACTIONS)]
         for fault in cap_faults:   # one call each: spread over the three
             wait_for(lambda f=fault: _report(capper, f), 60,
                      "the cap's fault accepted")
@@ -321,11 +323,11 @@ def test_a_storm_through_a_killed_relay_and_a_database_restart(
           "(%d sent again in doubt, flagged), %d late" % (
               store.kind, len(sent), sum(storm.failures.values()),
               len(twice), len(in_doubt), sum(len(late_events(
-                  [r for r in records if r["id"] in order], order))
-                  for records in files.values())))
+                  [r for r in lines if r["id"] in order], order))
+                  for lines in files.values())))
     # in order per instance, but for what was dispatched again
-    for server_id, records in files.items():
-        mine = [r for r in records if r["id"] in order]
+    for server_id, lines in files.items():
+        mine = [r for r in lines if r["id"] in order]
         late = late_events(mine, order)
         assert len(late) <= redispatched(controllers[server_id]), (
             server_id, late[:5])

@@ -17,6 +17,7 @@ import pytest
 
 from guestha.agent.outbox import Outbox
 from guestha.agent.reporter import Reporter
+from guestha import records
 from guestha import rpc
 from guestha.rpc import api
 from tools import proc as procs
@@ -131,7 +132,7 @@ def agent(rabbit_vhost, tmp_path):
 
 
 def faults(n, start=0):
-    return [api.make_fault(
+    return [records.make_fault(
         instance=str(uuid.uuid4()), host=HOST, kind="missed",
         reason="fault %d" % i, action="reboot", detected_at=time.time(),
         interval_ms=1000, misses=1) for i in range(start, start + n)]

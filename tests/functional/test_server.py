@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from guestha.rpc import api
+from guestha import records
 from tests.functional.novaless import Servers
 from tests.functional.serverctl import FakeAgents
 from tests.functional.serverctl import read_jsonl
@@ -49,8 +49,8 @@ def agents(rabbit_vhost):
 
 
 def faults(n, action=None):
-    return [api.make_fault(str(uuid.uuid4()), HOST, "missed",
-                           "fault %d" % i, action, time.time(), 1000, 1)
+    return [records.make_fault(str(uuid.uuid4()), HOST, "missed",
+                               "fault %d" % i, action, time.time(), 1000, 1)
             for i in range(n)]
 
 

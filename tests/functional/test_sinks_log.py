@@ -16,7 +16,7 @@ from oslo_config import cfg
 import pytest
 
 from guestha.conf import sinks as sinks_conf
-from guestha.rpc import api as rpc_api
+from guestha import records
 from guestha.sinks import base
 from guestha.sinks import log as log_sink
 
@@ -37,11 +37,11 @@ LOGROTATE_CONF = """\
 def make_events(count):
     events = []
     for n in range(count):
-        f = rpc_api.make_fault(
+        f = records.make_fault(
             instance=INSTANCE, host="compute-1", kind="missed",
             reason="fault %d" % n, action=None, detected_at=1.7e9 + n,
             interval_ms=1000, misses=2)
-        events += [f, rpc_api.make_recovery(
+        events += [f, records.make_recovery(
             instance=INSTANCE, host="compute-1", fault_id=f["id"],
             recovered_at=1.7e9 + n + 0.5)]
     return events

@@ -14,7 +14,7 @@ from oslo_config import cfg
 import oslo_messaging
 
 from guestha.conf import opts
-from guestha.rpc import api as rpc_api
+from guestha import records
 from guestha.sinks import base
 from guestha.sinks import notifications as notif
 from tests.functional.serverctl import wait_for
@@ -58,11 +58,11 @@ def test_a_real_listener_receives_the_fault_and_the_recovery(rabbit_vhost):
     dispatcher = base.SinkDispatcher([sink])
     dispatcher.start()
     try:
-        fault = rpc_api.make_fault(
+        fault = records.make_fault(
             instance=INSTANCE, host="compute-1", kind="missed",
             reason="no answer to 3 challenges", action="reboot",
             detected_at=1.7e9, interval_ms=1000, misses=3)
-        recovery = rpc_api.make_recovery(
+        recovery = records.make_recovery(
             instance=INSTANCE, host="compute-1", fault_id=fault["id"],
             recovered_at=1.7e9 + 9, kind="missed", reason="answers again")
         dispatcher.submit(fault)

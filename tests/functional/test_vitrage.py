@@ -20,7 +20,7 @@ from oslo_config import cfg
 import pytest
 
 from guestha.conf import sinks as sinks_conf
-from guestha.rpc import api as rpc_api
+from guestha import records
 from guestha.sinks import base
 from tests.functional import conftest
 from tests.functional import vitrage_standalone as standalone
@@ -115,14 +115,14 @@ def dispatcher(vitrage):
 
 
 def fault(instance, kind="missed", reason="no answer to 2 challenges"):
-    return rpc_api.make_fault(
+    return records.make_fault(
         instance=instance, host=HOST, kind=kind, reason=reason,
         action="reboot", detected_at=time.time(), interval_ms=1000,
         misses=2)
 
 
 def recovery(of):
-    return rpc_api.make_recovery(
+    return records.make_recovery(
         instance=of["instance"], host=HOST, fault_id=of["id"],
         recovered_at=time.time(), details={"why": "answered"})
 

@@ -14,7 +14,7 @@ from guestha.agent import events as ev
 from guestha.agent import instance as im
 from guestha.agent.loop import AgentLoop
 from guestha.agent.outbox import Outbox
-from guestha.rpc import api
+from guestha import records
 
 UUID = "7d1f0a5e-2b3c-4d4e-8f60-718293a4b5c6"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -35,9 +35,9 @@ class Reporter(object):
 
 
 def make_fault():
-    return api.make_fault(instance=UUID, host="compute-1", kind="missed",
-                          reason="no answer", action=None,
-                          detected_at=1.7e9, interval_ms=1000, misses=3)
+    return records.make_fault(instance=UUID, host="compute-1", kind="missed",
+                              reason="no answer", action=None,
+                              detected_at=1.7e9, interval_ms=1000, misses=3)
 
 
 def loop_on(state_dir, outbox):
@@ -85,8 +85,9 @@ def test_a_recovery_closes_the_fault_in_the_same_step(tmp_path):
     loop = loop_on(tmp_path, box)
     fault = make_fault()
     loop.report(fault)
-    loop.report(api.make_recovery(instance=UUID, host="compute-1",
-                                  fault_id=fault["id"], recovered_at=1.7e9))
+    loop.report(records.make_recovery(
+        instance=UUID, host="compute-1", fault_id=fault["id"],
+        recovered_at=1.7e9))
     assert loop._open_faults == {}
     again = Outbox(str(tmp_path / "outbox.sqlite"), 1000)  # a restart
     assert again.open_faults() == {}

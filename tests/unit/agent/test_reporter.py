@@ -15,6 +15,7 @@ import pytest
 from guestha.agent.outbox import Outbox
 from guestha.agent import reporter as reporter_mod
 from guestha.agent.reporter import Reporter
+from guestha import records
 from guestha.rpc import api as rpc_api
 
 INSTANCE = "5b0e7d9e-3c1a-4b6f-8e2d-1f0a9c8b7d6e"
@@ -71,7 +72,7 @@ class FakeAPI(object):
 
 
 def fault(n):
-    return rpc_api.make_fault(
+    return records.make_fault(
         instance=INSTANCE, host="compute-1", kind="missed",
         reason="event %d" % n, action=None, detected_at=1.7e9 + n,
         interval_ms=1000, misses=1)

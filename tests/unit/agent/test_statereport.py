@@ -9,7 +9,7 @@ import types
 from guestha.agent import events as ev
 from guestha.agent import instance as im
 from guestha.agent import statereport
-from guestha.rpc import api
+from guestha import records
 from tests.unit.agent.harness import Harness
 from tests.unit.agent.harness import PATH
 from tests.unit.agent.harness import UUID
@@ -26,7 +26,7 @@ class Reports(object):
             host, self.submit, wallclock=lambda: 1.8e9, settle=2.0)
 
     def submit(self, record):
-        api.validate_event(record)  # what the controller checks
+        records.validate_event(record)  # what the controller checks
         self.records.append(record)
 
     def states(self):

@@ -11,7 +11,7 @@ import webtest
 from guestha.api import app as app_mod
 from guestha.api import db as db_mod
 from guestha.conf import opts
-from guestha.rpc import api
+from guestha import records
 from guestha.server import actions as actions_mod
 from guestha.server.ledger import Ledger
 
@@ -32,8 +32,8 @@ NOBODY1 = {"X-Project-Id": P1, "X-Roles": ""}
 
 def state(instance, host, state_name, project, at, **details):
     details.update(project_id=project)
-    return api.make_state(instance, host, state_name, None, at,
-                          details=details)
+    return records.make_state(instance, host, state_name, None, at,
+                              details=details)
 
 
 @pytest.fixture
@@ -43,22 +43,22 @@ def world(tmp_path):
     clock = [T0]
     ledger = Ledger(path, "ctl-a", sinks=("log",), clock=lambda: clock[0])
     ledger.register()
-    f_a1_old = api.make_fault(A1, "compute-1", "missed", "no answer",
-                              "reboot", T0 + 1, 1000, 2)
-    f_a1 = api.make_fault(A1, "compute-1", "unhealthy", "app down", "log",
-                          T0 + 5, 1000, 0)
-    f_b1 = api.make_fault(B1, "compute-1", "missed", "no answer", None,
-                          T0 + 3, 500, 2)
-    f_orphan = api.make_fault(ORPHAN, "compute-9", "channel-lost", "gone",
-                              None, T0 + 4, None, 0)
+    f_a1_old = records.make_fault(A1, "compute-1", "missed", "no answer",
+                                  "reboot", T0 + 1, 1000, 2)
+    f_a1 = records.make_fault(A1, "compute-1", "unhealthy", "app down", "log",
+                              T0 + 5, 1000, 0)
+    f_b1 = records.make_fault(B1, "compute-1", "missed", "no answer", None,
+                              T0 + 3, 500, 2)
+    f_orphan = records.make_fault(ORPHAN, "compute-9", "channel-lost", "gone",
+                                  None, T0 + 4, None, 0)
     events = [
         state(A1, "compute-1", "monitored", P1, T0, interval_ms=1000,
               name="vm-a1"),
         state(A2, "compute-2", "unregistered", P1, T0),
         state(B1, "compute-1", "faulted", P2, T0 + 3, interval_ms=500),
         f_a1_old, f_b1, f_orphan,
-        api.make_recovery(A1, "compute-1", f_a1_old["id"], T0 + 2,
-                          kind="missed"),
+        records.make_recovery(A1, "compute-1", f_a1_old["id"], T0 + 2,
+                              kind="missed"),
         f_a1,
         state(A1, "compute-1", "faulted", P1, T0 + 5, interval_ms=1000,
               name="vm-a1"),

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from guestha.db import api as db_api
 from guestha.db import migration
 from guestha.db import models
-from guestha.rpc import api
+from guestha import records
 from guestha.server.ledger import ACTIONS
 from guestha.server.ledger import Ledger
 
@@ -62,8 +62,8 @@ NOW = 1_800_000_000.0
 
 
 def faults(n):
-    return [api.make_fault(INSTANCE, "compute-1", "missed", "no answer",
-                           "reboot", 1_700_000_000.0 + i, 1000, 1)
+    return [records.make_fault(INSTANCE, "compute-1", "missed", "no answer",
+                               "reboot", 1_700_000_000.0 + i, 1000, 1)
             for i in range(n)]
 
 

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from guestha.db import api as db_api
 from guestha.db import migration
 from guestha.db import models
-from guestha.rpc import api
+from guestha import records
 from guestha.server import actions as actions_mod
 
 A = "0c7e3f9a-5b2d-4e61-8f3a-9d4c2b1a0e5f"
@@ -29,20 +29,20 @@ def _insert(conn, event, received, server="ctl-old", seq=0):
 def test_upgrade_from_002_copies_the_ledgers_events(tmp_path):
     engine = db_api.create_engine(str(tmp_path / "ledger.sqlite"))
     migration.upgrade(engine, "002")
-    fault_a = api.make_fault(A, "compute-1", "missed", "no answer",
-                             "reboot", T0, 1000, 2)
-    recovery_a = api.make_recovery(A, "compute-1", fault_a["id"], T0 + 5,
-                                   kind="missed", reason="answers again")
-    fault_b = api.make_fault(B, "compute-2", "unhealthy", "db down", None,
-                             T0 + 1, 500, 0)
+    fault_a = records.make_fault(A, "compute-1", "missed", "no answer",
+                                 "reboot", T0, 1000, 2)
+    recovery_a = records.make_recovery(A, "compute-1", fault_a["id"], T0 + 5,
+                                       kind="missed", reason="answers again")
+    fault_b = records.make_fault(B, "compute-2", "unhealthy", "db down", None,
+                                 T0 + 1, 500, 0)
     action = actions_mod.action_record(
         fault_a, "reboot", "refused: cap", "3 actions in 3600 s",
         "ctl-old", T0 + 2, step="hard")
-    old_state = api.make_state(A, "compute-1", "unregistered", "waiting",
-                               T0 - 10, details={"project_id": "old"})
-    new_state = api.make_state(A, "compute-1", "monitored", None, T0 - 5,
-                               details={"project_id": PROJECT,
-                                        "interval_ms": 1000})
+    old_state = records.make_state(A, "compute-1", "unregistered", "waiting",
+                                   T0 - 10, details={"project_id": "old"})
+    new_state = records.make_state(A, "compute-1", "monitored", None, T0 - 5,
+                                   details={"project_id": PROJECT,
+                                            "interval_ms": 1000})
     with engine.begin() as conn:
         # the newer state arrived first: the agent's clock orders them
         _insert(conn, new_state, T0 - 4, seq=1)

@@ -7,7 +7,7 @@ pruning."""
 import sqlalchemy as sa
 
 from guestha.db import models
-from guestha.rpc import api
+from guestha import records
 from guestha.server import actions as actions_mod
 from guestha.server.ledger import Ledger
 
@@ -28,8 +28,8 @@ def rows(ledger, table):
 
 
 def state(host, name, at, project="p1"):
-    return api.make_state(A, host, name, None, at,
-                          details={"project_id": project})
+    return records.make_state(A, host, name, None, at,
+                              details={"project_id": project})
 
 
 def test_states_apply_in_the_agents_order_whatever_the_arrival(tmp_path):
@@ -59,11 +59,12 @@ def test_a_live_migration_leaves_the_instance_on_its_new_host(tmp_path):
 
 def test_faults_recoveries_actions_and_pruning(tmp_path):
     ledger = ledger_at(tmp_path)
-    old = api.make_fault(A, "c1", "missed", "x" * 5000, "reboot", T0, 1000,
-                         1)
-    new = api.make_fault(A, "c1", "unhealthy", "db", None, T0 + 500, 1000, 0)
+    old = records.make_fault(A, "c1", "missed", "x" * 5000, "reboot", T0, 1000,
+                             1)
+    new = records.make_fault(A, "c1", "unhealthy", "db", None, T0 + 500,
+                             1000, 0)
     ledger.accept([state("c1", "faulted", T0), old], now=T0)
-    ledger.accept([api.make_recovery(A, "c1", old["id"], T0 + 10)],
+    ledger.accept([records.make_recovery(A, "c1", old["id"], T0 + 10)],
                   now=T0 + 10)
     ledger.accept([new], now=T0 + 500)
     ledger.record(actions_mod.action_record(
@@ -71,7 +72,7 @@ def test_faults_recoveries_actions_and_pruning(tmp_path):
         now=T0 + 1)
     faults = {r.id: r for r in rows(ledger, models.faults)}
     assert faults[old["id"]].recovered_at == T0 + 10
-    assert len(faults[old["id"]].reason) == api.MAX_REASON
+    assert len(faults[old["id"]].reason) == records.MAX_REASON
     assert faults[new["id"]].recovered_at is None
     [action] = rows(ledger, models.actions)
     assert len(action.outcome) == 255  # cut to the column

@@ -10,7 +10,7 @@ import uuid
 from oslo_config import cfg
 
 from guestha.conf import opts
-from guestha.rpc import api as rpc_api
+from guestha import records
 from guestha.server import actions as actions_mod
 from guestha.server import ledger as ledger_mod
 
@@ -69,19 +69,19 @@ def fill_ledger(path, projects=None):
                    "name": "vm-%d" % (n + 1)}
         if ms is not None:
             details["interval_ms"] = ms
-        events.append(rpc_api.make_state(instance, host, state, reason,
+        events.append(records.make_state(instance, host, state, reason,
                                          T0 + n, details=details))
     faults = {}
     for n, (fault_id, instance, kind, action, recovered) in enumerate(
             FAULTS):
-        fault = rpc_api.make_fault(instance, HOST_OF[instance], kind,
+        fault = records.make_fault(instance, HOST_OF[instance], kind,
                                    "%s on %s" % (kind, instance), action,
                                    T0 + 10 + n, 1000, 3)
         fault["id"] = fault_id
         faults[fault_id] = fault
         events.append(fault)
         if recovered:
-            events.append(rpc_api.make_recovery(
+            events.append(records.make_recovery(
                 instance, HOST_OF[instance], fault_id, T0 + 20 + n,
                 kind=kind))
     result = ledger.accept(events, now=T0 + 30)

@@ -10,7 +10,7 @@ import pytest
 
 from guestha.agent.nova import NovaUnavailable
 from guestha.conf.actions import ACTIONS
-from guestha.rpc import api
+from guestha import records
 from guestha.server import actions
 from guestha.server.ledger import ACTIONS as ACTION_TARGET
 from tests.fakes.nova import FakeNova
@@ -66,8 +66,8 @@ class FakeNovaActions(object):
 
 def fault(instance=INSTANCE, action="reboot", kind="unhealthy"):
     # unhealthy: the guest answers (a soft reboot first); missed: it hangs
-    return api.make_fault(instance, HOST, kind, "app wedged", action,
-                          1_700_000_000.0, 1000, 1)
+    return records.make_fault(instance, HOST, kind, "app wedged", action,
+                              1_700_000_000.0, 1000, 1)
 
 
 # -- the policy table ---------------------------------------------------------
@@ -170,8 +170,8 @@ def test_soft_reboot_enough_when_the_guest_recovers(nova, ledger, clock):
     f = fault()
     act(worker, ledger, clock, f)
     clock.now += 30
-    ledger.accept([api.make_recovery(INSTANCE, HOST, f["id"],
-                                     1_700_000_030.0)])
+    ledger.accept([records.make_recovery(INSTANCE, HOST, f["id"],
+                                         1_700_000_030.0)])
     clock.now += 30
     worker.run_once(clock.now)
     assert nova.calls == [(INSTANCE, "soft")]
@@ -226,8 +226,8 @@ def test_novas_reboot_that_leads_to_a_recovery_needs_nothing_more(
     clock.now += 60
     worker.run_once(clock.now)                  # deferred
     clock.now += 30
-    ledger.accept([api.make_recovery(INSTANCE, HOST, f["id"],
-                                     clock.now)])
+    ledger.accept([records.make_recovery(INSTANCE, HOST, f["id"],
+                                         clock.now)])
     clock.now += 30
     assert worker.run_once(clock.now) is None
     assert nova.calls == [(INSTANCE, "soft")]
@@ -282,8 +282,8 @@ def test_cap_refuses_within_the_window(nova, ledger, clock):
                                  window=600, soft_reboot_timeout=1000)
     first, second, third = fault(), fault(), fault()
     act(worker, ledger, clock, first)
-    ledger.accept([api.make_recovery(INSTANCE, HOST, first["id"],
-                                     1_700_000_001.0)])
+    ledger.accept([records.make_recovery(INSTANCE, HOST, first["id"],
+                                         1_700_000_001.0)])
     clock.now += 100
     act(worker, ledger, clock, second)
     assert nova.calls == [(INSTANCE, "soft")]
@@ -372,8 +372,8 @@ def test_nova_refuses_the_action(nova, ledger, clock):
 def test_fault_recovered_before_the_action(nova, ledger, clock):
     worker, reports = worker_for(nova, ledger, clock)
     f = fault()
-    ledger.accept([f, api.make_recovery(INSTANCE, HOST, f["id"],
-                                        1_700_000_001.0)])
+    ledger.accept([f, records.make_recovery(INSTANCE, HOST, f["id"],
+                                            1_700_000_001.0)])
     worker.submit(f)
     worker.run_once(clock.now)
     assert nova.calls == []

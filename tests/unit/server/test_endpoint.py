@@ -10,6 +10,7 @@ import oslo_messaging
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
 import pytest
 
+from guestha import records
 from guestha import rpc
 from guestha.rpc import api
 from guestha.server import endpoint as endpoint_mod
@@ -23,12 +24,12 @@ HOST = "compute-1"
 
 
 def fault(action="reboot"):
-    return api.make_fault(INSTANCE, HOST, "missed", "no answer", action,
-                          1_700_000_000.0, 1000, 1)
+    return records.make_fault(INSTANCE, HOST, "missed", "no answer", action,
+                              1_700_000_000.0, 1000, 1)
 
 
 def recovery(of):
-    return api.make_recovery(INSTANCE, HOST, of["id"], 1_700_000_001.0)
+    return records.make_recovery(INSTANCE, HOST, of["id"], 1_700_000_001.0)
 
 
 class Recorder(list):

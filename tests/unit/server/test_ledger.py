@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from guestha.rpc import api
+from guestha import records
 from guestha.server import ledger as ledger_mod
 from guestha.server.ledger import ACTIONS
 from guestha.server.ledger import DONE
@@ -31,17 +31,18 @@ class Clock(object):
 
 
 def fault(instance=INSTANCE, action="reboot"):
-    return api.make_fault(instance, HOST, "missed", "no answer", action,
-                          1_700_000_000.0, 1000, 1)
+    return records.make_fault(instance, HOST, "missed", "no answer", action,
+                              1_700_000_000.0, 1000, 1)
 
 
 def recovery(of):
-    return api.make_recovery(of["instance"], HOST, of["id"],
-                             1_700_000_001.0, kind=of["kind"])
+    return records.make_recovery(of["instance"], HOST, of["id"],
+                                 1_700_000_001.0, kind=of["kind"])
 
 
 def state(instance=INSTANCE):
-    return api.make_state(instance, HOST, "monitored", None, 1_700_000_000.0)
+    return records.make_state(instance, HOST, "monitored", None,
+                              1_700_000_000.0)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ recovery (issue 12)."""
 
 import pytest
 
-from guestha.rpc import api
+from guestha import records
 from guestha.server import actions
 from tests.fakes.nova import FakeNova
 from tests.fakes.nova import nova_conf
@@ -21,8 +21,8 @@ def fake_nova():
 
 
 def fault(action="reboot", kind="missed"):
-    return api.make_fault(INSTANCE, HOST, kind, "no answer", action,
-                          1_700_000_000.0, 1000, 3)
+    return records.make_fault(INSTANCE, HOST, kind, "no answer", action,
+                              1_700_000_000.0, 1000, 3)
 
 
 def worker_for(fake_nova, ledger, clock, **kw):

@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 
-from guestha.rpc import api
+from guestha import records
 from guestha.server import actions
 from guestha.sinks import base
 from guestha.sinks import log as log_sink
@@ -44,8 +44,8 @@ class FakeAdapter(object):
 
 def unhealthy(instance=INSTANCE, n=0):
     # what a guest gets by answering unhealthy: its own doing
-    return api.make_fault(instance, HOST, "unhealthy", "bad %d" % n,
-                          "reboot", 1_700_000_000.0 + n, 1000, 0)
+    return records.make_fault(instance, HOST, "unhealthy", "bad %d" % n,
+                              "reboot", 1_700_000_000.0 + n, 1000, 0)
 
 
 @pytest.fixture

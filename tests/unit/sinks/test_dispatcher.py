@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from guestha.rpc import api as rpc_api
+from guestha import records
 from guestha.sinks import base
 
 #: notified whenever a fake sink is called or delivers
@@ -81,7 +81,7 @@ class FakeSink(base.FaultSink):
 
 
 def fault(n=0):
-    return rpc_api.make_fault(
+    return records.make_fault(
         instance=INSTANCE, host="compute-1", kind="missed",
         reason="fault %d" % n, action="reboot", detected_at=1.7e9 + n,
         interval_ms=1000, misses=2)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from guestha.rpc import api as rpc_api
+from guestha import records
 from guestha.sinks import base
 from guestha.sinks import log as log_sink
 
@@ -14,7 +14,7 @@ INSTANCE = "5b0e7d9e-3c1a-4b6f-8e2d-1f0a9c8b7d6e"
 
 
 def fault(n=0):
-    return rpc_api.make_fault(
+    return records.make_fault(
         instance=INSTANCE, host="compute-1", kind="unhealthy",
         reason="db down \u00e9 %d" % n, action="reboot",
         detected_at=1.7e9 + n, interval_ms=500, misses=0)

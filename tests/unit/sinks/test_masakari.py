@@ -15,7 +15,7 @@ from oslo_config import cfg
 import pytest
 
 from guestha.conf import sinks as sinks_conf
-from guestha.rpc import api as rpc_api
+from guestha import records
 from guestha.sinks import base
 from guestha.sinks import masakari as masakari_sink
 from tests.support.http import serving
@@ -94,7 +94,7 @@ def conf(masakari_api):
 
 
 def fault(kind="missed", host="compute-1.example"):
-    return rpc_api.make_fault(
+    return records.make_fault(
         instance=INSTANCE, host=host, kind=kind, reason="hung",
         action="reboot", detected_at=1.7e9, interval_ms=1000, misses=2)
 
@@ -125,7 +125,7 @@ def test_only_faults_of_the_configured_kinds(conf):
     sink = masakari_sink.MasakariSink.from_conf(conf)
     assert sink.accepts(fault("missed"))
     assert not sink.accepts(fault("unhealthy"))
-    recovery = rpc_api.make_recovery(
+    recovery = records.make_recovery(
         instance=INSTANCE, host="compute-1", fault_id=str(uuid.uuid4()),
         recovered_at=1.7e9)
     assert not sink.accepts(recovery)       # recoveries are never sent

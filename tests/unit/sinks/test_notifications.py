@@ -11,7 +11,7 @@ import pytest
 
 from guestha.agent import nova as nova_mod
 from guestha.conf import opts
-from guestha.rpc import api as rpc_api
+from guestha import records
 from guestha.sinks import base
 from guestha.sinks import notifications as notif
 from tests.fakes import nova as fake_nova
@@ -39,13 +39,13 @@ class Transport(object):
 
 
 def fault():
-    return rpc_api.make_fault(
+    return records.make_fault(
         instance=INSTANCE, host="compute-1", kind="missed", reason="hung",
         action="reboot", detected_at=1.7e9, interval_ms=1000, misses=2)
 
 
 def recovery(of):
-    return rpc_api.make_recovery(
+    return records.make_recovery(
         instance=INSTANCE, host="compute-1", fault_id=of["id"],
         recovered_at=1.7e9 + 5, kind="missed", reason="answers again")
 

@@ -15,7 +15,7 @@ import pytest
 from vitrageclient import exceptions as vitrage_exc
 
 from guestha.conf import sinks as sinks_conf
-from guestha.rpc import api as rpc_api
+from guestha import records
 from guestha.sinks import base
 from guestha.sinks import vitrage as vitrage_sink
 from guestha.vitrage_datasource import guestha as plugin
@@ -43,14 +43,14 @@ class FakeClient(object):
 
 
 def fault(kind="missed", n=0):
-    return rpc_api.make_fault(
+    return records.make_fault(
         instance=INSTANCE, host="compute-1", kind=kind,
         reason="no answer to 2 challenges", action="reboot",
         detected_at=1.7e9 + n, interval_ms=1000, misses=2)
 
 
 def recovery(of):
-    return rpc_api.make_recovery(
+    return records.make_recovery(
         instance=INSTANCE, host="compute-1", fault_id=of["id"],
         recovered_at=1.7e9 + 5, details={"why": "answered"})
 
@@ -94,7 +94,7 @@ def test_a_recovery_names_the_fault_it_clears():
 def test_never_a_status_that_vitrage_would_hand_to_doctor():
     # Vitrage's event API routes details with status up/down to Doctor.
     s = sink()
-    for kind in rpc_api.FAULT_KINDS:
+    for kind in records.FAULT_KINDS:
         f = fault(kind)
         s.send(f)
         s.send(recovery(f))
@@ -164,8 +164,7 @@ def test_constants_agree_with_the_plugin():
     assert vitrage_sink.RECOVERY_EVENT == plugin.RECOVERY_EVENT
     assert vitrage_sink.BATCH_EVENT == plugin.BATCH_EVENT
     assert set(sinks_conf.VITRAGE_SEVERITIES) == set(plugin.SEVERITIES)
-    assert set(plugin.DEFAULT_SEVERITIES) == set(rpc_api.FAULT_KINDS)
-    assert sinks_conf.FAULT_KINDS == rpc_api.FAULT_KINDS
+    assert set(plugin.DEFAULT_SEVERITIES) == set(records.FAULT_KINDS)
     defaults = {k: v.upper() for k, v in _default_severities().items()}
     assert defaults == plugin.DEFAULT_SEVERITIES
 
