@@ -177,6 +177,25 @@ def test_4_nova_operations_no_false_fault(gha, hb_ready):
     print("scenario 4:", json.dumps(figures, indent=1))
 
 
+def _second_fault_capped(gha, server, break_it, mend_it):
+    """Break the guest again with the shell command ``break_it`` inside
+    the cap's window: its fault's action is refused by the cap; then
+    ``mend_it`` and wait until the guest is monitored again."""
+    since = time.time()
+    riglib.guest_ok(server.id, break_it)
+    try:
+        fault = riglib.wait_for(lambda: gha.faults(server.id, since),
+                                "the second fault", timeout=30)[0]
+        action = riglib.wait_for(
+            lambda: [a for a in gha.sink(server.id, "action", since)
+                     if a["fault_id"] == fault["id"]],
+            "the capped action", timeout=30, diag=gha.diagnostics)[0]
+        assert action["outcome"] == "refused: cap", action
+    finally:
+        riglib.guest_ok(server.id, mend_it)
+    gha.wait_monitored(server.id)
+
+
 # -- 2. a hung daemon: fault, guestha's hard reboot, registered again ---------
 
 def test_2_hung_daemon_rebooted_through_nova_once(gha, hb_ready):
@@ -220,19 +239,8 @@ def test_2_hung_daemon_rebooted_through_nova_once(gha, hb_ready):
           % (detected_s, exec_s, repaired_s))
 
     # a second fault inside the window: capped, no second reboot
-    since2 = time.time()
-    riglib.guest_ok(server.id, "kill -STOP $(guestha-daemon-pid)")
-    try:
-        fault2 = riglib.wait_for(lambda: gha.faults(server.id, since2),
-                                 "the second fault", timeout=30)[0]
-        action2 = riglib.wait_for(
-            lambda: [a for a in gha.sink(server.id, "action", since2)
-                     if a["fault_id"] == fault2["id"]],
-            "the capped action", timeout=30, diag=gha.diagnostics)[0]
-        assert action2["outcome"] == "refused: cap", action2
-    finally:
-        riglib.guest_ok(server.id, "kill -CONT $(guestha-daemon-pid)")
-    gha.wait_monitored(server.id)
+    _second_fault_capped(gha, server, "kill -STOP $(guestha-daemon-pid)",
+                         "kill -CONT $(guestha-daemon-pid)")
     time.sleep(QUIET)
     assert len(gha.reboots(server)) == reboots_before + 1, [
         (a.action, a.start_time) for a in gha.reboots(server)]
@@ -323,19 +331,8 @@ def _unhealthy_scenario(gha, server):
         "would have rebooted hard too" % recovered_s)
 
     # a second fault inside the window: capped
-    since2 = time.time()
-    riglib.guest_ok(server.id, WEDGED)
-    try:
-        fault2 = riglib.wait_for(lambda: gha.faults(server.id, since2),
-                                 "the second fault", timeout=30)[0]
-        action2 = riglib.wait_for(
-            lambda: [a for a in gha.sink(server.id, "action", since2)
-                     if a["fault_id"] == fault2["id"]],
-            "the capped action", timeout=30, diag=gha.diagnostics)[0]
-        assert action2["outcome"] == "refused: cap", action2
-    finally:
-        riglib.guest_ok(server.id, "rm -f /etc/guestha/health.d/50-wedged")
-    gha.wait_monitored(server.id)
+    _second_fault_capped(gha, server, WEDGED,
+                         "rm -f /etc/guestha/health.d/50-wedged")
 
     # the follow-up found the recovery: no hard reboot from guestha
     riglib.wait_for(
@@ -712,7 +709,7 @@ def test_9_no_notification_queue_grows_unread(gha, hb_ready):
 def test_8_more_than_1000_server_groups(cloud, thousand_groups):
     """1,001 server groups created through the API (scenario 5 boots its
     servers into one created after the first 1,000): the controller's
-    Nova client (guestha.agent.nova, as [nova] configures it) lists every
+    Nova client (guestha.nova, as [nova] configures it) lists every
     one, the last created included, although Nova answers at most 1,000
     per request."""
     compute = cloud.conn.compute
