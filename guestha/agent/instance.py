@@ -41,19 +41,18 @@ agent's state directory, so a restarted agent still reports the recovery.
 """
 
 import base64
-import collections
 import datetime
 import errno
 import logging
 import os
 import secrets
 import threading
-import uuid as uuidlib
 
 from guestha.agent import events as ev
+from guestha.agent import faults as faults_mod
 from guestha.agent import guestlog
-from guestha.agent.ratelimit import TokenBucket
-from guestha.agent.ratelimit import WindowCounter
+from guestha.ratelimit import TokenBucket
+from guestha.ratelimit import WindowCounter
 from guestha_guest import protocol as p
 from guestha_guest.protocol import heartbeat as hb
 from guestha_guest.protocol import session as sessions
@@ -290,18 +289,13 @@ class Instance(object):
         self._sync_at = None
         self._sync_backoff = policy.sync_retry_min
         self._reset_backoff = 1.0
-        self._lost_at = None      # when a monitored channel closed
-        self._confirm = None      # (token, kind, details, deadline)
-        self.fault = open_fault   # {"id":..., "kind":...} or None
-        # what the guest recommended at registration: the action of a
-        # fault that carries none of its own (a missed answer, a lost
-        # channel, a crashed daemon)
-        self.recommended = None
-        self.misses = 0
-        self.unhealthy = 0
+        # suspicions, faults and recoveries: it decides, we carry out
+        # what it returns (_carry)
+        self.faults = faults_mod.FaultTracker(
+            uuid, env.host, policy, env.wallclock, open_fault=open_fault,
+            monitored=was_monitored)
         self.answered_since_init = 0
         self.last_answer = None   # (monotonic time, healthy, reason)
-        self.interval_ms = None
         self.features = {}        # from Nova, when looked up
         self._hotplug_asked = False
         # {"interval_ms", "action"} of a guest registered here, kept by the
@@ -322,12 +316,6 @@ class Instance(object):
         self._out_watched = False
         self._last_bad = None     # last misbehaviour or reset
         self._reset_until = None  # reopening time after a reset
-        # when the latest faults opened: at most fault_limit per
-        # fault_window, whatever the guest does (a recovery it earns is
-        # held back until the oldest leaves the window)
-        self._fault_times = collections.deque(maxlen=policy.fault_limit)
-        self._held_recovery = None  # why, of a recovery held back
-        self._release_at = None
         self.rtt = None           # [answers, last, mean, max] (seconds)
         self._log = guestlog.LogBudget(policy.guest_log_lines_per_minute,
                                        now)
@@ -354,6 +342,16 @@ class Instance(object):
     def hb(self):
         """The channel's heartbeat, or None."""
         return None if self.session is None else self.session.heartbeat
+
+    @property
+    def fault(self):
+        """The open fault, ``{"id":..., "kind":...}``, or None."""
+        return self.faults.fault
+
+    @property
+    def interval_ms(self):
+        """The interval granted to the guest at its registration."""
+        return self.faults.interval_ms
 
     # -- the table ---------------------------------------------------------
 
@@ -485,9 +483,10 @@ class Instance(object):
         self._resync_deadline = None
         interval_ms, self._restart_interval_ms = (
             self._restart_interval_ms, None)
-        self._suspect("missed", now, "no answer to the resync after the "
-                      "agent started; the guest was monitored every %d ms "
-                      "before" % interval_ms, None)
+        self._carry(self.faults.suspect(
+            "missed", now, "no answer to the resync after the agent "
+            "started; the guest was monitored every %d ms before"
+            % interval_ms), now)
 
     def _sync_again(self, now, arg):
         self._check_confirm(now)
@@ -504,12 +503,9 @@ class Instance(object):
         self._apply(self.session.start_heartbeat(now), now)
 
     def _registered(self, now, reg):
-        self.interval_ms = reg.interval_ms
-        self.recommended = reg.init.corrective_action
+        self.faults.registered(reg.interval_ms, reg.init.corrective_action)
         self.note = None
         self.answered_since_init = 0
-        self.misses = self.unhealthy = 0
-        self._lost_at = None
         self._resync_deadline = None
         self._restart_interval_ms = None
         self._set_monitored({"interval_ms": reg.interval_ms,
@@ -523,7 +519,7 @@ class Instance(object):
 
     def _set_monitored(self, record):
         if record != self.monitored:
-            self.monitored = record
+            self.monitored = self.faults.monitored = record
             self.env.monitoring_changed()
 
     def _registered_again(self, now, reg):
@@ -532,46 +528,37 @@ class Instance(object):
         if crashed:
             # the daemon started over without saying exit: it crashed or
             # was killed; a retransmitted init comes before any answer
-            self._suspect("guest-exit-unexpected", now,
-                          "guest daemon restarted without exit", None)
+            self._carry(self.faults.suspect(
+                faults_mod.CRASH, now,
+                "guest daemon restarted without exit"), now)
 
     def _exited(self, now, out):
         if self._log.allow(now):
             LOG.info("instance %s: guest ended monitoring (%s)%s",
                      self.uuid, guestlog.sanitise(out.reason),
                      self._log.take_suppressed())
-        self.misses = self.unhealthy = 0
-        self._confirm = None
         self._set_monitored(None)
-        if self.fault is not None:
-            self._guest_recovered(now, "guest exited")
+        self._carry(self.faults.exited(now), now)
 
     def _heartbeat_timer(self, now, arg):
         if self.session is not None:
             self._apply(self.session.tick(now), now)
         if self._resync_deadline is not None:
             self._check_resync_deadline(now)
-        if self._confirm is not None or self._lost_at is not None:
+        f = self.faults
+        if f.suspicion is not None or f.lost_deadline is not None:
             self._check_confirm(now)  # (it has nothing to do otherwise)
 
     def _lost(self, now, arg):
         self._close()
         self._connect_at = now + self._connect_backoff
-        self._check_lost_grace(now)
+        self._carry(self.faults.check_lost(now), now)
 
     def _lost_monitored(self, now, arg):
         LOG.warning("instance %s: channel closed while monitored",
                     self.uuid)
-        self._lost_at = now
+        self.faults.channel_lost(now)
         self._lost(now, arg)
-
-    def _check_lost_grace(self, now):
-        if (self._lost_at is not None and self.fault is None
-                and self._confirm is None
-                and now >= self._lost_at + self.policy.channel_lost_grace):
-            self._lost_at = None
-            self._suspect("channel-lost", now, "channel closed while "
-                          "monitored", None)
 
     def _close_quietly(self, now, arg):
         self._close()
@@ -585,13 +572,11 @@ class Instance(object):
         return state
 
     def _suspend(self, now, info):
-        self._confirm = None
-        self._lost_at = None
+        self.faults.suspend()
         self._resync_deadline = None
         if self.session is not None:
             self.session.stop_heartbeat()
         self._sync_at = None
-        self.misses = self.unhealthy = 0
         self.note = "domain %s" % (info.state if info else "suspended")
 
     def _resume(self, now, info):
@@ -609,15 +594,11 @@ class Instance(object):
 
     def _stop(self, now, arg):
         self._close()
-        self._confirm = None
-        self._lost_at = None
         self._resync_deadline = None
         self._restart_interval_ms = None
         self.note = None
         self._set_monitored(None)
-        self._held_recovery = self._release_at = None
-        if self.fault is not None:
-            self._recover(now, "instance stopped")
+        self._carry(self.faults.stopped(now), now)
 
     # -- the channel ----------------------------------------------------------
 
@@ -834,7 +815,8 @@ class Instance(object):
     # -- faults ---------------------------------------------------------------
 
     def _answered(self, out, now):
-        self.counters["answers"] += 1
+        counters = self.counters
+        counters["answers"] += 1
         self.answered_since_init += 1
         rtt = self.rtt
         if rtt is None:
@@ -845,139 +827,53 @@ class Instance(object):
             rtt[2] += (out.rtt - rtt[2]) / min(rtt[0], 100)  # recent mean
             if out.rtt > rtt[3]:
                 rtt[3] = out.rtt
-        if self._in_good_standing(now):
-            # a channel being reset or misbehaving does not colour the
-            # agent-wide figures (its own are in its status)
+        # a channel being reset or misbehaving does not colour the
+        # agent-wide figures (its own are in its status); as
+        # _in_good_standing, without its call (once a round)
+        if (self._last_bad is None
+                or now - max(self._last_bad, self._reset_until or 0.0)
+                >= RESET_DECAY):
             self.env.record_rtt(out.rtt)
-        self.last_answer = (now, out.healthy, out.reason)
-        self.misses = 0
-        self._lost_at = None
-        if out.healthy:
-            self.unhealthy = 0
-            if (self._confirm is not None
-                    and self._confirm[1] != "guest-exit-unexpected"):
-                self._confirm = None  # it answered after all
-            if self.fault is not None:
-                self._guest_recovered(now, "guest answers healthy")
-            return
-        self.counters["unhealthy"] += 1
-        self.unhealthy += 1
-        if self.unhealthy >= self.policy.unhealthy_threshold:
-            self._suspect("unhealthy", now, out.reason, out.action)
+        healthy = out.healthy
+        self.last_answer = (now, healthy, out.reason)
+        if not healthy:
+            counters["unhealthy"] += 1
+        outputs = self.faults.answered(now, healthy, out.reason, out.action)
+        if outputs:
+            self._carry(outputs, now)
 
     def _missed(self, out, now):
         self.counters["missed"] += 1
-        self.misses += 1
-        if self.misses >= self.policy.miss_threshold:
-            self._suspect("missed", now, "no answer for %d interval(s)"
-                          % self.misses, None)
-
-    def _suspect(self, kind, now, reason, action):
-        if self.fault is not None:
-            # still (or again) faulty: a recovery held back is off
-            self._held_recovery = self._release_at = None
-            return
-        if self._confirm is not None:
-            return
-        if action is None:
-            action = self.recommended
-        token = uuidlib.uuid4().hex
-        self._confirm = (token, kind, reason, action,
-                         now + self.policy.confirm_timeout)
-        self.env.confirm_running(self, token)
+        self._carry(self.faults.missed(now), now)
 
     def confirmed(self, state, token, now):
         """libvirt's answer to :meth:`Env.confirm_running`."""
-        if self._confirm is None or self._confirm[0] != token:
-            return
-        _token, kind, reason, action, _deadline = self._confirm
-        self._confirm = None
-        if state in _RUNNING_STATES:
-            self._open_fault(kind, reason, action, now, unconfirmed=False)
+        outputs = self.faults.confirmed(token, state in _RUNNING_STATES, now,
+                                        self.state)
+        if outputs is None:
+            return  # not (or no longer) asked
+        if outputs:
+            self._carry(outputs, now)
+        elif state is None:
+            self.fire("stopped", now)
         else:
-            LOG.info("instance %s: suspected %s fault dropped: the domain "
-                     "is %s", self.uuid, kind, state)
-            if state is None:
-                self.fire("stopped", now)
-            else:
-                self.fire(domain_input(state), now, self.info)
+            self.fire(domain_input(state), now, self.info)
 
     def _check_confirm(self, now):
-        if self._confirm is not None and now >= self._confirm[4]:
-            _token, kind, reason, action, _deadline = self._confirm
-            self._confirm = None
-            LOG.warning("instance %s: libvirt did not confirm the domain "
-                        "state in time; reporting the %s fault anyway",
-                        self.uuid, kind)
-            self._open_fault(kind, reason, action, now, unconfirmed=True)
-        self._check_lost_grace(now)
+        self._carry(self.faults.check(now, self.state), now)
 
-    def _open_fault(self, kind, reason, action, now, unconfirmed):
-        from guestha import records as api
-        self.counters["faults"] += 1
-        self._fault_times.append(now)
-        interval_ms = self.interval_ms
-        if interval_ms is None and self.monitored:
-            interval_ms = self.monitored.get("interval_ms")
-        if action is None and self.monitored:
-            action = self.monitored.get("action")
-        details = {"unconfirmed": unconfirmed, "state": self.state}
-        if self._flapping(now):
-            details["flapping"] = len(self._fault_times)
-        event = api.make_fault(
-            instance=self.uuid, host=self.env.host, kind=kind,
-            reason=reason, action=action, detected_at=self.env.wallclock(),
-            interval_ms=interval_ms, misses=self.misses, details=details)
-        self.fault = {"id": event["id"], "kind": kind}
-        LOG.warning("instance %s: FAULT %s (%s): %s", self.uuid, kind,
-                    event["id"], guestlog.sanitise(reason))
-        self.env.report(event)
-        self.env.faults_changed()
-
-    def _flapping(self, now):
-        times = self._fault_times
-        return (len(times) >= self.policy.fault_limit
-                and now - times[0] < self.policy.fault_window)
-
-    def _guest_recovered(self, now, why):
-        """A recovery the guest's behaviour earns: held back while the
-        faults of the window are at their limit, so that no guest opens
-        more than ``fault_limit`` faults (and their actions) per
-        ``fault_window`` however it behaves (a debounce)."""
-        if self._flapping(now):
-            if self._held_recovery is None:
-                self._held_recovery = why
-                self._release_at = (self._fault_times[0]
-                                    + self.policy.fault_window)
-                LOG.warning("instance %s: %d faults within %.0f s: the "
-                            "recovery (%s) is held back for %.0f s", self.uuid,
-                            len(self._fault_times), self.policy.fault_window,
-                            why, self._release_at - now)
+    def _carry(self, outputs, now):
+        """Carry out the fault tracker's outputs."""
+        if not outputs:
             return
-        self._recover(now, why)
-
-    def _check_held(self, now):
-        if now < self._release_at:
-            return
-        why = self._held_recovery
-        self._held_recovery = self._release_at = None
-        if self.fault is not None:
-            self._recover(now, "%s (held back: %d faults within %.0f s)" % (
-                why, self.policy.fault_limit, self.policy.fault_window))
-
-    def _recover(self, now, why):
-        from guestha import records as api
-        fault = self.fault
-        self.fault = None
-        self._held_recovery = self._release_at = None
-        event = api.make_recovery(
-            instance=self.uuid, host=self.env.host, fault_id=fault["id"],
-            recovered_at=self.env.wallclock(), details={"why": why},
-            kind=fault["kind"])
-        LOG.info("instance %s: recovered from %s fault %s: %s", self.uuid,
-                 fault["kind"], fault["id"], why)
-        self.env.report(event)
-        self.env.faults_changed()
+        for out in outputs:
+            if type(out) is faults_mod.Confirm:
+                self.env.confirm_running(self, out.token)
+            else:
+                if out.event["type"] == "fault":
+                    self.counters["faults"] += 1
+                self.env.report(out.event)
+                self.env.faults_changed()
 
     # -- misbehaviour ---------------------------------------------------------
 
@@ -1040,8 +936,8 @@ class Instance(object):
     # -- timers ---------------------------------------------------------------
 
     def tick(self, now):
-        if self._release_at is not None:
-            self._check_held(now)
+        if self.faults.release_at is not None:
+            self._carry(self.faults.release(now), now)
         self.fire("timer", now)
 
     def _reschedule(self, now):
@@ -1059,18 +955,20 @@ class Instance(object):
             t = session.heartbeat.next_timer()
             if t is not None and (when is None or t < when):
                 when = t
-        if self._confirm is not None:
-            t = self._confirm[4]
-            if t is not None and (when is None or t < when):
-                when = t
-        if self._lost_at is not None:
-            t = self._lost_at + self.policy.channel_lost_grace
+        # (the fault tracker's deadlines, as its next_timer() without
+        # the call)
+        faults = self.faults
+        if faults.suspicion is not None:
+            t = faults.suspicion.deadline
             if when is None or t < when:
                 when = t
+        t = faults.lost_deadline
+        if t is not None and (when is None or t < when):
+            when = t
         t = self._resync_deadline
         if t is not None and (when is None or t < when):
             when = t
-        t = self._release_at
+        t = faults.release_at
         if t is not None and (when is None or t < when):
             when = t
         if when != self.wake_at:
@@ -1103,11 +1001,12 @@ class Instance(object):
                 backoff["until"], backoff["resets"],
                 "; " + note if note else "")
         held = None
-        if self._release_at is not None:
-            held = {"why": self._held_recovery,
+        faults = self.faults
+        if faults.release_at is not None:
+            held = {"why": faults.held,
                     "until": _iso(self.env.wallclock()
-                                  + self._release_at - now),
-                    "faults_in_window": len(self._fault_times)}
+                                  + faults.release_at - now),
+                    "faults_in_window": len(faults.opened)}
             note = "recovery held back until %s: %d faults within %.0f s" % (
                 held["until"], held["faults_in_window"],
                 self.policy.fault_window)

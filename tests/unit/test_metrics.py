@@ -78,7 +78,7 @@ def _value(text, name_and_labels):
 def test_agent_snapshot_and_collector(loop):
     loop.report({"type": "fault", "id": "f1", "instance": UUID,
                  "kind": "missed"})
-    loop.instances[UUID].fault = {"id": "f1", "kind": "missed"}
+    loop.instances[UUID].faults.fault = {"id": "f1", "kind": "missed"}
     loop.instances[UUID].counters["missed"] = 2
     text = _text(_agent_collector(loop))
     state = loop.instances[UUID].state

@@ -10,6 +10,7 @@ import threading
 
 import pytest
 
+from guestha.agent import faults
 from guestha.agent import instance as im
 from guestha.agent import loop as loop_mod
 from guestha_guest.protocol import heartbeat as hb
@@ -211,9 +212,7 @@ def reference_when(inst):
     times = [inst._sync_at if inst.state == im.SYNCING else None,
              inst._connect_at if inst.state == im.CONNECTING else None,
              inst.hb.next_timer() if inst.hb is not None else None,
-             inst._confirm[4] if inst._confirm is not None else None,
-             (inst._lost_at + inst.policy.channel_lost_grace)
-             if inst._lost_at is not None else None]
+             inst.faults.next_timer()]
     times = [t for t in times if t is not None]
     return min(times) if times else None
 
@@ -232,9 +231,10 @@ def test_reschedule_picks_the_earliest_timer(state):
                         inst.state = state
                         inst._sync_at = sync_at
                         inst._connect_at = connect_at
-                        inst._confirm = None if confirm is None else (
-                            "t", "missed", "r", None, confirm)
-                        inst._lost_at = lost_at
+                        inst.faults.suspicion = None if confirm is None \
+                            else faults.Suspicion("t", "missed", "r", None,
+                                                  confirm)
+                        inst.faults.lost_deadline = lost_at
                         saved = inst.session
                         if not with_hb:
                             inst.session = None
@@ -252,10 +252,11 @@ def test_heartbeat_timer_checks_confirmations_and_lost_channels():
     inst._check_confirm = lambda now: calls.append(now)
     inst._heartbeat_timer(env.now, None)
     assert calls == []
-    inst._lost_at = env.now
+    inst.faults.lost_deadline = env.now
     inst._heartbeat_timer(env.now, None)
-    inst._lost_at = None
-    inst._confirm = ("t", "missed", "r", None, env.now + 1)
+    inst.faults.lost_deadline = None
+    inst.faults.suspicion = faults.Suspicion("t", "missed", "r", None,
+                                             env.now + 1)
     inst._heartbeat_timer(env.now, None)
     assert calls == [env.now, env.now]
 
