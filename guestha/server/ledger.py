@@ -101,6 +101,10 @@ INFLIGHT = "inflight"
 OWED = (PENDING, INFLIGHT)
 #: The key a re-sent in-doubt event carries, true, to its sink.
 REDELIVERED = "redelivered"
+#: The key naming, in a re-sent in-doubt event, the controller that had
+#: it in flight (whose sink may have it: the log sink looks in that
+#: controller's file, :mod:`guestha.sinks.log`).
+REDELIVERED_FROM = "redelivered_from"
 
 #: What a failing database raises (see :mod:`guestha.db.api`).
 DB_ERRORS = db_api.DB_ERRORS
@@ -184,10 +188,11 @@ def _chunks(values):
         yield values[start:start + _CHUNK]
 
 
-def _group_work(rows):
+def _group_work(rows, origins):
     """``[(id, body, sink, state)]`` -> ``[(event, [sinks])]``, in row
     order.  The targets an event was in flight to are in an entry of
-    their own, with a copy of the event that says :data:`REDELIVERED`."""
+    their own, with a copy of the event that says :data:`REDELIVERED`,
+    and :data:`REDELIVERED_FROM` its owner then (``origins(id)``)."""
     result = []
     by_key = {}
     for event_id, body, sink, state in rows:
@@ -196,6 +201,7 @@ def _group_work(rows):
             event = json.loads(body)
             if state == INFLIGHT:
                 event[REDELIVERED] = True
+                event[REDELIVERED_FROM] = origins(event_id)
             by_key[key] = (event, [])
             result.append(by_key[key])
         by_key[key][1].append(sink)
@@ -393,7 +399,7 @@ class Ledger(object):
             LOG.warning("dispatching %d event(s) whose commit failed for "
                         "this controller but happened (their resend was "
                         "answered without them)", len(mine))
-        return _group_work(rows)
+        return _group_work(rows, lambda _: self.server_id)
 
     # -- events ----------------------------------------------------------
 
@@ -735,7 +741,7 @@ class Ledger(object):
             self._count_attempts(conn, rows, now)
             return rows
 
-        return _group_work(self._run(work))
+        return _group_work(self._run(work), lambda _: self.server_id)
 
     def counts(self):
         """``{state: rows}`` of the delivery rows (for status and tests).
@@ -847,7 +853,15 @@ class Ledger(object):
                     servers.c.id == row.id,
                     servers.c.heartbeat == row.heartbeat))
             if not orphaned:
-                return orphaned, []
+                return orphaned, [], {}
+            # whose they were: an in-doubt delivery may be in the sink
+            # of that controller (the log sink's file)
+            inflight_ids = sa.select(deliveries.c.event_id).where(
+                deliveries.c.state == INFLIGHT)
+            owned = dict(conn.execute(
+                sa.select(events_t.c.id, events_t.c.server).where(
+                    events_t.c.server.in_(orphaned),
+                    events_t.c.id.in_(inflight_ids))).all())
             pending_ids = sa.select(deliveries.c.event_id).where(
                 deliveries.c.state.in_(OWED))
             conn.execute(events_t.update().where(
@@ -857,15 +871,15 @@ class Ledger(object):
             conn.execute(events_t.update().where(
                 events_t.c.server == token).values(server=self.server_id))
             self._count_attempts(conn, taken, now)
-            return orphaned, taken
+            return orphaned, taken, owned
 
-        orphaned, taken = self._run(work)
+        orphaned, taken, owned = self._run(work)
         if taken:
             LOG.warning("took over %d undelivered event(s) of "
                         "controller(s) %s, which stopped without "
                         "delivering them", len({row[0] for row in taken}),
                         ", ".join(orphaned))
-        return _group_work(taken)
+        return _group_work(taken, owned.get)
 
     # -- corrective-action cap -------------------------------------------
 

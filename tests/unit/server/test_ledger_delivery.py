@@ -269,9 +269,12 @@ def test_only_the_deliveries_in_flight_come_back_flagged(path, wall):
     assert by_id == {(sent["id"], True): ["log"],
                      (waiting["id"], False): sorted(
                          ["log", ledger_mod.ACTIONS])}
-    # the event itself is as the agent sent it, but for the flag
+    # the event itself is as the agent sent it, but for the flag and
+    # whose sink may have it
     flagged, = [e for e, _ in work if e.get(ledger_mod.REDELIVERED)]
-    assert dict(flagged, redelivered=None) == dict(sent, redelivered=None)
+    assert flagged[ledger_mod.REDELIVERED_FROM] == "ctl-a"
+    unflagged = dict(redelivered=None, redelivered_from=None)
+    assert dict(flagged, **unflagged) == dict(sent, **unflagged)
 
 
 def test_a_restarted_controller_flags_its_own_in_doubt_deliveries(
@@ -289,6 +292,7 @@ def test_a_restarted_controller_flags_its_own_in_doubt_deliveries(
     work = again.pending()
     assert [(e["id"], bool(e.get("redelivered")), t) for e, t in work] == [
         (sent["id"], True, ["log"]), (waiting["id"], False, ["log"])]
+    assert work[0][0]["redelivered_from"] == "ctl-a"
 
 
 def _dead_pid():
