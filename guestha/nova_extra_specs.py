@@ -21,7 +21,7 @@ checked) without Nova installed.
 from guestha_guest.protocol import ACTIONS
 
 #: What :func:`register` gives Nova, as ``ExtraSpecValidator`` keyword
-#: arguments.  The keys match :mod:`guestha.agent.nova`'s, which a test
+#: arguments.  The keys match :mod:`guestha.nova`'s, which a test
 #: checks; booleans are checked as Nova checks them
 #: (``oslo_utils.strutils.bool_from_string``, strict), the same values the
 #: agent reads as true.

@@ -20,7 +20,7 @@ operator's log:
 
 import unicodedata
 
-from guestha.agent.ratelimit import TokenBucket
+from guestha.ratelimit import TokenBucket
 
 #: Characters of guest text kept in a log line (after escaping).
 MAX_TEXT = 200

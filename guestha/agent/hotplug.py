@@ -8,7 +8,7 @@ restart).  The flavor's extra specs come from the domain itself: Nova
 writes them into the domain's metadata (``<nova:extraSpecs>``, see
 :func:`guestha.agent.domain.parse_domain`), so a compute host needs no
 Nova credentials.  Only for a domain of an older Nova, which writes no
-extra specs there, is Nova's API asked (:mod:`guestha.agent.nova`), and
+extra specs there, is Nova's API asked (:mod:`guestha.nova`), and
 only if ``[nova]`` has credentials.  This module only decides; the loop
 calls :meth:`HotplugPolicy.decide` in a worker thread (Nova is HTTP) and
 hands an ``attach`` to the libvirt watcher, which does it and reports
@@ -21,7 +21,7 @@ restarts so that a restarted agent finds the channels it plugged.
 
 import os
 
-from guestha.agent import nova as nova_mod
+from guestha import nova as nova_mod
 
 #: The longest path a UNIX socket may have on Linux: ``sun_path`` holds 108
 #: bytes, the last one the terminating NUL.  QEMU cannot bind a longer one.
@@ -40,7 +40,7 @@ class HotplugPolicy(object):
     """Decides, per domain, whether the agent adds the guestha channel.
 
     :param nova: asks Nova for the flavor's settings of a domain whose XML
-        has none (:meth:`guestha.agent.nova.NovaClient.guestha_features`),
+        has none (:meth:`guestha.nova.NovaClient.guestha_features`),
         or None when the agent has no Nova credentials.
     :param socket_dir: where the channels' host-side sockets go
         (``[agent] socket_dir``).
@@ -66,7 +66,7 @@ class HotplugPolicy(object):
         :param info: the domain (:class:`guestha.agent.events.DomainInfo`).
         :returns: ``("attach", socket path)`` or ``("skip", reason)``, the
             reason being a sentence for the instance's status and logs.
-        :raises guestha.agent.nova.NovaUnavailable: Nova did not answer;
+        :raises guestha.nova.NovaUnavailable: Nova did not answer;
             the caller asks again later.
         """
         if info.channel_path:
@@ -98,11 +98,11 @@ class HotplugPolicy(object):
 
     def features(self, info):
         """What the flavor of a Nova instance asks of guestha
-        (:func:`guestha.agent.nova.features_from_extra_specs`).
+        (:func:`guestha.nova.features_from_extra_specs`).
 
         :returns: the settings, or None when the domain XML has no extra
             specs and there is no Nova client to ask.
-        :raises guestha.agent.nova.NovaUnavailable: Nova was asked and did
+        :raises guestha.nova.NovaUnavailable: Nova was asked and did
             not answer.
         """
         extra_specs = info.nova.get("extra_specs")

@@ -70,7 +70,7 @@ class AgentService(object):
         hotplug = None
         if agent.hotplug:
             from guestha.agent.hotplug import HotplugPolicy
-            from guestha.agent.nova import NovaClient
+            from guestha.nova import NovaClient
             os.makedirs(agent.socket_dir, exist_ok=True)
             hotplug = HotplugPolicy(NovaClient.from_conf(conf, optional=True),
                                     agent.socket_dir)

@@ -40,7 +40,7 @@ yet), ``monitored``, ``faulted`` (a fault is open), ``suspended``,
 import logging
 
 from guestha.agent import instance as inst_mod
-from guestha.agent import nova as nova_mod
+from guestha import nova as nova_mod
 from guestha import records
 
 LOG = logging.getLogger(__name__)

@@ -77,9 +77,9 @@ import uuid
 from keystoneauth1 import exceptions as ks_exc
 from novaclient import exceptions as nova_exc
 
-from guestha.agent import nova as nova_mod
 from guestha.conf.actions import ACTIONS
 from guestha import metrics
+from guestha import nova as nova_mod
 from guestha.server import ledger as ledger_mod
 
 LOG = logging.getLogger(__name__)
@@ -494,7 +494,7 @@ class ActionWorker(object):
         """Nova's task state if it is one of a reboot under way, "gone"
         if Nova no longer knows the instance, else None.
 
-        :raises guestha.agent.nova.NovaUnavailable: Nova did not answer.
+        :raises guestha.nova.NovaUnavailable: Nova did not answer.
         """
         server_of = getattr(self.nova, "server", None)
         if server_of is None:

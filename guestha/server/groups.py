@@ -47,8 +47,8 @@ import re
 import threading
 import time
 
-from guestha.agent import nova as nova_mod
-from guestha.agent.ratelimit import TokenBucket
+from guestha import nova as nova_mod
+from guestha.ratelimit import TokenBucket
 from guestha import rpc
 from guestha_guest.protocol import MAX_PAYLOAD
 from guestha_guest.protocol.messages import MAX_STATUS_PARTS
@@ -83,7 +83,7 @@ def _state(value):
 class ServerGroups(object):
     """The directory and router (see the module docstring); thread-safe.
 
-    :param nova: :class:`~guestha.agent.nova.NovaClient` (or a fake with
+    :param nova: :class:`~guestha.nova.NovaClient` (or a fake with
         ``server_groups``, ``server``, ``guestha_features``, ``forget``).
     :param agents: :class:`~guestha.rpc.api.AgentAPI` (or a fake).
     :param is_relay: returns whether this controller tells the peers of

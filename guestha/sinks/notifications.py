@@ -121,7 +121,7 @@ class NotificationsSink(base.FaultSink):
             conf, url=group.transport_url or None)
         client = None
         if group.lookup_project:
-            from guestha.agent import nova as nova_mod
+            from guestha import nova as nova_mod
             client = nova_mod.NovaClient.from_conf(conf, optional=True)
         return cls(transport, group.topics,
                    group.publisher_id or "guestha-server:%s"

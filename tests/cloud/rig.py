@@ -414,14 +414,14 @@ class GuestHA(object):
 
 
 def nova_client():
-    """guestha's Nova client (guestha.agent.nova.NovaClient) configured
+    """guestha's Nova client (guestha.nova.NovaClient) configured
     by a ``[nova]`` group as the controllers' guestha.conf has it."""
     import tempfile
 
     from oslo_config import cfg
 
-    from guestha.agent import nova as nova_mod
     from guestha.conf import nova as nova_conf
+    from guestha import nova as nova_mod
 
     with tempfile.NamedTemporaryFile("w", suffix=".conf") as f:
         f.write("[nova]\n" + "".join("%s = %s\n" % kv

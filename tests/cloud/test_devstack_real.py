@@ -302,8 +302,8 @@ def test_guestha_conf_credentials_work_at_the_real_services(cloud,
     from keystoneauth1 import adapter as ks_adapter
     from oslo_config import cfg
 
-    from guestha.agent import nova as nova_mod
     from guestha.conf import opts
+    from guestha import nova as nova_mod
     from guestha.sinks import base as sinks_base
 
     identity = cloud.conn.identity

@@ -14,7 +14,7 @@ import types
 
 import pytest
 
-from guestha.agent import nova as agent_nova
+from guestha import nova as nova_mod
 from guestha import nova_extra_specs
 from guestha_guest.protocol import ACTIONS
 
@@ -40,13 +40,13 @@ def test_register_needs_nova(monkeypatch):
 
 def test_the_validators_are_guesthas_keys():
     by_name = {v["name"]: v for v in nova_extra_specs.VALIDATORS}
-    assert set(by_name) == {agent_nova.HEARTBEAT,
-                            agent_nova.SERVER_GROUP_MESSAGING,
-                            agent_nova.CORRECTIVE_ACTION}
-    assert by_name[agent_nova.HEARTBEAT]["value"]["type"] is bool
-    assert by_name[agent_nova.SERVER_GROUP_MESSAGING]["value"]["type"] \
+    assert set(by_name) == {nova_mod.HEARTBEAT,
+                            nova_mod.SERVER_GROUP_MESSAGING,
+                            nova_mod.CORRECTIVE_ACTION}
+    assert by_name[nova_mod.HEARTBEAT]["value"]["type"] is bool
+    assert by_name[nova_mod.SERVER_GROUP_MESSAGING]["value"]["type"] \
         is bool
-    action = by_name[agent_nova.CORRECTIVE_ACTION]["value"]
+    action = by_name[nova_mod.CORRECTIVE_ACTION]["value"]
     assert action["type"] is str and action["enum"] == list(ACTIONS)
 
 
@@ -65,13 +65,13 @@ def test_each_validator_has_the_shape_nova_wants(spec):
 
 def test_the_agent_reads_as_true_what_nova_accepts_as_true():
     strutils = pytest.importorskip("oslo_utils.strutils")
-    assert agent_nova.TRUE_VALUES == set(strutils.TRUE_STRINGS)
+    assert nova_mod.TRUE_VALUES == set(strutils.TRUE_STRINGS)
     for value in strutils.TRUE_STRINGS:
-        assert agent_nova.features_from_extra_specs(
-            {agent_nova.HEARTBEAT: value.upper()})["heartbeat"]
+        assert nova_mod.features_from_extra_specs(
+            {nova_mod.HEARTBEAT: value.upper()})["heartbeat"]
     for value in strutils.FALSE_STRINGS:
-        assert not agent_nova.features_from_extra_specs(
-            {agent_nova.HEARTBEAT: value})["heartbeat"]
+        assert not nova_mod.features_from_extra_specs(
+            {nova_mod.HEARTBEAT: value})["heartbeat"]
 
 
 def test_register_builds_novas_validators(monkeypatch):

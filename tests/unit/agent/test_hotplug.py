@@ -5,7 +5,7 @@ import pytest
 
 from guestha.agent import events as ev
 from guestha.agent import hotplug
-from guestha.agent import nova
+from guestha import nova
 from tests.fakes.nova import FakeNova
 from tests.fakes.nova import nova_conf
 

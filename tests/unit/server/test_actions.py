@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from guestha.agent.nova import NovaUnavailable
 from guestha.conf.actions import ACTIONS
+from guestha.nova import NovaUnavailable
 from guestha import records
 from guestha.server import actions
 from guestha.server.ledger import ACTIONS as ACTION_TARGET

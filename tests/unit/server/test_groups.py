@@ -9,7 +9,7 @@ import threading
 import oslo_messaging
 import pytest
 
-from guestha.agent.nova import NovaUnavailable
+from guestha.nova import NovaUnavailable
 from guestha.server import groups as groups_mod
 from guestha.server.groups import ServerGroups
 from tests.support.clock import ManualClock

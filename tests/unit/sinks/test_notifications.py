@@ -9,8 +9,8 @@ from oslo_config import cfg
 import oslo_messaging
 import pytest
 
-from guestha.agent import nova as nova_mod
 from guestha.conf import opts
+from guestha import nova as nova_mod
 from guestha import records
 from guestha.sinks import base
 from guestha.sinks import notifications as notif

@@ -11,7 +11,7 @@ from novaclient import api_versions
 from novaclient import exceptions as nova_exc
 import pytest
 
-from guestha.agent import nova
+from guestha import nova
 from tests.fakes.nova import DEFAULT_PROJECT
 from tests.fakes.nova import FakeNova
 from tests.fakes.nova import nova_conf
@@ -149,7 +149,7 @@ def test_the_caller_cannot_change_the_cached_answer(fake):
 def test_an_instance_nova_does_not_know_gets_nothing(fake, caplog):
     client = client_for(fake, clock=Clock())
 
-    with caplog.at_level(logging.INFO, logger="guestha.agent.nova"):
+    with caplog.at_level(logging.INFO, logger="guestha.nova"):
         features = client.guestha_features(UUID)
 
     assert features == nova.NO_FEATURES
@@ -173,7 +173,7 @@ def test_hidden_extra_specs_are_logged_and_enable_nothing(fake, caplog):
         return view
 
     fake._server_view = view_without_specs
-    with caplog.at_level(logging.WARNING, logger="guestha.agent.nova"):
+    with caplog.at_level(logging.WARNING, logger="guestha.nova"):
         features = client.guestha_features(UUID)
 
     assert features == nova.NO_FEATURES
