@@ -9,7 +9,7 @@ Every controller gets every Nova notification (each listens in a pool of
 its own, to keep its cache); one of them, the **relay**, tells the agents.
 The relay is the holder of the tooz lock :data:`RELAY_LOCK`: each
 controller tries to take it every second
-(:data:`~guestha.server.service.RELAY_INTERVAL`), without waiting, and
+(:data:`~guestha.server.keeper.RELAY_INTERVAL`), without waiting, and
 keeps it by the coordinator's heartbeat.  When the holder dies its lock
 expires (``[coordination] lock_timeout``; at once on a backend that ties
 locks to a connection, such as MySQL) and the next try of another

@@ -43,18 +43,17 @@ class ControllerEndpoint(object):
     """The agents' view of a controller.
 
     :param ledger: :class:`~guestha.server.ledger.Ledger`.
-    :param dispatch: called with each new event, to hand it to the sinks.
-    :param actions: :class:`~guestha.server.actions.ActionWorker` (its
-        ``submit`` gets each new fault).
+    :param dispatch: called with each new event, to hand it to the sinks
+        and, a fault, to the action worker
+        (:meth:`~guestha.server.deliveries.Deliveries.dispatch`).
     :param groups: :class:`~guestha.server.groups.ServerGroups`.
     """
 
     target = rpc.endpoint_target(rpc.CONTROLLER_NAMESPACE)
 
-    def __init__(self, ledger, dispatch, actions, groups):
+    def __init__(self, ledger, dispatch, groups):
         self.ledger = ledger
         self.dispatch = dispatch
-        self.actions = actions
         self.groups = groups
 
     @oslo_messaging.expected_exceptions(LedgerUnavailable)
@@ -82,8 +81,6 @@ class ControllerEndpoint(object):
                      ": %s" % event["kind"] if event["type"] == "fault"
                      else "")
             self.dispatch(event)
-            if event["type"] == "fault":
-                self.actions.submit(event)
         accepted_ids = result.accepted_ids
         accepted = []
         for event in events:

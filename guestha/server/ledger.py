@@ -364,7 +364,7 @@ class Ledger(object):
         and answers "accepted" without handing them on, and so would this
         one, but for :meth:`_store`'s check.  Nobody else ever dispatches
         them either (their owner lives), so the keeper calls this as soon
-        as the database answers again (:class:`~guestha.server.service.
+        as the database answers again (:class:`~guestha.server.keeper.
         LedgerKeeper`): what the database holds is dispatched now, what it
         does not hold is forgotten (the agent sends it again).  It runs
         as the group commit's leader, so that no commit of this process

@@ -5,10 +5,11 @@ Threads: oslo.messaging's RPC server (the agents' calls and casts) and
 notification listener (Nova's versioned notifications), one thread per
 fault sink (:class:`~guestha.sinks.base.SinkDispatcher`; it notes each
 batch in flight in the ledger before its sink gets it and done right
-after, :class:`Deliveries`), the corrective-action worker, the
-server-group refresher, and the ledger keeper (this module), which renews
-the lease, writes the outcomes queued in batches, settles failed commits,
-takes over the work of dead controllers and prunes old events.
+after, :class:`~guestha.server.deliveries.Deliveries`), the
+corrective-action worker, the server-group refresher, and the ledger
+keeper (:mod:`guestha.server.keeper`), which renews the lease, writes the
+outcomes queued in batches, settles failed commits, takes over the work of
+dead controllers and prunes old events.
 
 Start: the lease first (a second process with the same ``server_id``
 stops here), then the sinks and the action worker, then the work this
@@ -30,7 +31,6 @@ cache; one tells the peers): :mod:`guestha.server.coordination`.
 import logging
 import signal
 import threading
-import time
 
 import oslo_messaging
 from oslo_messaging.rpc import dispatcher as rpc_dispatcher
@@ -41,213 +41,14 @@ from guestha import metrics
 from guestha import rpc
 from guestha.server import actions as actions_mod
 from guestha.server import coordination as coordination_mod
+from guestha.server import deliveries as deliveries_mod
 from guestha.server import endpoint as endpoint_mod
 from guestha.server import groups as groups_mod
+from guestha.server import keeper as keeper_mod
 from guestha.server import ledger as ledger_mod
 from guestha.server import notifications
 
 LOG = logging.getLogger(__name__)
-
-#: Seconds between two writes of the delivery outcomes.
-FLUSH_INTERVAL = 0.2
-#: Seconds between two prunes of the ledger.
-PRUNE_INTERVAL = 600.0
-#: Seconds between two tries to take (or keep) the relay: when the relay
-#: dies, state changes go untold from then until its lock expired and
-#: the next try of another controller (see doc/source/server.rst).
-RELAY_INTERVAL = 1.0
-
-
-class Deliveries(object):
-    """Hands events to the sinks and the action worker, and tells the
-    ledger how each delivery ended (the dispatcher's ``on_result``)."""
-
-    def __init__(self, ledger, dispatcher, actions):
-        self.ledger = ledger
-        self.dispatcher = dispatcher
-        self.actions = actions
-        self.received = metrics.Tally()  # (type, kind), for the metrics
-
-    def on_result(self, event, sink_name, state):
-        self.ledger.mark_later(event["id"], sink_name, state)
-
-    def before_send(self, sink_name, events):
-        """The sink's worker is about to hand ``events`` to the sink: in
-        flight in the ledger first (:meth:`Ledger.begin_sending`), and
-        only those this controller still owns."""
-        mine = self.ledger.begin_sending(sink_name,
-                                         [e["id"] for e in events])
-        send = []
-        for event in events:
-            if event["id"] in mine:
-                mine.discard(event["id"])   # once, even if queued twice
-                send.append(event)
-        return send
-
-    def on_results(self, sink_name, events, state):
-        """A delivered batch's outcome, written at once: the shorter a
-        delivery stays in flight after the sink has it, the fewer
-        deliveries a controller that dies leaves in doubt.  Queued for the
-        keeper's next flush if the database fails (and the other outcomes,
-        drops and skips, always: :meth:`on_result`)."""
-        results = [(e["id"], sink_name, state) for e in events]
-        try:
-            self.ledger.mark(results)
-        except Exception:  # noqa: BLE001 - never lose an outcome
-            for result in results:
-                self.ledger.mark_later(*result)
-
-    def dispatch(self, event, targets=None):
-        """Hand ``event`` to every sink, or to ``targets`` (the ledger's
-        pending targets of an event dispatched again)."""
-        if targets is None:
-            self.received.add(event.get("type"), event.get("kind"))
-            self.dispatcher.submit(event)
-            return
-        sinks = [t for t in targets if t != ledger_mod.ACTIONS]
-        if sinks:
-            self.dispatcher.submit(event, sinks=sinks)
-        if ledger_mod.ACTIONS in targets:
-            self.actions.submit(event)
-
-    def redispatch(self, work):
-        for event, targets in work:
-            self.dispatch(event, targets)
-        return len(work)
-
-    def report_action(self, record):
-        """An action record: into the ledger, then to the sinks."""
-        if self.ledger.record(record):
-            self.dispatcher.submit(record)
-
-
-class LedgerKeeper(object):
-    """The ledger's periodic work, in one thread."""
-
-    def __init__(self, ledger, deliveries, retention, lease,
-                 clock=time.monotonic, coordination=None):
-        self.ledger = ledger
-        self.deliveries = deliveries
-        self.retention = retention
-        self.lease = lease
-        self._clock = clock
-        self.coordination = (coordination if coordination is not None
-                             else coordination_mod.LeaseRelay(ledger))
-        self._stopping = threading.Event()
-        self._thread = None
-        self.relay = False
-        # no take-over until then (see database_failed)
-        self._quiet_until = None
-        self._failures_seen = ledger.failures
-        self._resubmit_actions = False
-        self._next_renew = self._next_prune = self._next_relay = clock()
-
-    def database_failed(self, now):
-        """The database failed this controller (any of its threads).
-
-        The other controllers' renewals may have failed too, so their
-        leases look expired when it is back although they live: take over
-        nothing for a lease, the time they need to renew.  And the
-        corrective-action worker may have dropped a fault it was deciding
-        on: when the database answers again, hand it this controller's
-        pending faults again (:meth:`resubmit_actions`).
-        """
-        self._quiet_until = now + self.lease
-        self._resubmit_actions = True
-
-    def resubmit_actions(self):
-        """This controller's faults whose action is still pending, to the
-        worker again.  Deciding twice on one fault does no harm: the cap
-        lets one action per fault, and an action record is stored once
-        per id."""
-        work = self.ledger.pending(targets=(ledger_mod.ACTIONS,))
-        self._resubmit_actions = False
-        return self.deliveries.redispatch(work)
-
-    def watch_failures(self, now):
-        """Whether the database failed any thread since the last look
-        (then :meth:`database_failed`)."""
-        if self.ledger.failures == self._failures_seen:
-            return False
-        self._failures_seen = self.ledger.failures
-        self.database_failed(now)
-        return True
-
-    def update_relay(self):
-        relay, who = self.coordination.elect()
-        if relay != self.relay:
-            LOG.info("%s relays Nova's state changes to the agents: %s",
-                     self.ledger.server_id, "yes" if relay else
-                     "no (%s does)" % (who or "nobody"))
-        self.relay = relay
-
-    def take_over(self, now=None):
-        """Dispatch the work of dead controllers that this one takes."""
-        now = self._clock() if now is None else now
-        if self._quiet_until is not None:
-            if now < self._quiet_until:
-                return 0
-            self._quiet_until = None
-        return self.deliveries.redispatch(
-            self.coordination.takeover(self.ledger.claim_orphans))
-
-    def is_relay(self):
-        return self.relay
-
-    def start(self):
-        self._thread = threading.Thread(target=self._run,
-                                        name="ledger-keeper", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout=5.0):
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def settle_uncertain(self):
-        """Dispatch the events of commits that failed for this controller
-        but happened (:meth:`Ledger.settle_uncertain`): nobody else
-        would."""
-        if not self.ledger.uncertain:
-            return 0
-        return self.deliveries.redispatch(self.ledger.settle_uncertain())
-
-    def upkeep(self, now):
-        """One round of the keeper's work (every :data:`FLUSH_INTERVAL`);
-        raises what the database raises."""
-        self.watch_failures(now)
-        self.ledger.flush()
-        self.settle_uncertain()
-        if self._resubmit_actions:
-            self.resubmit_actions()
-        now = self._clock()
-        if now >= self._next_relay:
-            self._next_relay = now + RELAY_INTERVAL
-            self.update_relay()
-        if now >= self._next_renew:
-            self._next_renew = now + self.lease / 3.0
-            self.ledger.renew()
-            self.take_over(now)
-        if now >= self._next_prune:
-            self._next_prune = now + PRUNE_INTERVAL
-            pruned = self.ledger.prune(time.time() - self.retention)
-            if pruned:
-                LOG.info("ledger: forgot %d delivered event(s) older than "
-                         "%d s", pruned, self.retention)
-
-    def _run(self):
-        self._next_renew = self._clock() + self.lease / 3.0
-        self._next_relay = self._clock() + RELAY_INTERVAL
-        self._next_prune = self._clock() + PRUNE_INTERVAL
-        while not self._stopping.wait(FLUSH_INTERVAL):
-            try:
-                self.upkeep(self._clock())
-            except db_api.DB_ERRORS as exc:
-                # the database is away: the agents' calls fail and are
-                # sent again; the upkeep resumes when it is back
-                LOG.warning("ledger upkeep: the database failed: %s", exc)
-            except Exception:  # a thread's top level: keep the lease
-                LOG.exception("ledger upkeep failed")
 
 
 class ServerService(object):
@@ -281,16 +82,15 @@ class ServerService(object):
                                    sinks=[sink.name for sink in sinks],
                                    lease=server.lease_seconds, conf=conf)
         nova = actions_mod.NovaActions.from_conf(conf)
-        deliveries = Deliveries(ledger, None, None)
+        deliveries = deliveries_mod.Deliveries(ledger, None, None)
         dispatcher = sinks_base.SinkDispatcher.from_conf(
             conf, sinks=sinks, on_result=deliveries.on_result,
             on_results=deliveries.on_results,
             before_send=deliveries.before_send)
         deliveries.dispatcher = dispatcher
-        keeper = LedgerKeeper(ledger, deliveries, retention,
-                              server.lease_seconds,
-                              coordination=coordination_mod.from_conf(
-                                  conf, ledger))
+        keeper = keeper_mod.LedgerKeeper(
+            ledger, deliveries, retention, server.lease_seconds,
+            coordination=coordination_mod.from_conf(conf, ledger))
         worker = actions_mod.ActionWorker.from_conf(
             conf, nova, ledger, deliveries.report_action)
         deliveries.actions = worker
@@ -327,8 +127,7 @@ class ServerService(object):
             pool="guestha-server-%s" % server.server_id)
         self.listener.start()
         endpoint = endpoint_mod.ControllerEndpoint(
-            self.ledger, self.deliveries.dispatch, self.actions,
-            self.groups)
+            self.ledger, self.deliveries.dispatch, self.groups)
         self.rpc_server = oslo_messaging.get_rpc_server(
             self.transport, rpc.controller_server_target(server.server_id),
             [endpoint],

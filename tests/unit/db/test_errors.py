@@ -40,7 +40,7 @@ def test_report_events_fails_whole_when_the_database_is_away(tmp_path):
     own.register()
     dispatched = fakes.Recorder()
     endpoint = endpoint_mod.ControllerEndpoint(
-        own, dispatched, fakes.Recorder(), fakes.FakeGroups())
+        own, dispatched, fakes.FakeGroups())
 
     def away(conn, batch):
         raise db_exc.DBConnectionError("(2013, 'Lost connection')")

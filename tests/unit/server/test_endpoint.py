@@ -13,10 +13,11 @@ import pytest
 from guestha import records
 from guestha import rpc
 from guestha.rpc import api
+from guestha.server.deliveries import Deliveries
 from guestha.server import endpoint as endpoint_mod
+from guestha.server.keeper import LedgerKeeper
 from guestha.server import ledger as ledger_mod
 from guestha.server.ledger import Ledger
-from guestha.server.service import Deliveries
 from guestha.sinks import base as sinks_base
 
 INSTANCE = "0c7e3f9a-5b2d-4e61-8f3a-9d4c2b1a0e5f"
@@ -64,8 +65,10 @@ def ledger(tmp_path):
 
 @pytest.fixture
 def parts(ledger):
+    # the real way in to the sinks and the action worker, fakes behind it
     dispatched, acted, groups = Recorder(), Recorder(), FakeGroups()
-    endpoint = endpoint_mod.ControllerEndpoint(ledger, dispatched, acted,
+    deliveries = Deliveries(ledger, dispatched, acted)
+    endpoint = endpoint_mod.ControllerEndpoint(ledger, deliveries.dispatch,
                                                groups)
     return endpoint, dispatched, acted, groups
 
@@ -192,6 +195,8 @@ def test_deliveries_mark_the_ledger(tmp_path):
     f = fault()
     ledger.accept([f])
     deliveries.dispatch(f)
+    assert [e["id"] for e in acted] == [f["id"]]  # a new fault, once
+    del acted[:]
     dispatcher.step("good")
     dispatcher.step("bad")
     ledger.flush()
@@ -225,8 +230,6 @@ def test_action_records_are_stored_once_and_sent(tmp_path):
 # -- the ledger keeper -------------------------------------------------------
 
 def test_keeper_relay_is_the_smallest_live_server(tmp_path):
-    from guestha.server.service import LedgerKeeper
-
     path = str(tmp_path / "l.sqlite")
     a = Ledger(path, "ctl-a")
     b = Ledger(path, "ctl-b")
@@ -244,8 +247,6 @@ def test_keeper_relay_is_the_smallest_live_server(tmp_path):
 
 def test_keeper_thread_flushes_and_takes_over(tmp_path):
     import threading
-
-    from guestha.server.service import LedgerKeeper
 
     path = str(tmp_path / "l.sqlite")
     dead = Ledger(path, "ctl-a", sinks=("log",))

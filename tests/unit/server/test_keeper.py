@@ -5,9 +5,9 @@ keeper takes nothing over until they had a lease's time to renew."""
 
 import pytest
 
+from guestha.server import keeper as keeper_mod
 from guestha.server import ledger as ledger_mod
 from guestha.server.ledger import Ledger
-from guestha.server import service
 from tests.unit.server.test_ledger import Clock
 from tests.unit.server.test_ledger import state
 
@@ -32,8 +32,8 @@ def test_no_take_over_for_a_lease_after_the_database_failed(tmp_path):
     peer.register()
     peer.accept([state()])
     deliveries = Deliveries()
-    keeper = service.LedgerKeeper(mine, deliveries, 86400, 30.0,
-                                  clock=lambda: wall.now)
+    keeper = keeper_mod.LedgerKeeper(mine, deliveries, 86400, 30.0,
+                                     clock=lambda: wall.now)
     # the database was away for longer than the lease: when it is back,
     # ctl-b's heartbeat is old, though ctl-b lives and will renew
     for _ in range(4):  # every upkeep during the outage fails
@@ -66,8 +66,8 @@ def test_after_a_database_failure_pending_actions_go_to_the_worker_again(
     f, s = fault(), state()
     ledger.accept([f, s])
     deliveries = Deliveries()
-    keeper = service.LedgerKeeper(ledger, deliveries, 86400, 30.0,
-                                  clock=lambda: wall.now)
+    keeper = keeper_mod.LedgerKeeper(ledger, deliveries, 86400, 30.0,
+                                     clock=lambda: wall.now)
     assert keeper.watch_failures(wall.now) is False
 
     # the worker's read fails while the database restarts: it drops the

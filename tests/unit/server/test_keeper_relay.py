@@ -3,7 +3,7 @@
 the relay dies, a state change goes untold at most ``[coordination]
 lock_timeout`` + 1 s (issue 11, doc/source/server.rst)."""
 
-from guestha.server import service
+from guestha.server import keeper as keeper_mod
 from tests.support.clock import ManualClock
 
 
@@ -51,17 +51,17 @@ class Deliveries(object):
 def test_the_relay_lock_is_tried_every_second():
     clock = ManualClock(0.0)
     ledger, coordination = Ledger(), Coordination()
-    keeper = service.LedgerKeeper(ledger, Deliveries(), 86400, 30.0,
-                                  clock=clock, coordination=coordination)
+    keeper = keeper_mod.LedgerKeeper(ledger, Deliveries(), 86400, 30.0,
+                                     clock=clock, coordination=coordination)
     keeper.upkeep(clock())
     assert len(coordination.tries) == 1 and not keeper.is_relay()
     coordination.holder = None   # the relay died, its lock expired
-    clock.advance(service.RELAY_INTERVAL)
+    clock.advance(keeper_mod.RELAY_INTERVAL)
     keeper.upkeep(clock())
     assert keeper.is_relay()
     # tried every second, although the lease is renewed every 10 s
     for _ in range(8):
-        clock.advance(service.RELAY_INTERVAL)
+        clock.advance(keeper_mod.RELAY_INTERVAL)
         keeper.upkeep(clock())
     assert len(coordination.tries) == 10
     assert ledger.renewals == 1

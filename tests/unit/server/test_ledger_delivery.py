@@ -5,9 +5,9 @@ flight when a controller dies."""
 
 import pytest
 
+from guestha.server import keeper as keeper_mod
 from guestha.server import ledger as ledger_mod
 from guestha.server.ledger import Ledger
-from guestha.server import service
 from tests.support.clock import ManualClock
 from tests.unit.server.test_ledger import fault
 from tests.unit.server.test_ledger import state
@@ -77,8 +77,8 @@ def test_an_uncertain_commit_resent_to_another_controller_is_dispatched(
     assert mine.counts() == {"pending": 3}  # log x2, actions x1
 
     deliveries = Deliveries()
-    keeper = service.LedgerKeeper(mine, deliveries, 86400, 30.0,
-                                  clock=lambda: wall.now)
+    keeper = keeper_mod.LedgerKeeper(mine, deliveries, 86400, 30.0,
+                                     clock=lambda: wall.now)
     keeper.upkeep(wall.now)
     assert [(e["id"], sorted(t)) for e, t in deliveries.work] == [
         (batch[0]["id"], sorted(["log", ledger_mod.ACTIONS])),
@@ -228,7 +228,7 @@ def test_an_agents_batch_meets_an_unwrapped_driver_error(path, wall):
 
     mine = make(path, wall, "ctl-a")
     endpoint = endpoint_mod.ControllerEndpoint(
-        mine, fakes.Recorder(), fakes.Recorder(), fakes.FakeGroups())
+        mine, fakes.Recorder(), fakes.FakeGroups())
 
     def away(conn, batch):
         raise driver_error()
