@@ -23,10 +23,15 @@ to write, whole lines only; the heartbeat's reports; the guest's
 server-group messages).
 
 The states, and what moves between them, are one table,
-:data:`TRANSITIONS`: ``(state, input) -> (handler, next state)``; a
-handler may return another state.  Inputs: ``running``, ``suspended``,
-``stopped`` (domain), ``connected``, ``lost`` (channel), ``synced``,
-``registered``, ``exited`` (guest), ``timer``.
+:data:`TRANSITIONS`: ``(state, input) -> (handler, next state)``, the
+only place that decides the next state (a handler does the work of its
+transition and returns nothing).  Where the next state depends on a fact,
+the fact is an input: the domain runs with its guestha channel
+(``running``) or without (``unplugged``); connecting to the channel's
+socket succeeded (``connected``) or not (``refused``).  The other inputs:
+``suspended``, ``stopped``, ``rebooted`` (domain), ``lost``,
+``misbehaved`` (channel), ``synced``, ``registered``, ``exited`` (guest),
+``timer``.
 
 Faults.  ``miss_threshold`` consecutive misses or ``unhealthy_threshold``
 consecutive unhealthy answers, or a monitored channel that stays closed for
@@ -120,60 +125,92 @@ RESET_DECAY = 60.0
 DISCARDS_PER_SECOND = 1.0
 DISCARD_BURST = 20.0
 
-_ALIVE = (CONNECTING, SYNCING, WAITING, MONITORED, EXITED)
-
+#: The lifecycle, ``(state, input) -> (handler, next state)``: the one
+#: place that decides the next state.  A handler does the transition's
+#: work (on the channel, through the loop, with the fault tracker) and
+#: returns nothing; where the next state depends on a fact, the fact is
+#: an input of its own (``running`` or ``unplugged``; ``connected`` or
+#: ``refused``).  Inputs: ``running`` (with a guestha channel),
+#: ``unplugged`` (without), ``suspended``, ``stopped``, ``rebooted`` (from
+#: inside the guest) for the domain; ``connected``, ``refused``, ``lost``,
+#: ``misbehaved`` (a reset) for the channel; ``synced``, ``registered``,
+#: ``exited`` for the guest; ``timer``.
 TRANSITIONS = {
-    (NO_CHANNEL, "running"): ("_adopt", NO_CHANNEL),
+    (NO_CHANNEL, "running"): ("_adopt", CONNECTING),
+    (NO_CHANNEL, "unplugged"): ("_ask_hotplug", NO_CHANNEL),
     (NO_CHANNEL, "suspended"): ("_nothing", NO_CHANNEL),
     (NO_CHANNEL, "stopped"): ("_stop", STOPPED),
+    (NO_CHANNEL, "rebooted"): ("_nothing", NO_CHANNEL),
     (NO_CHANNEL, "timer"): ("_nothing", NO_CHANNEL),
 
-    (CONNECTING, "running"): ("_adopt", CONNECTING),
+    (CONNECTING, "running"): ("_nothing", CONNECTING),
+    (CONNECTING, "unplugged"): ("_unplugged", NO_CHANNEL),
     (CONNECTING, "suspended"): ("_suspend", SUSPENDED),
     (CONNECTING, "stopped"): ("_stop", STOPPED),
-    (CONNECTING, "connected"): ("_start_sync", SYNCING),
-    (CONNECTING, "timer"): ("_connect", CONNECTING),
+    (CONNECTING, "rebooted"): ("_nothing", CONNECTING),
+    (CONNECTING, "connected"): ("_connected", SYNCING),
+    (CONNECTING, "refused"): ("_connect_later", CONNECTING),
+    (CONNECTING, "timer"): ("_connect_timer", CONNECTING),
 
-    (SYNCING, "running"): ("_adopt", SYNCING),
+    (SYNCING, "running"): ("_nothing", SYNCING),
+    (SYNCING, "unplugged"): ("_unplugged", NO_CHANNEL),
     (SYNCING, "suspended"): ("_suspend", SUSPENDED),
     (SYNCING, "stopped"): ("_stop", STOPPED),
+    (SYNCING, "rebooted"): ("_nothing", SYNCING),
     (SYNCING, "lost"): ("_lost", CONNECTING),
+    (SYNCING, "misbehaved"): ("_reset", CONNECTING),
     (SYNCING, "synced"): ("_invite", WAITING),
     (SYNCING, "timer"): ("_sync_again", SYNCING),
 
-    (WAITING, "running"): ("_adopt", WAITING),
+    (WAITING, "running"): ("_nothing", WAITING),
+    (WAITING, "unplugged"): ("_unplugged", NO_CHANNEL),
     (WAITING, "suspended"): ("_suspend", SUSPENDED),
     (WAITING, "stopped"): ("_stop", STOPPED),
+    (WAITING, "rebooted"): ("_guest_reset", SYNCING),
     (WAITING, "lost"): ("_lost", CONNECTING),
+    (WAITING, "misbehaved"): ("_reset", CONNECTING),
+    (WAITING, "synced"): ("_nothing", WAITING),
     (WAITING, "registered"): ("_registered", MONITORED),
     (WAITING, "timer"): ("_heartbeat_timer", WAITING),
-    (WAITING, "reset"): ("_guest_reset", SYNCING),
 
-    (MONITORED, "running"): ("_adopt", MONITORED),
+    (MONITORED, "running"): ("_nothing", MONITORED),
+    (MONITORED, "unplugged"): ("_unplugged", NO_CHANNEL),
     (MONITORED, "suspended"): ("_suspend", SUSPENDED),
     (MONITORED, "stopped"): ("_stop", STOPPED),
+    (MONITORED, "rebooted"): ("_guest_reset", SYNCING),
     (MONITORED, "lost"): ("_lost_monitored", CONNECTING),
+    (MONITORED, "misbehaved"): ("_reset", CONNECTING),
+    (MONITORED, "synced"): ("_nothing", MONITORED),
     (MONITORED, "registered"): ("_registered_again", MONITORED),
     (MONITORED, "exited"): ("_exited", EXITED),
     (MONITORED, "timer"): ("_heartbeat_timer", MONITORED),
-    (MONITORED, "reset"): ("_guest_reset", SYNCING),
 
-    (EXITED, "running"): ("_adopt", EXITED),
+    (EXITED, "running"): ("_nothing", EXITED),
+    (EXITED, "unplugged"): ("_unplugged", NO_CHANNEL),
     (EXITED, "suspended"): ("_suspend", SUSPENDED),
     (EXITED, "stopped"): ("_stop", STOPPED),
+    (EXITED, "rebooted"): ("_nothing", EXITED),
     (EXITED, "lost"): ("_lost", CONNECTING),
+    (EXITED, "misbehaved"): ("_reset", CONNECTING),
+    (EXITED, "synced"): ("_nothing", EXITED),
     (EXITED, "registered"): ("_registered", MONITORED),
     (EXITED, "timer"): ("_heartbeat_timer", EXITED),
 
     (SUSPENDED, "running"): ("_resume", CONNECTING),
+    (SUSPENDED, "unplugged"): ("_unplugged", NO_CHANNEL),
     (SUSPENDED, "suspended"): ("_nothing", SUSPENDED),
     (SUSPENDED, "stopped"): ("_stop", STOPPED),
+    (SUSPENDED, "rebooted"): ("_nothing", SUSPENDED),
     (SUSPENDED, "lost"): ("_close_quietly", SUSPENDED),
+    (SUSPENDED, "misbehaved"): ("_reset", SUSPENDED),
+    (SUSPENDED, "synced"): ("_nothing", SUSPENDED),
     (SUSPENDED, "timer"): ("_nothing", SUSPENDED),
 
-    (STOPPED, "running"): ("_restart", NO_CHANNEL),
+    (STOPPED, "running"): ("_restart", CONNECTING),
+    (STOPPED, "unplugged"): ("_restart_unplugged", NO_CHANNEL),
     (STOPPED, "suspended"): ("_suspend", SUSPENDED),
     (STOPPED, "stopped"): ("_nothing", STOPPED),
+    (STOPPED, "rebooted"): ("_nothing", STOPPED),
     (STOPPED, "timer"): ("_nothing", STOPPED),
 }
 
@@ -182,10 +219,11 @@ _SUSPENDED_STATES = (ev.PAUSED, ev.MIGRATING, ev.SHUTTING_DOWN,
                      ev.PMSUSPENDED)
 
 
-def domain_input(state):
-    """The table input for a normalised domain state."""
+def domain_input(state, channel_path=None):
+    """The table input for a normalised domain state, and the path of the
+    domain's guestha channel (None: it has none)."""
     if state in _RUNNING_STATES:
-        return "running"
+        return "unplugged" if channel_path is None else "running"
     if state in _SUSPENDED_STATES:
         return "suspended"
     return "stopped"
@@ -357,11 +395,11 @@ class Instance(object):
 
     def fire(self, kind, now, arg=None):
         handler, next_state = TRANSITIONS[(self.state, kind)]
-        override = getattr(self, handler)(now, arg)
-        old, self.state = self.state, override or next_state
-        if old != self.state:
+        getattr(self, handler)(now, arg)
+        old, self.state = self.state, next_state
+        if old != next_state:
             LOG.debug("instance %s: %s -> %s on %s", self.uuid, old,
-                      self.state, kind)
+                      next_state, kind)
         self._reschedule(now)
 
     def domain(self, info, now, event=None):
@@ -372,12 +410,15 @@ class Instance(object):
             # a daemon that reboots with its guest is not hung: no deadline
             # from before the agent's start (in any state)
             self._restart_interval_ms = self._resync_deadline = None
-        self.fire(domain_input(info.state), now, info)
-        if event == "reboot" and (self.state, "reset") in TRANSITIONS:
+        self.fire(domain_input(info.state, info.channel_path), now, info)
+        if self.state == CONNECTING and self.sock is not None:
+            # resumed with the channel's socket still open: connected
+            self.fire("connected", now)
+        if event == "reboot":
             # the guest reset itself (a reboot from inside, a watchdog):
             # its daemon is gone without exit; wait for it to register
             # again instead of counting missed answers
-            self.fire("reset", now, info)
+            self.fire("rebooted", now, info)
 
     def domain_gone(self, now):
         self.fire("stopped", now)
@@ -385,27 +426,23 @@ class Instance(object):
     # -- handlers ------------------------------------------------------------
 
     def _nothing(self, now, arg):
-        return None
+        pass
 
     def _adopt(self, now, info):
-        """The domain runs: monitor its channel, or get it one."""
-        path = info.channel_path if info is not None else None
-        if path is None:
-            if self.sock is not None:
-                self._close()
-            if self.state != NO_CHANNEL:
-                self.note = "channel removed"
-                return NO_CHANNEL
-            if not self._hotplug_asked:
-                self._hotplug_asked = True
-                self.note = "no guestha channel"
-                self.env.hotplug(self)
-            return NO_CHANNEL
-        if self.state == NO_CHANNEL:
-            self.note = None
-            self._connect_at = now
-            return CONNECTING
-        return None
+        """The domain runs with a channel: connect to it now."""
+        self.note = None
+        self._connect_at = now
+
+    def _ask_hotplug(self, now, info):
+        """The domain runs without a channel: ask for one, once."""
+        if not self._hotplug_asked:
+            self._hotplug_asked = True
+            self.note = "no guestha channel"
+            self.env.hotplug(self)
+
+    def _unplugged(self, now, info):
+        self._close()
+        self.note = "channel removed"
 
     def hotplug_result(self, result, now):
         """The answer to our hot-plug request."""
@@ -423,40 +460,52 @@ class Instance(object):
                 self._hotplug_asked = False
 
     def _restart(self, now, info):
-        # a (re)started domain: hot-plug again if it needs the channel
+        """A (re)started domain with its channel."""
+        self._start_over()
+        self._adopt(now, info)
+
+    def _restart_unplugged(self, now, info):
+        """A (re)started domain without a channel: hot-plug again."""
+        self._start_over()
+        self._ask_hotplug(now, info)
+
+    def _start_over(self):
         self.note = None
         self._hotplug_asked = False
         self._connect_backoff = 0.5
-        self.state = NO_CHANNEL
-        return self._adopt(now, info)
 
-    def _connect(self, now, arg):
+    def _connect_timer(self, now, arg):
         self._check_confirm(now)
         self._check_resync_deadline(now)
-        if self._connect_at is None or now < self._connect_at:
-            return None
-        path = self.info.channel_path
+
+    def _open_channel(self, now):
+        """Connect to the channel's socket (when :meth:`tick` finds it
+        time): its outcome is the table's input."""
         try:
-            sock = self.env.open_channel(path)
+            sock = self.env.open_channel(self.info.channel_path)
         except OSError as exc:
-            if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED,
-                                 errno.EAGAIN):
-                LOG.warning("instance %s: cannot connect to %s: %s",
-                            self.uuid, path, exc)
-            self.note = "channel socket not available (%s)" % (
-                errno.errorcode.get(exc.errno, exc.errno))
-            self._connect_at = now + self._connect_backoff
-            self._connect_backoff = min(self._connect_backoff * 2, 10.0)
-            return None
+            self.fire("refused", now, exc)
+            return
         self.sock = sock
         self.env.watch(self, sock)
+        self.fire("connected", now)
+
+    def _connect_later(self, now, exc):
+        if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN):
+            LOG.warning("instance %s: cannot connect to %s: %s",
+                        self.uuid, self.info.channel_path, exc)
+        self.note = "channel socket not available (%s)" % (
+            errno.errorcode.get(exc.errno, exc.errno))
+        self._connect_at = now + self._connect_backoff
+        self._connect_backoff = min(self._connect_backoff * 2, 10.0)
+
+    def _connected(self, now, arg):
         self._connect_backoff = 0.5
         self._connect_at = None
         self.note = None
-        self.fire("connected", now)
-        return self.state
+        self._start_sync(now)
 
-    def _start_sync(self, now, arg):
+    def _start_sync(self, now):
         self.session = sessions.HostSession(
             self.uuid, self.policy.min_interval_ms,
             self.policy.max_interval_ms, rng=_RNG)
@@ -567,9 +616,10 @@ class Instance(object):
         LOG.info("instance %s: the guest reset (rebooted from inside); "
                  "waiting for its daemon to register again", self.uuid)
         self._suspend(now, info)
-        state = self._resume(now, info)
+        # same QEMU, same socket: start over with a fresh sync so the
+        # guest registers afresh
+        self._start_sync(now)
         self.note = "guest rebooted"
-        return state
 
     def _suspend(self, now, info):
         self.faults.suspend()
@@ -580,17 +630,12 @@ class Instance(object):
         self.note = "domain %s" % (info.state if info else "suspended")
 
     def _resume(self, now, info):
+        # with the channel's socket still open (same QEMU, same socket),
+        # domain() says connected at once: a fresh sync, so that the
+        # guest registers afresh
         self.note = None
-        if info is None or info.channel_path is None:
-            self._close()
-            return self._adopt(now, info) or NO_CHANNEL
-        if self.sock is not None:
-            # same QEMU, same socket: start over with a fresh sync so
-            # the guest registers afresh
-            self._start_sync(now, None)
-            return SYNCING
-        self._connect_at = now
-        return CONNECTING
+        if self.sock is None:
+            self._connect_at = now
 
     def _stop(self, now, arg):
         self._close()
@@ -707,7 +752,7 @@ class Instance(object):
         try:
             session.receive_data(data, now)
         except p.LocalProtocolError:
-            self._reset(now, "receive buffer overflow")
+            self.fire("misbehaved", now, "receive buffer overflow")
             return
         # line by line, as a reset for misbehaviour ends the channel
         while self.session is session:
@@ -737,8 +782,7 @@ class Instance(object):
         # what the session leaves to us: the guest's heartbeat messages
         # and syncs are answered, the heartbeat's reports go to _apply
         if isinstance(event, p.Synced):
-            if self.state == SYNCING:
-                self.fire("synced", now)
+            self.fire("synced", now)
         elif isinstance(event, p.Broadcast):
             self._relay_broadcast(event, now)
         elif isinstance(event, p.StatusQuery):
@@ -885,9 +929,7 @@ class Instance(object):
             LOG.warning("instance %s: guest misbehaves: %s (%d in the last "
                         "minute)", self.uuid, guestlog.sanitise(what), count)
         if count >= self.policy.misbehaviour_limit:
-            self._reset(now, what)
-            return True
-        return False
+            self.fire("misbehaved", now, what)
 
     def _current_backoff(self, now):
         """The reset back-off, halved for every :data:`RESET_DECAY`
@@ -919,9 +961,6 @@ class Instance(object):
         self._reset_backoff = min(self._reset_backoff * 2,
                                   self.policy.reset_backoff_max)
         self._misbehaviour = WindowCounter(60.0)
-        if self.state in (SYNCING, WAITING, MONITORED, EXITED):
-            self.state = CONNECTING
-        self._reschedule(now)
 
     def _close(self):
         if self.sock is not None:
@@ -939,6 +978,9 @@ class Instance(object):
         if self.faults.release_at is not None:
             self._carry(self.faults.release(now), now)
         self.fire("timer", now)
+        if (self.state == CONNECTING and self._connect_at is not None
+                and now >= self._connect_at):
+            self._open_channel(now)
 
     def _reschedule(self, now):
         # the earliest of the timers that apply (no lists: this runs after
