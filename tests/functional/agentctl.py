@@ -59,6 +59,7 @@ from guestha_guest.protocol import messages
 from guestha_guest.protocol.session import BadLine
 from guestha_guest.protocol.session import GuestSession
 from guestha_guest.protocol.session import Send
+from tests.support.wait import wait_until
 from tools import proc as procs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -71,22 +72,6 @@ URI = "test+unix:///default"
 #: test driver (the built-in "test" domain, other suites' domains) is not
 #: theirs to touch.
 DOMAIN_PREFIX = "ghft-"
-
-
-def wait_for(predicate, timeout, what, interval=0.02):
-    """Poll ``predicate`` until it returns something true; return that.
-
-    :raises AssertionError: after ``timeout`` seconds, naming ``what``.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %.1f s waiting for %s"
-                                 % (timeout, what))
-        time.sleep(interval)
 
 
 def short_tempdir(prefix="ghft-"):
@@ -353,7 +338,7 @@ class AgentProcess(object):
             status = self.try_status()
             return status is not None and status["libvirt_connected"]
 
-        wait_for(ready, timeout, "the agent to start", interval=0.05)
+        wait_until(ready, timeout, "the agent to start", interval=0.05)
         return self
 
     def stop(self, timeout=15.0):
@@ -403,8 +388,8 @@ class AgentProcess(object):
             return None
 
         try:
-            return wait_for(reached, timeout, "%d instance(s) to be %s"
-                            % (len(uuids), state), interval=0.05)
+            return wait_until(reached, timeout, "%d instance(s) to be %s"
+                              % (len(uuids), state), interval=0.05)
         except AssertionError as exc:
             entries = self.instances(uuids)
             raise AssertionError("%s; now: %s" % (exc, json.dumps(
@@ -498,7 +483,8 @@ class GuestProcess(object):
                 raise AssertionError("guest daemon %s exited:\n%s"
                                      % (self.name, file_tail(self.log)))
             return os.path.exists(self.channel)
-        wait_for(listening, timeout, "guest daemon %s to listen" % self.name)
+        wait_until(listening, timeout,
+                   "guest daemon %s to listen" % self.name)
 
     def stop(self, timeout=10.0):
         """SIGTERM: the daemon says exit and stops."""
@@ -923,8 +909,8 @@ class HostileGuest(object):
         self.proc = self.procs.spawn(
             [PYTHON, "-m", "tests.functional.agentctl", "flood",
              self.channel], self.log)
-        wait_for(lambda: os.path.exists(self.channel), 15,
-                 "the hostile guest to listen")
+        wait_until(lambda: os.path.exists(self.channel), 15,
+                   "the hostile guest to listen")
         return self
 
     def stop(self):

@@ -35,23 +35,12 @@ import oslo_messaging
 
 from guestha import rpc
 from guestha.rpc import api
+from tests.support.wait import wait_until
 from tools import proc as procs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 SAMPLES = os.path.join(ROOT, "tests", "unit", "server", "samples")
-
-
-def wait_for(predicate, timeout, what, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %.0f s waiting for %s"
-                                 % (timeout, what))
-        time.sleep(interval)
 
 
 class ServerProcess(object):
@@ -119,8 +108,8 @@ class ServerProcess(object):
                                         self.tail()))
             return marker in self.log_text(offset)
 
-        wait_for(ready, timeout, "guestha-server %s to run" % self.server_id,
-                 interval=0.05)
+        wait_until(ready, timeout, "guestha-server %s to run" % self.server_id,
+                   interval=0.05)
         return self
 
     def log_text(self, offset=0):

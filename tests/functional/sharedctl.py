@@ -41,7 +41,7 @@ from guestha import records
 from guestha.rpc import api
 from tests.functional import serverctl
 from tests.functional.serverctl import ROOT
-from tests.functional.serverctl import wait_for
+from tests.support.wait import wait_until
 from tools import proc as procs
 
 
@@ -94,8 +94,8 @@ class MariaDB(object):
                  "--pid-file=" + os.path.join(self.datadir, "pid"),
                  "--innodb-buffer-pool-size=64M", "--max-connections=500"],
                 stdout=log, stderr=log)
-        wait_for(self._ready, timeout, "mariadbd on port %d" % self.port,
-                 interval=0.1)
+        wait_until(self._ready, timeout, "mariadbd on port %d" % self.port,
+                   interval=0.1)
         return self
 
     def _ready(self):
@@ -155,8 +155,8 @@ class Redis(object):
                 ["redis-server", "--port", str(self.port), "--bind",
                  "127.0.0.1", "--save", "", "--appendonly", "no", "--dir",
                  self.workdir], stdout=log, stderr=log)
-        wait_for(lambda: _port_open(self.port), timeout,
-                 "redis-server on port %d" % self.port, interval=0.05)
+        wait_until(lambda: _port_open(self.port), timeout,
+                   "redis-server on port %d" % self.port, interval=0.05)
         return self
 
     def stop(self):
@@ -205,8 +205,8 @@ class HostServer(serverctl.ServerProcess):
                                         self.tail()))
             return marker in self.log_text(offset)
 
-        wait_for(ready, timeout, "guestha-server %s to run" % self.server_id,
-                 interval=0.05)
+        wait_until(ready, timeout, "guestha-server %s to run" % self.server_id,
+                   interval=0.05)
         return self
 
     def signal(self, sig=signal.SIGKILL):

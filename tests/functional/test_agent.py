@@ -32,6 +32,7 @@ import time
 import pytest
 
 from tests.functional import agentctl
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.functional, pytest.mark.libvirt]
 
@@ -225,7 +226,7 @@ def test_monitored_at_the_granted_interval_without_faults(
     assert last[uuid]["last_answer"]["healthy"] is True
     assert controller.events(uuid) == []
     # the controller learns where the instance is monitored
-    agentctl.wait_for(
+    wait_until(
         lambda: any({"instance": uuid, "heartbeat": True,
                      "server_group_messaging": None} in c["instances"]
                     and c["host"] == agent.host
@@ -277,7 +278,7 @@ def test_a_hung_guest_is_reported_missed_and_recovers(
     hung_at = time.monotonic()
     guest.hang()
     try:
-        fault = agentctl.wait_for(
+        fault = wait_until(
             lambda: controller.faults([uuid]), 10, "the fault",
             interval=0.005)[0]
         arrived = time.monotonic() - hung_at
@@ -296,7 +297,7 @@ def test_a_hung_guest_is_reported_missed_and_recovers(
     assert detected <= 2 * INTERVAL + 0.15
     assert arrived <= 2 * INTERVAL + ARRIVAL_MARGIN
 
-    recovery = agentctl.wait_for(
+    recovery = wait_until(
         lambda: controller.events(uuid, "recovery"), 10,
         "the recovery")[0]
     measured(record_property, "unhang_to_recovery_ms",
@@ -322,8 +323,8 @@ def test_an_unhealthy_hook_is_a_fault_with_its_reason_and_action(
     reason = "database replica lagging 42 s"
     broken_at = time.monotonic()
     guest.set_unhealthy(hook, reason)
-    fault = agentctl.wait_for(lambda: controller.faults([uuid]), 10,
-                              "the unhealthy fault")[0]
+    fault = wait_until(lambda: controller.faults([uuid]), 10,
+                       "the unhealthy fault")[0]
     measured(record_property, "hook_failure_to_controller_ms",
              time.monotonic() - broken_at)
     assert fault["kind"] == "unhealthy"
@@ -335,7 +336,7 @@ def test_an_unhealthy_hook_is_a_fault_with_its_reason_and_action(
 
     fixed_at = time.monotonic()
     guest.set_healthy(hook)
-    recovery = agentctl.wait_for(
+    recovery = wait_until(
         lambda: controller.events(uuid, "recovery"), 10,
         "the recovery")[0]
     measured(record_property, "hook_fixed_to_recovery_ms",
@@ -356,7 +357,7 @@ def test_a_guest_daemon_stopped_on_purpose_is_no_fault(
     agent.wait_state(uuid, "MONITORED", min_answers=2)
 
     assert guest.stop() == 0  # SIGTERM: the daemon says exit first
-    agentctl.wait_for(
+    wait_until(
         lambda: agent.logged("instance %s: guest ended monitoring" % uuid),
         5, "the agent to log the exit")
     # the socket went with the daemon: no channel, no fault (not even
@@ -398,9 +399,9 @@ def test_an_agent_restart_is_no_fault_and_monitoring_resumes_quickly(
                     if entry["counters"]["answers"] == 1 else fetched)
         return len(first_answer) == len(uuids)
 
-    agentctl.wait_for(all_answered, 10, "monitoring to resume",
-                      interval=0.01)
-    started, ended, listed = agentctl.wait_for(
+    wait_until(all_answered, 10, "monitoring to resume",
+               interval=0.01)
+    started, ended, listed = wait_until(
         agent.first_reconcile, 10, "the first reconcile in the log")
     resumed = max(first_answer.values())
     measured(record_property, "reconcile_to_monitoring_ms",
@@ -428,10 +429,10 @@ def test_a_fault_during_a_broker_outage_arrives_once_afterwards(
     try:
         guest.hang()
         try:
-            entry = agentctl.wait_for(
+            entry = wait_until(
                 lambda: (agent.instance(uuid) or {}).get("fault"), 10,
                 "the agent to see the fault")
-            status = agentctl.wait_for(
+            status = wait_until(
                 lambda: (lambda s: s if s["reporter"]["pending"] >= 1
                          else None)(agent.status()), 10,
                 "the fault to wait in the outbox")
@@ -440,21 +441,21 @@ def test_a_fault_during_a_broker_outage_arrives_once_afterwards(
         assert entry["kind"] == "missed"
         print("reporter while the broker is down: %s" % status["reporter"])
         # the recovery queues behind it
-        agentctl.wait_for(lambda: agent.instance(uuid)["fault"] is None, 10,
-                          "the agent to see the recovery")
+        wait_until(lambda: agent.instance(uuid)["fault"] is None, 10,
+                   "the agent to see the recovery")
         assert agent.status()["reporter"]["pending"] >= 1
         assert controller.events(uuid) == []
     finally:
         restarted_at = time.monotonic()
         rabbitmq.start_app()
 
-    recovery = agentctl.wait_for(
+    recovery = wait_until(
         lambda: controller.events(uuid, "recovery"), 90,
         "the recovery to reach the controller", interval=0.1)[0]
     measured(record_property, "broker_back_to_delivery_ms",
              time.monotonic() - restarted_at)
-    agentctl.wait_for(lambda: agent.status()["reporter"]["pending"] == 0,
-                      30, "the outbox to empty")
+    wait_until(lambda: agent.status()["reporter"]["pending"] == 0,
+               30, "the outbox to empty")
     records = [r for r in controller.records()
                if r["event"]["instance"] == uuid]
     faults = [r for r in records if r["event"]["type"] == "fault"]
@@ -536,8 +537,8 @@ def test_a_domain_destroyed_while_monitored_is_no_fault(
 
     domains.destroy(uuid)
     guest.kill()  # QEMU goes with the domain, and its socket with it
-    agentctl.wait_for(lambda: agent.instance(uuid) is None, 5,
-                      "the instance to leave the agent's status")
+    wait_until(lambda: agent.instance(uuid) is None, 5,
+               "the instance to leave the agent's status")
     # nothing comes later either (the channel-lost grace is 3 s)
     end = time.monotonic() + 3.5
     while time.monotonic() < end:

@@ -33,10 +33,10 @@ import pytest
 from guestha_guest import protocol as p
 from tests.functional import agentctl
 from tests.functional import novaless
-from tests.functional import serverctl
 from tests.functional.test_end_to_end import Agent
 from tests.functional.test_end_to_end import Guest
 from tests.functional.test_end_to_end import require_libvirtd
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.functional, pytest.mark.libvirt]
 
@@ -174,14 +174,11 @@ def pipeline(rabbitmq):
 
 
 def wait_for(predicate, what, pipeline, timeout=ARRIVAL):
-    try:
-        return serverctl.wait_for(predicate, timeout, what, interval=0.2)
-    except AssertionError as exc:
-        raise AssertionError("%s\n--- agent ---\n%s\n--- server ---\n%s\n"
-                             "--- api ---\n%s" % (
-                                 exc, pipeline["agent"].tail(3000),
-                                 pipeline["server"].tail(3000),
-                                 agentctl._tail(pipeline["api"].log)))
+    def logs():
+        return "--- agent ---\n%s\n--- server ---\n%s\n--- api ---\n%s" % (
+            pipeline["agent"].tail(3000), pipeline["server"].tail(3000),
+            agentctl.file_tail(pipeline["api"].log))
+    return wait_until(predicate, timeout, what, interval=0.2, details=logs)
 
 
 def test_the_api_shows_what_the_agent_sees(pipeline):

@@ -10,12 +10,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 
+from tests.support.wait import wait_until
 from tests.unit.osc import world
 from tools import proc
 
@@ -36,19 +36,23 @@ def _free_port():
 
 
 def _wait_up(url, process, log, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def answers():
         if process.poll() is not None:
-            break
+            raise AssertionError("guestha-api exited (%s):\n%s"
+                                 % (process.returncode, _tail(log)))
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
+                return resp.status == 200
         except (urllib.error.URLError, OSError):
-            time.sleep(0.1)
+            return False
+
+    wait_until(answers, timeout, "guestha-api to answer at %s" % url,
+               interval=0.1, details=lambda: _tail(log))
+
+
+def _tail(log):
     with open(log) as f:
-        raise AssertionError("guestha-api did not answer at %s (exit %s):"
-                             "\n%s" % (url, process.poll(), f.read()[-3000:]))
+        return f.read()[-3000:]
 
 
 @pytest.fixture(scope="module")

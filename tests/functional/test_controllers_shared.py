@@ -47,10 +47,10 @@ from tests.functional.serverctl import FakeAgents
 from tests.functional.serverctl import NovaNotifier
 from tests.functional.serverctl import read_jsonl
 from tests.functional.serverctl import ROOT
-from tests.functional.serverctl import wait_for
 from tests.functional import sharedctl
 
 pytestmark = pytest.mark.functional
+from tests.support.wait import wait_until as wait_for
 
 CONTROLLERS = ("ctl-1", "ctl-2", "ctl-3")
 A = "aaaaaaaa-0000-4000-8000-0000000000a1"   # peer-1

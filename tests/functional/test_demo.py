@@ -11,10 +11,10 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
+from tests.support.wait import wait_until
 from tools import proc as procs
 from tools import vm as vmlib
 
@@ -52,14 +52,8 @@ class Output(object):
 
 
 def _until(cond, timeout, what, output):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError("timed out waiting for %s; demo output:\n%s"
-                         % (what, output.get()[-4000:]))
+    return wait_until(cond, timeout, what, interval=0.25,
+                      details=lambda: "demo output:\n" + output.get()[-4000:])
 
 
 def _records(workdir):

@@ -44,7 +44,7 @@ import pytest
 from guestha.agent import status as agent_status
 from tests.functional import agentctl
 from tests.functional import novaless
-from tests.functional import serverctl
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.functional, pytest.mark.libvirt]
 
@@ -227,7 +227,7 @@ class World(object):
                        if g.host == host])
             self.agents[host] = Agent(self.procs, self.workdir, self.sockdir,
                                       self.url, host, uri).start()
-        serverctl.wait_for(
+        wait_until(
             lambda: all(g.listening() for g in self.guests.values()), 30,
             "the guest daemons to listen")
         self.wait_monitored(timeout=60)
@@ -242,12 +242,9 @@ class World(object):
                             guest.uuid) != "MONITORED":
                         return False
             return True
-        try:
-            serverctl.wait_for(monitored, timeout,
-                               "every guest to be MONITORED", interval=0.1)
-        except AssertionError as exc:
-            raise AssertionError("%s; now: %s" % (exc, {
-                h: a.states() for h, a in self.agents.items()}))
+        wait_until(monitored, timeout, "every guest to be MONITORED",
+                   interval=0.1, details=lambda: "now: %s" % {
+                       h: a.states() for h, a in self.agents.items()})
 
     def sink(self, instance=None, type_=None):
         return [r for r in self.server.sink_records()
@@ -300,12 +297,10 @@ def ready(world):
 
 
 def wait_for(predicate, what, timeout=ARRIVAL, world=None):
-    try:
-        return serverctl.wait_for(predicate, timeout, what, interval=0.05)
-    except AssertionError as exc:
-        if world is None:
-            raise
-        raise AssertionError("%s\n%s" % (exc, world.diagnostics())) from None
+    """wait_until with this file's default timeout and the world's
+    diagnostics on failure."""
+    return wait_until(predicate, timeout, what, interval=0.05,
+                      details=world and world.diagnostics)
 
 
 # -- (a) a hung guest: a fault, then a recovery with the same id --------------

@@ -27,10 +27,10 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 
 import pytest
 
+from tests.support.wait import wait_until
 from tools import proc as procs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -74,14 +74,6 @@ HARNESS = textwrap.dedent("""\
 
 def _alive(pid):
     return procs.start_time(pid) is not None
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("not within %.0f s: %s" % (timeout, what))
-        time.sleep(0.05)
 
 
 def test_a_killed_harness_takes_its_processes_with_it(tmp_path, rabbit_vhost):

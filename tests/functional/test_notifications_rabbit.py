@@ -18,7 +18,7 @@ import pytest
 from guestha.conf import server as server_conf
 from guestha.server import notifications
 from tests.functional.serverctl import NovaNotifier
-from tests.functional.serverctl import wait_for
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.functional
 
@@ -116,15 +116,15 @@ def test_every_controller_gets_it_and_no_queue_grows(rabbit_vhost,
                             "compute-7")
     nova.error("instance.reboot.error", {"nova_object.data": {}})
 
-    wait_for(lambda: [len(c.groups.changes) for c in (a, b)] == [5, 5],
-             ARRIVAL, "5 notifications at each controller")
+    wait_until(lambda: [len(c.groups.changes) for c in (a, b)] == [5, 5],
+               ARRIVAL, "5 notifications at each controller")
     assert a.groups.changes[0] == ("instance.power_off.end", INSTANCE,
                                    "stopped", "compute-7")
     # guestha's queues, the default ones of its topic included, empty out
     ours = ["guestha_notifications.info", "guestha_notifications.error",
             "guestha-server-a", "guestha-server-b"]
-    wait_for(lambda: all(queue_depth(rabbit_vhost, q) == 0 for q in ours),
-             ARRIVAL, "guestha's queues drained: %s" % ours)
+    wait_until(lambda: all(queue_depth(rabbit_vhost, q) == 0 for q in ours),
+               ARRIVAL, "guestha's queues drained: %s" % ours)
     # Nova's default topic is Nova's default queue's business: filled,
     # since nothing in this test reads it (as the cloud showed)
     assert queue_depth(rabbit_vhost, "versioned_notifications.info") == 5
@@ -142,10 +142,10 @@ def test_without_the_drain_the_default_queue_grows(rabbit_vhost, cleanup):
         nova.instance_event("instance.power_off.end", INSTANCE, "stopped",
                             "compute-7")
 
-    wait_for(lambda: len(a.groups.changes) == 3, ARRIVAL,
-             "3 notifications at the controller")
-    wait_for(lambda: queue_depth(rabbit_vhost, "guestha-server-a") == 0,
-             ARRIVAL, "the pool's queue drained")
+    wait_until(lambda: len(a.groups.changes) == 3, ARRIVAL,
+               "3 notifications at the controller")
+    wait_until(lambda: queue_depth(rabbit_vhost, "guestha-server-a") == 0,
+               ARRIVAL, "the pool's queue drained")
     assert queue_depth(rabbit_vhost, "guestha_notifications.info") == 3
 
 
@@ -160,6 +160,6 @@ def test_a_controller_listens_on_its_configured_topic(rabbit_vhost,
     nova.instance_event("instance.pause.end", INSTANCE, "paused",
                         "compute-7")
 
-    wait_for(lambda: a.groups.changes, ARRIVAL, "the notification")
-    wait_for(lambda: queue_depth(rabbit_vhost, "ha_events.info") == 0,
-             ARRIVAL, "ha_events.info drained")
+    wait_until(lambda: a.groups.changes, ARRIVAL, "the notification")
+    wait_until(lambda: queue_depth(rabbit_vhost, "ha_events.info") == 0,
+               ARRIVAL, "ha_events.info drained")

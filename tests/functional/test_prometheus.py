@@ -34,6 +34,7 @@ import pytest
 
 from tests.functional import agentctl
 from tests.functional import novaless
+from tests.support.wait import wait_until
 
 PROMETHEUS = shutil.which("prometheus")
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which(
@@ -163,10 +164,10 @@ def rig(rabbit_vhost, tmp_path):
             os.path.join(workdir, "prometheus.log"))
         am = "http://127.0.0.1:%d" % ports["am_port"]
         prom = "http://127.0.0.1:%d" % ports["prom_port"]
-        agentctl.wait_for(lambda: ready(am + "/-/ready"), 30,
-                          "alertmanager to be ready", interval=0.1)
-        agentctl.wait_for(lambda: ready(prom + "/-/ready"), 30,
-                          "prometheus to be ready", interval=0.1)
+        wait_until(lambda: ready(am + "/-/ready"), 30,
+                   "alertmanager to be ready", interval=0.1)
+        wait_until(lambda: ready(prom + "/-/ready"), 30,
+                   "prometheus to be ready", interval=0.1)
         yield {"agent": agent, "server": server, "guest": guest,
                "uuid": uuid, "am": am, "prom": prom, "workdir": workdir}
     finally:
@@ -199,11 +200,11 @@ def test_a_hung_guest_fires_the_alert_and_recovery_resolves_it(
     am, prom = rig["am"], rig["prom"]
     agent.wait_state(uuid, "MONITORED", min_answers=2)
     # both targets scraped, and the instance seen by Prometheus
-    agentctl.wait_for(
+    wait_until(
         lambda: sorted(m["job"] for m, v in query(prom, "up == 1")) == [
             "guestha-agent", "guestha-server"], 30,
         "prometheus to scrape the agent and the server", interval=0.2)
-    agentctl.wait_for(
+    wait_until(
         lambda: query(prom, 'guestha_agent_instance_state{instance_id="%s",'
                       'state="MONITORED"}' % uuid), 15,
         "prometheus to see the instance MONITORED", interval=0.2)
@@ -212,7 +213,7 @@ def test_a_hung_guest_fires_the_alert_and_recovery_resolves_it(
     hung_at = time.monotonic()
     guest.hang()
     try:
-        alert = agentctl.wait_for(
+        alert = wait_until(
             lambda: fault_alerts(am, uuid), 30,
             "GuesthaInstanceFaultOpen at Alertmanager", interval=0.05)[0]
         fired = time.monotonic() - hung_at
@@ -227,13 +228,13 @@ def test_a_hung_guest_fires_the_alert_and_recovery_resolves_it(
     assert alert["labels"]["severity"] == "critical"
 
     # the controller got the fault, and says so in its own metrics
-    agentctl.wait_for(
+    wait_until(
         lambda: query(prom, 'guestha_server_events_total{type="fault",'
                       'kind="missed"} >= 1'), 15,
         "prometheus to see the fault at the controller", interval=0.2)
 
-    agentctl.wait_for(lambda: not fault_alerts(am, uuid), 30,
-                      "the alert to resolve", interval=0.05)
+    wait_until(lambda: not fault_alerts(am, uuid), 30,
+               "the alert to resolve", interval=0.05)
     record_property("unhang_to_resolved_s",
                     round(time.monotonic() - unhung_at, 3))
     assert agent.instance(uuid)["fault"] is None

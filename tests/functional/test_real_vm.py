@@ -40,7 +40,7 @@ import pytest
 
 from tests.functional import agentctl
 from tests.functional import novaless
-from tests.functional import serverctl
+from tests.support.wait import wait_until
 from tools import proc as procs
 from tools import vm as vmlib
 
@@ -307,12 +307,10 @@ def other_agents(exclude=()):
 
 
 def wait_for(predicate, what, timeout=ARRIVAL, rig=None):
-    try:
-        return serverctl.wait_for(predicate, timeout, what, interval=0.05)
-    except AssertionError as exc:
-        if rig is None:
-            raise
-        raise AssertionError("%s\n%s" % (exc, rig.diagnostics())) from None
+    """wait_until with this file's default timeout and the rig's
+    diagnostics on failure."""
+    return wait_until(predicate, timeout, what, interval=0.05,
+                      details=rig and rig.diagnostics)
 
 
 @pytest.fixture(scope="module")

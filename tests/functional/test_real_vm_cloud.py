@@ -36,8 +36,8 @@ import pytest
 
 from tests.functional import agentctl
 from tests.functional import novaless
-from tests.functional import serverctl
 from tests.functional import test_real_vm as real
+from tests.support.wait import wait_until
 from tools import proc as procs
 from tools import vm as vmlib
 
@@ -268,13 +268,10 @@ class Cloud(object):
 
 
 def wait_for(predicate, what, timeout=ARRIVAL, cloud=None, labels=None):
-    try:
-        return serverctl.wait_for(predicate, timeout, what, interval=0.1)
-    except AssertionError as exc:
-        if cloud is None:
-            raise
-        raise AssertionError("%s\n%s" % (
-            exc, cloud.diagnostics(labels))) from None
+    """wait_until with this file's default timeout and the cloud's
+    diagnostics on failure."""
+    return wait_until(predicate, timeout, what, interval=0.1,
+                      details=cloud and (lambda: cloud.diagnostics(labels)))
 
 
 @pytest.fixture(scope="module")

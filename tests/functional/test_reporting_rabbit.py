@@ -20,6 +20,7 @@ from guestha.agent.reporter import Reporter
 from guestha import records
 from guestha import rpc
 from guestha.rpc import api
+from tests.support.wait import wait_until
 from tools import proc as procs
 
 pytestmark = pytest.mark.functional
@@ -138,15 +139,6 @@ def faults(n, start=0):
         interval_ms=1000, misses=1) for i in range(start, start + n)]
 
 
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %.0f s waiting for %s"
-                                 % (timeout, what))
-        time.sleep(0.02)
-
-
 def test_a_thousand_faults_arrive_in_order_exactly_once(agent, controller):
     controller.start()
     reporter = agent.reporter(batch=100)
@@ -155,8 +147,8 @@ def test_a_thousand_faults_arrive_in_order_exactly_once(agent, controller):
     start = time.monotonic()
     for event in events:
         reporter.submit(event)
-    wait_for(lambda: reporter.stats()["delivered"] == 1000, 60,
-             "1000 deliveries")
+    wait_until(lambda: reporter.stats()["delivered"] == 1000, 60,
+               "1000 deliveries")
     elapsed = time.monotonic() - start
 
     received = controller.received()
@@ -175,16 +167,16 @@ def test_faults_wait_for_a_controller_that_is_not_running(agent,
     events = faults(20)
     for event in events:
         reporter.submit(event)
-    wait_for(lambda: reporter.stats()["retries"] >= 2, 30,
-             "failed attempts")
+    wait_until(lambda: reporter.stats()["retries"] >= 2, 30,
+               "failed attempts")
     stats = reporter.stats()
     assert stats["pending"] == 20
     assert stats["delivered"] == 0
     assert "MessagingTimeout" in stats["last_error"]
 
     controller.start()
-    wait_for(lambda: reporter.stats()["delivered"] == 20, 60,
-             "delivery after the controller started")
+    wait_until(lambda: reporter.stats()["delivered"] == 20, 60,
+               "delivery after the controller started")
     assert controller.accepted_ids() == [e["id"] for e in events]
     assert reporter.stats()["pending"] == 0
 
@@ -196,8 +188,8 @@ def test_a_broker_outage_blocks_nobody_and_loses_nothing(
     before = faults(5)
     for event in before:
         reporter.submit(event)
-    wait_for(lambda: reporter.stats()["delivered"] == 5, 30,
-             "delivery before the outage")
+    wait_until(lambda: reporter.stats()["delivered"] == 5, 30,
+               "delivery before the outage")
 
     during = faults(50, start=5)
     submit_times = []
@@ -212,8 +204,8 @@ def test_a_broker_outage_blocks_nobody_and_loses_nothing(
             reporter.cast_relay("query_status", instance=event["instance"],
                                 seq=1)
             relay_times.append(time.perf_counter() - start)
-        wait_for(lambda: reporter.stats()["retries"] >= 2, 30,
-                 "failed attempts while the broker is down")
+        wait_until(lambda: reporter.stats()["retries"] >= 2, 30,
+                   "failed attempts while the broker is down")
         stats = reporter.stats()
         assert len(reporter.outbox) == 50
         assert stats["delivered"] == 5
@@ -222,8 +214,8 @@ def test_a_broker_outage_blocks_nobody_and_loses_nothing(
         rabbitmq.start_app()
 
     # Reconnects take seconds: the driver's own retry interval grows.
-    wait_for(lambda: reporter.stats()["delivered"] >= 55, 180,
-             "delivery after the broker came back")
+    wait_until(lambda: reporter.stats()["delivered"] >= 55, 180,
+               "delivery after the broker came back")
     assert controller.accepted_ids() == [e["id"] for e in before + during]
     assert reporter.stats()["pending"] == 0
     # The caller (the agent's I/O loop) never waited for the broker: a
@@ -254,15 +246,15 @@ def test_an_agent_started_during_a_broker_outage_reports_when_it_returns(
             start = time.perf_counter()
             reporter.submit(event)
             longest = max(longest, time.perf_counter() - start)
-        wait_for(lambda: (reporter.stats()["in_flight_s"] or 0) > 2.0, 30,
-                 "the first call to hang")
+        wait_until(lambda: (reporter.stats()["in_flight_s"] or 0) > 2.0, 30,
+                   "the first call to hang")
         assert reporter.stats()["pending"] == 10
         assert longest < BROKER_WAIT  # submit never waited for the broker
     finally:
         rabbitmq.start_app()
 
-    wait_for(lambda: reporter.stats()["delivered"] == 10, 180,
-             "delivery after the broker came back")
+    wait_until(lambda: reporter.stats()["delivered"] == 10, 180,
+               "delivery after the broker came back")
     assert controller.accepted_ids() == [e["id"] for e in events]
 
 
@@ -271,15 +263,15 @@ def test_pending_faults_survive_an_agent_restart(agent, controller):
     events = faults(30)
     for event in events:
         first.submit(event)
-    wait_for(lambda: first.stats()["retries"] >= 1, 30, "a failed attempt")
+    wait_until(lambda: first.stats()["retries"] >= 1, 30, "a failed attempt")
     assert first.stop(timeout=10) is True
     first.outbox.close()            # the agent is gone
 
     controller.start()
     second = agent.reporter()       # the agent starts again
     assert second.stats()["pending"] == 30
-    wait_for(lambda: second.stats()["delivered"] == 30, 60,
-             "delivery after the restart")
+    wait_until(lambda: second.stats()["delivered"] == 30, 60,
+               "delivery after the restart")
 
     received = controller.received()
     assert [e["id"] for _, e in received] == [e["id"] for e in events]
@@ -295,7 +287,7 @@ def test_relay_casts_reach_the_controller(agent, controller):
     reporter.cast_relay("agent_alive", instances=[
         {"instance": instance, "heartbeat": True,
          "server_group_messaging": True}])
-    wait_for(lambda: len(controller.cast_lines()) == 2, 30, "two casts")
+    wait_until(lambda: len(controller.cast_lines()) == 2, 30, "two casts")
 
     assert controller.cast_lines() == [
         {"method": "relay_broadcast", "host": HOST, "instance": instance,
@@ -351,8 +343,8 @@ def test_a_full_disk_stops_no_delivery_and_recovers_at_once(
     before = faults(5)
     for event in before:
         reporter.submit(event)          # on disk: no controller yet
-    wait_for(lambda: reporter.stats()["retries"] >= 1, 30,
-             "a failed attempt")
+    wait_until(lambda: reporter.stats()["retries"] >= 1, 30,
+               "a failed attempt")
     fillers = fill(small_disk)
     during = []
     while reporter.stats()["in_memory"] == 0:
@@ -368,8 +360,8 @@ def test_a_full_disk_stops_no_delivery_and_recovers_at_once(
     # the controller comes, the disk still full: everything is delivered,
     # in order, once
     controller.start()
-    wait_for(lambda: reporter.stats()["pending"] == 0, 60,
-             "delivery with the disk full")
+    wait_until(lambda: reporter.stats()["pending"] == 0, 60,
+               "delivery with the disk full")
     assert controller.accepted_ids() == [e["id"] for e in before + during]
     assert not any(dup for dup, _ in controller.received())
 
@@ -377,13 +369,13 @@ def test_a_full_disk_stops_no_delivery_and_recovers_at_once(
     # a second or so (disk_retry), and nothing is sent again
     for filler in fillers:
         os.unlink(filler)
-    wait_for(lambda: reporter.stats()["disk_error"] is None, 30,
-             "the outbox written again")
+    wait_until(lambda: reporter.stats()["disk_error"] is None, 30,
+               "the outbox written again")
     assert len(reporter.outbox) == 0
     more = faults(3, start=1000)
     for event in more:
         reporter.submit(event)
-    wait_for(lambda: reporter.stats()["delivered"] == len(
+    wait_until(lambda: reporter.stats()["delivered"] == len(
         before + during + more), 30, "delivery after the disk came back")
     received = controller.received()
     assert [e["id"] for _, e in received] == [
@@ -414,6 +406,6 @@ def test_an_agent_started_on_a_full_disk_runs_and_catches_up(
 
     for filler in fillers:
         os.unlink(filler)
-    wait_for(lambda: reporter.stats()["delivered"] == 5, 30,
-             "delivery once the outbox could be opened")
+    wait_until(lambda: reporter.stats()["delivered"] == 5, 30,
+               "delivery once the outbox could be opened")
     assert controller.accepted_ids() == [e["id"] for e in old + new]

@@ -24,7 +24,7 @@ from guestha import records
 from tests.functional.novaless import Servers
 from tests.functional.serverctl import FakeAgents
 from tests.functional.serverctl import read_jsonl
-from tests.functional.serverctl import wait_for
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.functional
 
@@ -86,8 +86,8 @@ def test_two_servers_dispatch_each_fault_exactly_once(servers, agents):
             resent += len(again)
     assert resent > 50
     expected = sorted(e["id"] for e in events)
-    wait_for(lambda: sorted(set(sink_ids(servers))) == expected, 30,
-             "every fault at a sink")
+    wait_until(lambda: sorted(set(sink_ids(servers))) == expected, 30,
+               "every fault at a sink")
     time.sleep(1.0)     # anything delivered twice would show by now
     delivered = sink_ids(servers)
     assert sorted(delivered) == expected
@@ -116,8 +116,8 @@ def test_killed_server_loses_nothing_acknowledged(servers, agents,
     blocked.unlink()
     server.start()
     expected = sorted(e["id"] for e in events)
-    wait_for(lambda: sorted({r["id"] for r in read_jsonl(sink_log)})
-             == expected, 30, "the owed events at the sink")
+    wait_until(lambda: sorted({r["id"] for r in read_jsonl(sink_log)})
+               == expected, 30, "the owed events at the sink")
 
 
 def test_killed_right_after_the_answer(servers, agents):
@@ -129,8 +129,8 @@ def test_killed_right_after_the_answer(servers, agents):
     server.kill()         # at once: the sink may not have had them yet
     server.start()
     expected = {e["id"] for e in events}
-    wait_for(lambda: expected <= set(sink_ids(servers)), 30,
-             "every acknowledged fault at the sink")
+    wait_until(lambda: expected <= set(sink_ids(servers)), 30,
+               "every acknowledged fault at the sink")
 
 
 def test_live_server_takes_over_a_dead_ones_work(servers, agents,
@@ -147,9 +147,9 @@ def test_live_server_takes_over_a_dead_ones_work(servers, agents,
     b.start()
     a.kill()
     expected = sorted(e["id"] for e in events)
-    wait_for(lambda: sorted(r["id"] for r in b.sink_records()
-                            if r["type"] == "fault") == expected,
-             30, "ctl-b to deliver what ctl-a owed")
+    wait_until(lambda: sorted(r["id"] for r in b.sink_records()
+                              if r["type"] == "fault") == expected,
+               30, "ctl-b to deliver what ctl-a owed")
     assert "took over 40 undelivered event(s)" in b.log_text()
 
 

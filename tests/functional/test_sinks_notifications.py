@@ -17,7 +17,7 @@ from guestha.conf import opts
 from guestha import records
 from guestha.sinks import base
 from guestha.sinks import notifications as notif
-from tests.functional.serverctl import wait_for
+from tests.support.wait import wait_until
 
 INSTANCE = "7d1f0a5e-2b3c-4d4e-8f60-718293a4b5c6"
 
@@ -67,8 +67,8 @@ def test_a_real_listener_receives_the_fault_and_the_recovery(rabbit_vhost):
             recovered_at=1.7e9 + 9, kind="missed", reason="answers again")
         dispatcher.submit(fault)
         dispatcher.submit(recovery)
-        wait_for(lambda: len(endpoint.received) >= 2, 30,
-                 "the listener to receive both notifications")
+        wait_until(lambda: len(endpoint.received) >= 2, 30,
+                   "the listener to receive both notifications")
     finally:
         dispatcher.stop(timeout=5)
         listener.stop()

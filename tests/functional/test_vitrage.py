@@ -24,6 +24,7 @@ from guestha import records
 from guestha.sinks import base
 from tests.functional import conftest
 from tests.functional import vitrage_standalone as standalone
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.functional, pytest.mark.vitrage]
 
@@ -152,16 +153,19 @@ def only(alarms, instance, fault_id):
 
 
 def wait_for(vitrage, predicate, what, timeout=30.0):
+    """Wait until ``predicate(alarms)`` holds for Vitrage's guestha alarms;
+    returns the seconds that took and those alarms."""
     started = time.monotonic()
-    while True:
+
+    def seen():
         alarms = guestha_alarms(vitrage)
-        if predicate(alarms):
-            return time.monotonic() - started, alarms
-        if time.monotonic() - started > timeout:
-            raise AssertionError("%s: not within %.0f s; guestha alarms: %s"
-                                 "\n%s" % (what, timeout, alarms,
-                                           vitrage.log_tail()))
-        time.sleep(POLL)
+        return (alarms,) if predicate(alarms) else None
+
+    (alarms,) = wait_until(
+        seen, timeout, what, interval=POLL,
+        details=lambda: "guestha alarms: %s\n%s" % (
+            guestha_alarms(vitrage), vitrage.log_tail()))
+    return time.monotonic() - started, alarms
 
 
 def test_a_fault_becomes_an_alarm_on_the_instance_and_recovery_clears_it(
