@@ -48,9 +48,9 @@ from tests.functional.serverctl import NovaNotifier
 from tests.functional.serverctl import read_jsonl
 from tests.functional.serverctl import ROOT
 from tests.functional import sharedctl
+from tests.support.wait import wait_until as wait_for
 
 pytestmark = pytest.mark.functional
-from tests.support.wait import wait_until as wait_for
 
 CONTROLLERS = ("ctl-1", "ctl-2", "ctl-3")
 A = "aaaaaaaa-0000-4000-8000-0000000000a1"   # peer-1
