@@ -71,7 +71,13 @@ OPTS = [
                help="File the log sink appends to: one JSON object per "
                     "line and event (the event's fields and logged_at). "
                     "A rotated file (new inode) is noticed and the path "
-                    "reopened before the next write."),
+                    "reopened before the next write. {server_id} in the "
+                    "path stands for the controller's [server] server_id: "
+                    "one file per controller, e.g. in a directory every "
+                    "controller host mounts, so that a controller that "
+                    "takes over a dead one's deliveries in doubt looks "
+                    "for them in that controller's file (see "
+                    "doc/source/server.rst)."),
     cfg.BoolOpt("log_fsync", default=True,
                 help="fsync the log file after each batch of events, so "
                      "that an event the log sink has taken survives a "
