@@ -45,19 +45,19 @@ healthy again, or when the domain stops.  Open faults are kept in the
 agent's state directory, so a restarted agent still reports the recovery.
 """
 
-import base64
-import datetime
 import errno
 import logging
 import os
 import secrets
 import threading
 
+from guestha.agent.conduct import ChannelConduct
+from guestha.agent.conduct import RESET_DECAY
 from guestha.agent import events as ev
 from guestha.agent import faults as faults_mod
+from guestha.agent import grouprelay
 from guestha.agent import guestlog
-from guestha.ratelimit import TokenBucket
-from guestha.ratelimit import WindowCounter
+from guestha.agent import instancestatus
 from guestha_guest import protocol as p
 from guestha_guest.protocol import heartbeat as hb
 from guestha_guest.protocol import session as sessions
@@ -115,15 +115,6 @@ class _BufferedSystemRandom(secrets.SystemRandom):
 
 
 _RNG = _BufferedSystemRandom()
-
-#: Seconds of good behaviour (no misbehaviour, no reset) that halve a
-#: channel's reset back-off, and after which its round trips count in the
-#: agent-wide figures again.
-RESET_DECAY = 60.0
-#: Lines dropped while synchronising (stale, garbage) a guest may cause
-#: without it counting as misbehaviour: a resync discards a few honestly.
-DISCARDS_PER_SECOND = 1.0
-DISCARD_BURST = 20.0
 
 #: The lifecycle, ``(state, input) -> (handler, next state)``: the one
 #: place that decides the next state.  A handler does the transition's
@@ -326,7 +317,6 @@ class Instance(object):
         self._connect_backoff = 0.5
         self._sync_at = None
         self._sync_backoff = policy.sync_retry_min
-        self._reset_backoff = 1.0
         # suspicions, faults and recoveries: it decides, we carry out
         # what it returns (_carry)
         self.faults = faults_mod.FaultTracker(
@@ -352,24 +342,14 @@ class Instance(object):
         # tearing a line), written when the socket is writable
         self._out = bytearray()
         self._out_watched = False
-        self._last_bad = None     # last misbehaviour or reset
-        self._reset_until = None  # reopening time after a reset
         self.rtt = None           # [answers, last, mean, max] (seconds)
         self._log = guestlog.LogBudget(policy.guest_log_lines_per_minute,
                                        now)
-        self._queries = TokenBucket(policy.status_queries_per_second,
-                                    2 * policy.status_queries_per_second,
-                                    now)
-        self._discards = TokenBucket(DISCARDS_PER_SECOND, DISCARD_BURST, now)
+        # the guest's server-group requests to the controller
+        self.group = grouprelay.GroupRelay(uuid, policy, now)
+        # the guest's rate budgets, misbehaviour and reset back-off
+        self.conduct = ChannelConduct(policy, now)
         self._discarded_seen = 0
-        self._bytes = TokenBucket(policy.max_bytes_per_second,
-                                  2 * policy.max_bytes_per_second, now)
-        self._lines = TokenBucket(policy.max_messages_per_second,
-                                  2 * policy.max_messages_per_second, now)
-        self._broadcasts = TokenBucket(policy.broadcasts_per_second,
-                                       2 * policy.broadcasts_per_second, now)
-        self._errors_sent = TokenBucket(1.0, 5.0, now)
-        self._misbehaviour = WindowCounter(60.0)
 
     @property
     def conn(self):
@@ -735,7 +715,8 @@ class Instance(object):
         if not data:
             self.fire("lost", now)
             return
-        if not self._bytes.take(now, len(data)):
+        conduct = self.conduct
+        if not conduct.bytes.take(now, len(data)):
             self.counters["dropped_bytes"] += len(data)
             self._misbehaved(now, "sends more than %d bytes/s"
                              % self.policy.max_bytes_per_second)
@@ -743,7 +724,7 @@ class Instance(object):
         # every line counts, the empty keep-alives and the ones dropped
         # while synchronising too (they never become events)
         lines = data.count(b"\n")
-        if lines and not self._lines.take(now, lines):
+        if lines and not conduct.lines.take(now, lines):
             self.counters["dropped_bytes"] += len(data)
             self._misbehaved(now, "sends more than %d lines/s"
                              % self.policy.max_messages_per_second)
@@ -764,14 +745,14 @@ class Instance(object):
         if discarded > 0 and self.session is session:
             self._discarded_seen = session.conn.discarded
             self.counters["discarded_lines"] += discarded
-            if not self._discards.take(now, discarded):
+            if not conduct.discards.take(now, discarded):
                 self._misbehaved(now, "sends lines that are not the "
                                  "protocol while synchronising")
 
     def _bad_line(self, bad, now):
         self.counters["protocol_errors"] += 1
         # an error line is never answered, valid or not (issue 8)
-        if bad.error.answerable and self._errors_sent.take(now):
+        if bad.error.answerable and self.conduct.errors.take(now):
             try:
                 self._write(self.session.refuse(bad).data)
             except p.LocalProtocolError as exc:
@@ -784,9 +765,12 @@ class Instance(object):
         if isinstance(event, p.Synced):
             self.fire("synced", now)
         elif isinstance(event, p.Broadcast):
-            self._relay_broadcast(event, now)
+            self._relay(self.group.broadcast(event, now))
         elif isinstance(event, p.StatusQuery):
-            self._relay_query(event, now)
+            out = self.group.query(event, now)
+            if type(out) is not grouprelay.Relay:
+                self.counters["refused_queries"] += 1
+            self._relay(out)
         elif isinstance(event, p.Error):
             if self._log.allow(now):
                 LOG.info("instance %s: guest reports error %s: %s%s",
@@ -794,28 +778,12 @@ class Instance(object):
                          guestlog.sanitise(event.message),
                          self._log.take_suppressed())
 
-    def _relay_broadcast(self, msg, now):
-        if not self._broadcasts.take(now):
-            self._send(p.Error(app="server_group", code="rate_limited",
-                               message="at most %d broadcasts per second"
-                               % self.policy.broadcasts_per_second,
-                               ref=msg.seq))
-            return
-        self.env.relay("relay_broadcast", instance=self.uuid,
-                       payload_b64=base64.b64encode(msg.payload).decode(),
-                       seq=msg.seq)
-
-    def _relay_query(self, msg, now):
-        # the controller's own limit ([server] status_queries_per_second),
-        # applied here so that a flood never reaches the bus
-        if not self._queries.take(now):
-            self.counters["refused_queries"] += 1
-            self._send(p.Error(
-                app="server_group", code="rate_limited", ref=msg.seq,
-                message="at most %g status queries per second"
-                % self.policy.status_queries_per_second))
-            return
-        self.env.relay("query_status", instance=self.uuid, seq=msg.seq)
+    def _relay(self, out):
+        """Carry out the group relay's answer."""
+        if type(out) is grouprelay.Relay:
+            self.env.relay(out.method, **out.kwargs)
+        else:
+            self._send(out)  # the guest is refused
 
     def _apply(self, outputs, now):
         """Carry out the session's outputs."""
@@ -873,9 +841,10 @@ class Instance(object):
                 rtt[3] = out.rtt
         # a channel being reset or misbehaving does not colour the
         # agent-wide figures (its own are in its status); as
-        # _in_good_standing, without its call (once a round)
-        if (self._last_bad is None
-                or now - max(self._last_bad, self._reset_until or 0.0)
+        # ChannelConduct.in_good_standing, without its call (once a round)
+        conduct = self.conduct
+        if (conduct.last_bad is None
+                or now - max(conduct.last_bad, conduct.reset_until or 0.0)
                 >= RESET_DECAY):
             self.env.record_rtt(out.rtt)
         healthy = out.healthy
@@ -922,45 +891,22 @@ class Instance(object):
     # -- misbehaviour ---------------------------------------------------------
 
     def _misbehaved(self, now, what):
-        self._reset_backoff = self._current_backoff(now)
-        self._last_bad = now
-        count = self._misbehaviour.add(now)
+        count, reset = self.conduct.misbehaved(now)
         if count == 1 or count % 100 == 0:
             LOG.warning("instance %s: guest misbehaves: %s (%d in the last "
                         "minute)", self.uuid, guestlog.sanitise(what), count)
-        if count >= self.policy.misbehaviour_limit:
+        if reset:
             self.fire("misbehaved", now, what)
-
-    def _current_backoff(self, now):
-        """The reset back-off, halved for every :data:`RESET_DECAY`
-        seconds of good behaviour since the channel last misbehaved (or
-        reopened after a reset)."""
-        backoff = self._reset_backoff
-        if self._last_bad is None or backoff <= 1.0:
-            return backoff
-        clean = now - max(self._last_bad, self._reset_until or 0.0)
-        halvings = int(clean // RESET_DECAY) if clean > 0 else 0
-        return max(1.0, backoff / 2.0 ** min(halvings, 64))
-
-    def _in_good_standing(self, now):
-        if self._last_bad is None:
-            return True
-        return now - max(self._last_bad,
-                         self._reset_until or 0.0) >= RESET_DECAY
 
     def _reset(self, now, why):
         """Close the channel and reopen it after a back-off."""
-        self._reset_backoff = self._current_backoff(now)
-        self._last_bad = now
         self.counters["resets"] += 1
+        backoff = self.conduct.reset(now)
         LOG.warning("instance %s: resetting the channel for %.0f s: %s",
-                    self.uuid, self._reset_backoff, guestlog.sanitise(why))
+                    self.uuid, backoff, guestlog.sanitise(why))
         self._close()
-        self._connect_at = self._reset_until = now + self._reset_backoff
+        self._connect_at = self.conduct.reset_until
         self.note = "channel reset: %s" % guestlog.sanitise(why)
-        self._reset_backoff = min(self._reset_backoff * 2,
-                                  self.policy.reset_backoff_max)
-        self._misbehaviour = WindowCounter(60.0)
 
     def _close(self):
         if self.sock is not None:
@@ -1027,61 +973,26 @@ class Instance(object):
         return self._send(msg)
 
     def status(self, now):
-        last = None
-        if self.last_answer is not None:
-            t, healthy, reason = self.last_answer
-            last = {"ago_s": round(now - t, 3), "healthy": healthy,
-                    "reason": reason}
-        note = self.note
-        backoff = None
-        if self._reset_until is not None and self._reset_until > now:
-            wait = self._reset_until - now
-            backoff = {"until": _iso(self.env.wallclock() + wait),
-                       "remaining_s": round(wait, 3),
-                       "resets": self.counters["resets"]}
-            note = "in back-off until %s, %d reset(s)%s" % (
-                backoff["until"], backoff["resets"],
-                "; " + note if note else "")
-        held = None
-        faults = self.faults
-        if faults.release_at is not None:
-            held = {"why": faults.held,
-                    "until": _iso(self.env.wallclock()
-                                  + faults.release_at - now),
-                    "faults_in_window": len(faults.opened)}
-            note = "recovery held back until %s: %d faults within %.0f s" % (
-                held["until"], held["faults_in_window"],
-                self.policy.fault_window)
-        resync = None
-        if self._restart_interval_ms is not None:
-            resync = {"monitored_before_ms": self._restart_interval_ms,
-                      "deadline_in_s": None if self._resync_deadline is None
-                      else round(self._resync_deadline - now, 3)}
-        rtt = None
-        if self.rtt is not None:
-            count, latest, mean, worst = self.rtt
-            rtt = {"samples": count, "last": round(1000.0 * latest, 3),
-                   "mean": round(1000.0 * mean, 3),
-                   "max": round(1000.0 * worst, 3)}
-        counters = dict(self.counters)
-        counters["log_suppressed"] = self._log.total_suppressed
-        return {"instance": self.uuid,
-                "name": self.info.name if self.info else None,
-                "state": self.state,
-                "heartbeat": self.hb.state if self.hb else None,
-                "interval_ms": self.interval_ms,
-                "note": note, "last_answer": last,
-                "fault": self.fault, "counters": counters,
-                "rtt_ms": rtt,
-                "standing": ("good" if self._in_good_standing(now)
-                             else "misbehaving"),
-                "reset_backoff_s": self._current_backoff(now),
-                "backoff": backoff, "recovery_held": held,
-                "restart_resync": resync,
-                "monitored": self.monitored,
-                "output_queued_bytes": len(self._out)}
+        """Our entry in the agent's status document."""
+        return instancestatus.describe(self, now, self.env.wallclock())
 
+    @property
+    def restart_interval_ms(self):
+        """The interval of a guest monitored before this start of the
+        agent, until it answers a resync (or the deadline passes)."""
+        return self._restart_interval_ms
 
-def _iso(ts):
-    return datetime.datetime.fromtimestamp(
-        ts, tz=datetime.timezone.utc).isoformat(timespec="seconds")
+    @property
+    def resync_deadline(self):
+        """When that guest must have answered, once connected."""
+        return self._resync_deadline
+
+    @property
+    def output_queued(self):
+        """Bytes waiting for the channel's socket to take them."""
+        return len(self._out)
+
+    @property
+    def log_suppressed(self):
+        """Log lines about the guest suppressed by its budget."""
+        return self._log.total_suppressed

@@ -184,7 +184,7 @@ def test_a_few_stale_lines_at_a_resync_are_not_misbehaviour():
     h.guest.sock.send(b"stale\n" * 10)
     h.advance(0.1)
     assert h.inst.counters["discarded_lines"] == 10
-    assert h.inst._misbehaviour.count == 0
+    assert h.inst.conduct.misbehaviour.count == 0
 
 
 # -- 5. partial writes --------------------------------------------------------
