@@ -79,7 +79,8 @@ class AgentService(object):
                          hotplug_policy=hotplug,
                          status_socket=agent.status_socket or None,
                          alive_interval=rep.alive_interval,
-                         outbox=outbox, state_reports=True)
+                         outbox=outbox, state_reports=True,
+                         batch_delay=agent.batch_delay_ms / 1000.0)
         watcher = LibvirtWatcher.from_conf(conf, loop.post)
         loop.watcher = watcher
         return cls(conf, loop, reporter, watcher, transport)

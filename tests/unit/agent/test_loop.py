@@ -56,8 +56,8 @@ class Reporter(object):
         return {"pending": 0, "delivered": len(self.events)}
 
 
-@pytest.fixture
-def setup(tmp_path):
+@pytest.fixture(params=[0.0, 0.005], ids=["unbatched", "batched"])
+def setup(tmp_path, request):
     sock = str(tmp_path / "chan.sock")
     guest = GuestDaemon("unix-listen:" + sock,
                         p.Init(name="g1", interval_ms=100))
@@ -69,7 +69,8 @@ def setup(tmp_path):
     rep = Reporter(outbox, changed)
     loop = AgentLoop("compute-1", im.Policy(min_interval_ms=100), rep,
                      str(tmp_path), status_socket=str(tmp_path / "a.sock"),
-                     alive_interval=0.5, outbox=outbox)
+                     alive_interval=0.5, outbox=outbox,
+                     batch_delay=request.param)
     record_rtt = loop.record_rtt
 
     def recorded(seconds):

@@ -1,0 +1,143 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The loop's wake-up batching (``batch_delay``) on a clock the test
+moves: after a wake-up that found work the loop sleeps until
+``batch_delay`` after it and then takes all that came meanwhile in one
+look; after one that found nothing it waits as usual.
+
+The loop's poller and sockets are real; the timers' owners are small
+stand-ins for instances (what the loop uses of one: ``uuid``, ``wake_at``,
+``tick``), and the loop's sleep advances the test's clock."""
+
+import socket
+
+import pytest
+
+from guestha.agent import instance as im
+from guestha.agent.loop import AgentLoop
+from tests.support.clock import ManualClock
+
+T0 = 1000.0
+
+
+def ms(fired):
+    """``(uuid, milliseconds after T0)`` of each firing or read."""
+    return [(what, round((when - T0) * 1000, 3)) for what, when in fired]
+
+
+class Timed(object):
+    """Something with a timer, as an instance is to the loop."""
+
+    def __init__(self, uuid, loop, fired):
+        self.uuid = uuid
+        self.wake_at = None
+        self._loop = loop
+        self._fired = fired
+
+    def at(self, when):
+        self.wake_at = when
+        self._loop.schedule(self, when)
+
+    def tick(self, now):
+        self._fired.append((self.uuid, now))
+
+
+@pytest.fixture
+def world(tmp_path):
+    clock = ManualClock(T0)
+    sleeps = []
+
+    def sleep(seconds):
+        sleeps.append(round(seconds, 6))
+        clock.advance(seconds)
+    loop = AgentLoop("h", im.Policy(), reporter=None,
+                     state_dir=str(tmp_path), clock=clock, sleep=sleep,
+                     batch_delay=0.005)
+    fired = []
+
+    def timed(uuid, when):
+        t = Timed(uuid, loop, fired)
+        loop.instances[uuid] = t
+        t.at(when)
+        return t
+    yield loop, clock, sleeps, fired, timed
+    loop.sel.close()
+
+
+def test_timers_due_within_the_delay_fire_in_one_wake_up(world):
+    loop, clock, sleeps, fired, timed = world
+    for i, offset in enumerate([0.0, 0.001, 0.002, 0.0045, 0.010]):
+        timed("i%d" % i, T0 + offset)
+
+    loop.run_once(max_wait=0)  # the first is due: no sleep before it
+    assert sleeps == [] and ms(fired) == [("i0", 0)]
+
+    clock.advance(0.0005)  # the work took half a millisecond
+    loop.run_once(max_wait=0)
+    # it slept until 5 ms after the wake-up and fired the three that fell
+    # due meanwhile together, each late by less than the delay
+    assert sleeps == [0.0045]
+    assert ms(fired[1:]) == [("i1", 5), ("i2", 5), ("i3", 5)]
+
+    loop.run_once(max_wait=0)
+    # that wake-up found work too: the next look is 5 ms after it, when
+    # the last is due
+    assert sleeps == [0.0045, 0.005]
+    assert ms(fired[4:]) == [("i4", 10)]
+
+
+def test_an_idle_wake_up_is_followed_by_the_usual_wait(world):
+    loop, clock, sleeps, fired, timed = world
+    timed("i0", T0)
+    loop.run_once(max_wait=0)
+    loop.run_once(max_wait=0)  # the look after the work: nothing came
+    assert sleeps == [0.005] and ms(fired) == [("i0", 0)]
+    # nothing found: no more sleeping, the loop waits for what comes next
+    timed("i1", T0 + 1.0)
+    clock.advance(1.0)
+    loop.run_once(max_wait=0)
+    assert sleeps == [0.005] and ms(fired[-1:]) == [("i1", 1005)]
+
+
+def test_answers_that_arrive_meanwhile_are_read_in_the_same_look(world):
+    loop, clock, sleeps, fired, timed = world
+    pairs = [socket.socketpair() for _ in range(3)]
+    reads = []
+
+    def readable(sock, mask):
+        reads.append((sock.recv(100), clock()))
+    for ours, _theirs in pairs:
+        ours.setblocking(False)
+        loop.sel.register(ours, readable)
+    try:
+        pairs[0][1].send(b"a0")
+        loop.run_once(max_wait=0)  # read at once: the loop was idle
+        assert ms(reads) == [(b"a0", 0)] and sleeps == []
+        # two answers arrive during the delay: one wake-up reads both, and
+        # a timer that fell due meanwhile fires after them (an answer in
+        # before its deadline's timer fires still counts)
+        clock.advance(0.001)
+        pairs[1][1].send(b"a1")
+        pairs[2][1].send(b"a2")
+        timed("i0", T0 + 0.002)
+        loop.run_once(max_wait=0)
+        assert sleeps == [0.004]
+        assert sorted(ms(reads[1:])) == [(b"a1", 5), (b"a2", 5)]
+        assert ms(fired) == [("i0", 5)]
+    finally:
+        for a, b in pairs:
+            loop.sel.unregister(a)
+            a.close()
+            b.close()
+
+
+def test_no_delay_means_no_sleep(world):
+    loop, clock, sleeps, fired, timed = world
+    loop.batch_delay = 0.0
+    for i, offset in enumerate([0.0, 0.001, 0.002]):
+        timed("i%d" % i, T0 + offset)
+    for step in range(3):
+        loop.run_once(max_wait=0)
+        clock.now = T0 + 0.001 * (step + 1)
+    # each fired on its own wake-up, at its time
+    assert sleeps == []
+    assert ms(fired) == [("i0", 0), ("i1", 1), ("i2", 2)]
