@@ -51,7 +51,6 @@ import collections
 import json
 import math
 import os
-import platform
 import re
 import shutil
 import signal
@@ -68,6 +67,10 @@ sys.path.insert(0, REPO)
 
 import libvirt  # noqa: E402
 
+from benchmarks import support  # noqa: E402
+from benchmarks.support import cpu_seconds  # noqa: E402
+from benchmarks.support import memory_kib  # noqa: E402
+from benchmarks.support import rabbitmqctl  # noqa: E402
 from guestha.agent import status as agent_status  # noqa: E402
 from tools import proc as procs  # noqa: E402
 
@@ -78,7 +81,6 @@ BROKER_USER = "guest"
 BROKER_PASSWORD = "guest"
 CHANNEL_NAME = "org.openstack.guestha.0"
 GUESTS_PER_FARM = 1250
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 DOMAIN_XML = """<domain type='test'>
   <name>%(name)s</name><uuid>%(uuid)s</uuid>
@@ -142,7 +144,7 @@ class Interrupted(Exception):
 
 
 def log(fmt, *args):
-    print(fmt % args if args else fmt, flush=True)
+    support.log(fmt, *args, stream=sys.stdout)
 
 
 # -- processes ---------------------------------------------------------------
@@ -182,14 +184,6 @@ def stop(proc, what, timeout=20.0):
         proc.wait()
 
 
-def cpu_seconds(pid):
-    """utime + stime of a process (all its threads), in seconds."""
-    with open("/proc/%d/stat" % pid) as f:
-        # the command name may hold spaces: fields count from its ")"
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def thread_cpu_seconds(pid):
     """{tid: utime + stime} of every thread of a process (the main thread,
     the agent's I/O loop, has tid == pid)."""
@@ -200,16 +194,9 @@ def thread_cpu_seconds(pid):
                 fields = f.read().rpartition(")")[2].split()
         except OSError:
             continue  # ended meanwhile
-        result[int(tid)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        result[int(tid)] = ((int(fields[11]) + int(fields[12]))
+                            / support.CLK_TCK)
     return result
-
-
-def memory_kib(pid, field="VmRSS"):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 def host_cpu():
@@ -243,19 +230,6 @@ class RssSampler(threading.Thread):
     def stop(self):
         self._done.set()
         self.join()
-
-
-# -- RabbitMQ ----------------------------------------------------------------
-
-def rabbitmqctl(*args, check=True):
-    result = subprocess.run(["rabbitmqctl", "-q"] + list(args),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT,
-                            universal_newlines=True, timeout=120)
-    if check and result.returncode != 0:
-        raise RuntimeError("rabbitmqctl %s failed: %s"
-                           % (" ".join(args), result.stdout.strip()))
-    return result.stdout
 
 
 # -- libvirt -----------------------------------------------------------------
@@ -714,18 +688,10 @@ def _worst(values):
 
 
 def machine():
-    model = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
     with open("/proc/meminfo") as f:
         mem_kib = int(re.search(r"MemTotal:\s+(\d+)", f.read()).group(1))
-    return {"nproc": os.cpu_count(), "cpu": model,
-            "ram_gib": round(mem_kib / 1024.0 / 1024.0, 1),
-            "python": platform.python_version(),
-            "kernel": platform.release()}
+    return dict(support.machine(),
+                ram_gib=round(mem_kib / 1024.0 / 1024.0, 1))
 
 
 def print_table(r):
@@ -768,11 +734,7 @@ def print_table(r):
             r["host_cpu_busy_pct"], r["cores"])),
         ("status fetch", "%.1f ms on average" % r["status_fetch_ms"]),
     ]
-    width = max(len(k) for k, _ in rows)
-    print()
-    for key, value in rows:
-        print("  %s  %s" % (key.ljust(width), value))
-    print()
+    support.print_rows(rows)
 
 
 def parse_args(argv):
@@ -855,7 +817,7 @@ def main(argv=None):
         print_table(bench.result)
         for problem in bench.result["problems"]:
             log("NOT A VALID MEASUREMENT: %s", problem)
-        print(json.dumps(dict(bench.result, machine=info), sort_keys=True))
+        support.print_json(dict(bench.result, machine=info), sort_keys=True)
         if not bench.result["valid"]:
             status = 2
     return status

@@ -100,7 +100,6 @@ import collections
 import datetime
 import json
 import os
-import platform
 import selectors
 import shutil
 import signal
@@ -114,6 +113,11 @@ import warnings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from benchmarks import support  # noqa: E402
+from benchmarks.support import cpu_seconds  # noqa: E402
+from benchmarks.support import percentile  # noqa: E402
+from benchmarks.support import wait_until  # noqa: E402
+
 # oslo.service, imported with oslo.messaging, announces eventlet's end
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 
@@ -124,7 +128,6 @@ BROKER_PASSWORD = "guest"
 HOST_A = "ghcb-host-a"
 HOST_B = "ghcb-host-b"
 PREFIX = "ghcb-"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MESSAGING = {"guestha:heartbeat": "true",
              "guestha:server_group_messaging": "true"}
 
@@ -137,33 +140,7 @@ def _on_signal(signum, frame):
     raise Interrupted("signal %d" % signum)
 
 
-def wait_for(predicate, timeout, what, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError("timed out after %.0f s waiting for %s"
-                               % (timeout, what))
-        time.sleep(interval)
-
-
-def percentile(sorted_values, q):
-    if not sorted_values:
-        return None
-    return sorted_values[min(len(sorted_values) - 1,
-                             int(q * len(sorted_values)))]
-
-
 # -- /proc --------------------------------------------------------------------
-
-def cpu_seconds(pid):
-    """User + system CPU seconds of ``pid`` (all its threads)."""
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
 
 def memory_mib(pid):
     """``(VmRSS, VmHWM)`` of ``pid`` in MiB."""
@@ -197,19 +174,8 @@ def broker_pid():
 
 
 def machine():
-    model = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": model or platform.processor(),
-            "python": platform.python_version(),
-            "kernel": platform.release(),
-            "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
+    return dict(support.machine(),
+                loadavg_before=[round(x, 2) for x in os.getloadavg()])
 
 
 # -- the environment ----------------------------------------------------------
@@ -540,8 +506,8 @@ def run_reports(env, batch, clients, duration, executor_threads=None,
                                          records)
             return len(records) >= accepted + clients
 
-        wait_for(complete, 300, "%d events in the log sink" % accepted,
-                 interval=0.02)
+        wait_until(complete, 300, "%d events in the log sink" % accepted,
+                   interval=0.02)
         t1 = time.monotonic()
         cpu1 = sum(cpu_seconds(s.proc.pid) for s in servers)
         broker1 = cpu_seconds(broker) if broker else None
@@ -569,8 +535,8 @@ def run_reports(env, batch, clients, duration, executor_threads=None,
         "accepted_per_s": round(accepted / duration, 1),
         "calls": len(latencies),
         "failed_calls": sum(r["failed"] for r in results),
-        "call_p50_ms": round(1000 * percentile(latencies, 0.5), 2),
-        "call_p99_ms": round(1000 * percentile(latencies, 0.99), 2),
+        "call_p50_ms": round(1000 * percentile(latencies, 50), 2),
+        "call_p99_ms": round(1000 * percentile(latencies, 99), 2),
         "server_cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
         "server_rss_mib": round(rss, 1), "server_hwm_mib": round(hwm, 1),
         "broker_cpu_pct": (None if broker is None else round(
@@ -639,7 +605,7 @@ def start_hosts(env, members):
             os.path.join(env.dir, "farm.log"), stdout=subprocess.PIPE)
         if _read_line(farm, 30, "ready").strip() != "ready":
             raise RuntimeError("the guest farm did not start")
-    wait_for(lambda: all(os.path.exists(m.channel) and os.path.exists(
+    wait_until(lambda: all(os.path.exists(m.channel) and os.path.exists(
         m.app_socket) for m in members if m.real), 30,
         "the guest daemons to listen")
 
@@ -678,7 +644,7 @@ def start_hosts(env, members):
                 return False
         return True
 
-    wait_for(monitored, 90, "every member to be MONITORED", interval=0.2)
+    wait_until(monitored, 90, "every member to be MONITORED", interval=0.2)
     return agents
 
 
@@ -795,8 +761,8 @@ def measure_broadcasts(sender, receiver, count, rate, size):
         # (seq, ms) in order of sending, for a look at the tail
         "samples": [(seq, ms(arrived - sent)) for seq, (arrived, sent)
                     in sorted(recv.arrivals.items()) if seq >= 0],
-        "p50_ms": ms(percentile(latencies, 0.5)),
-        "p99_ms": ms(percentile(latencies, 0.99)),
+        "p50_ms": ms(percentile(latencies, 50)),
+        "p99_ms": ms(percentile(latencies, 99)),
         "max_ms": ms(latencies[-1] if latencies else None),
         "mean_ms": ms(sum(latencies) / len(latencies) if latencies
                       else None),
@@ -959,7 +925,7 @@ def main(argv=None):
         env.close()
     out["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     print("load average after: %s" % out["machine"]["loadavg_after"])
-    print(json.dumps(out))
+    support.print_json(out)
     return 0
 
 

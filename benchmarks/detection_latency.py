@@ -92,13 +92,11 @@ import argparse
 import datetime
 import http.server
 import json
-import math
 import os
 import random
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -108,6 +106,10 @@ import uuid as uuidlib
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from benchmarks import support  # noqa: E402
+from benchmarks.support import percentile  # noqa: E402
+from benchmarks.support import rabbitmqctl  # noqa: E402
+from benchmarks.support import wait_until  # noqa: E402
 from guestha.agent import status as agent_status  # noqa: E402
 from tests.functional import novaless  # noqa: E402
 from tools import proc as procs  # noqa: E402
@@ -128,45 +130,11 @@ class Interrupted(Exception):
 
 
 def log(fmt, *args):
-    sys.stderr.write("%s %s\n" % (time.strftime("%H:%M:%S"),
-                                  fmt % args if args else fmt))
-    sys.stderr.flush()
-
-
-def wait_for(predicate, timeout, what, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError("timed out after %.0f s waiting for %s"
-                               % (timeout, what))
-        time.sleep(interval)
-
-
-def percentile(values, pct):
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    rank = max(1, int(math.ceil(pct / 100.0 * len(ordered))))
-    return ordered[rank - 1]
+    support.log(fmt, *args, stamp=True)
 
 
 def iso_ts(text):
     return datetime.datetime.fromisoformat(text).timestamp()
-
-
-def rabbitmqctl(*args, check=True):
-    result = subprocess.run(["rabbitmqctl", "-q"] + list(args),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT,
-                            universal_newlines=True, timeout=60)
-    if check and result.returncode != 0:
-        raise RuntimeError("rabbitmqctl %s: %s" % (" ".join(args),
-                                                   result.stdout.strip()))
-    return result
 
 
 def timed_signal(vm, cmd, sig):
@@ -285,8 +253,8 @@ class GuesthaRig(object):
         libvirt = vmlib._libvirt()
         vm.define()
         vm.domain().createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
-        wait_for(lambda: os.path.exists(vm.channel_path), 30,
-                 "QEMU to create the channel socket")
+        wait_until(lambda: os.path.exists(vm.channel_path), 30,
+                   "QEMU to create the channel socket")
         os.rename(vm.channel_path, os.path.join(self.hidden,
                                                 "guestha.sock"))
         vm.resume()
@@ -347,8 +315,8 @@ class GuesthaRig(object):
     def wait_ready(self, interval_ms, timeout=30.0, answers=2):
         """No open fault; MONITORED at ``interval_ms``, ``answers`` more
         healthy answers than now."""
-        wait_for(lambda: not self.poll_sink() and not self.open_faults,
-                 timeout, "the open faults to recover", interval=0.02)
+        wait_until(lambda: not self.poll_sink() and not self.open_faults,
+                   timeout, "the open faults to recover", interval=0.02)
         first = self.instance()
         base = first["counters"]["answers"] if first else 0
 
@@ -360,8 +328,8 @@ class GuesthaRig(object):
                     and inst["counters"]["answers"] >= base + answers
                     and (inst["last_answer"] or {}).get("healthy"))
 
-        wait_for(ready, timeout, "the instance to be MONITORED at %d ms"
-                 % interval_ms, interval=max(0.1, interval_ms / 1000.0))
+        wait_until(ready, timeout, "the instance to be MONITORED at %d ms"
+                   % interval_ms, interval=max(0.1, interval_ms / 1000.0))
 
     def set_interval(self, interval_ms):
         self.vm.write_guest_config(interval_ms=interval_ms)
@@ -389,17 +357,17 @@ class GuesthaRig(object):
                         return record, time.time()
                 return None
 
-            record, polled = wait_for(fault, 2 * interval + 30.0,
-                                      "the fault in the sink", 0.005)
+            record, polled = wait_until(fault, 2 * interval + 30.0,
+                                        "the fault in the sink", 0.005)
         finally:
             _continue_quietly(self.vm, "signal")
         if record.get("detected_at_ts", t1) < t1:
             self.spurious.append(record)
             return None
         logged = iso_ts(record["logged_at"])
-        wait_for(lambda: self.poll_sink() is not None
-                 and record["id"] not in self.open_faults, 30.0,
-                 "the recovery in the sink", 0.02)
+        wait_until(lambda: self.poll_sink() is not None
+                   and record["id"] not in self.open_faults, 30.0,
+                   "the recovery in the sink", 0.02)
         return {"latency": logged - freeze, "uncertainty": err,
                 "detection": record["detected_at_ts"] - freeze,
                 "delivery": logged - record["detected_at_ts"],
@@ -654,8 +622,8 @@ class MasakariVM(object):
 
     def booted(self):
         self.vm.wait_booted(BOOT_TIMEOUT)
-        wait_for(lambda: self.vm.control("qga_pid")["pid"], 60,
-                 "qemu-ga in %s" % self.vm.name, interval=0.5)
+        wait_until(lambda: self.vm.control("qga_pid")["pid"], 60,
+                   "qemu-ga in %s" % self.vm.name, interval=0.5)
 
     def run(self, count, stop):
         try:
@@ -673,7 +641,7 @@ class MasakariVM(object):
                             raise Interrupted()
                         return self.standin.notifications_of(self.vm.uuid,
                                                              since)
-                    arrived, note = wait_for(
+                    arrived, note = wait_until(
                         notified, 6 * MK_INTERVAL * (MK_THRESHOLD + 2),
                         "the notification of %s" % self.vm.name, 0.05)[0]
                 finally:

@@ -66,10 +66,7 @@ Standard library only, Python 3.8 and newer, like the daemon.
 """
 
 import argparse
-import json
-import math
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -81,6 +78,10 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from benchmarks import support  # noqa: E402
+from benchmarks.support import cpu_seconds  # noqa: E402
+from benchmarks.support import log  # noqa: E402
+from benchmarks.support import percentile  # noqa: E402
 from guestha_guest.client import GuestHAClient  # noqa: E402
 from guestha_guest.client import GuestHAError  # noqa: E402
 from guestha_guest import protocol as p  # noqa: E402
@@ -89,7 +90,6 @@ from guestha_guest.protocol.session import Send  # noqa: E402
 from tests.unit.guest.simhost import SimHost  # noqa: E402
 from tools import proc as procs  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1024.0 * 1024.0
 #: The brief's targets for the guest daemon (at a 1 s interval).
 TARGET_RSS_BYTES = 20 * 1000 * 1000  # 20 MB
@@ -121,30 +121,7 @@ class SetupError(Exception):
     """The daemon or an application could not be brought up."""
 
 
-def log(fmt, *args):
-    print(fmt % args if args else fmt, file=sys.stderr, flush=True)
-
-
-def percentile(values, pct):
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    rank = max(1, int(math.ceil(pct / 100.0 * len(ordered))))
-    return ordered[rank - 1]
-
-
 # -- processes ---------------------------------------------------------------
-
-def proc_times(pid):
-    """(own, reaped children's) CPU seconds of ``pid``."""
-    with open("/proc/%d/stat" % pid) as f:
-        # the command name may hold spaces: fields count from its ")"
-        fields = f.read().rpartition(")")[2].split()
-    own = (int(fields[11]) + int(fields[12])) / float(CLK_TCK)
-    children = (int(fields[13]) + int(fields[14])) / float(CLK_TCK)
-    return own, children
-
 
 def proc_status(pid):
     """The ``kB`` fields of ``/proc/<pid>/status``, in bytes."""
@@ -183,16 +160,8 @@ def interpreter_version(python):
 
 
 def machine():
-    model = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {"nproc": os.cpu_count(), "cpu": model,
-            "python": platform.python_version(),
-            "kernel": platform.release(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    return dict(support.machine(),
+                date=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
 
 
 # -- the simulated host and applications --------------------------------------
@@ -338,7 +307,7 @@ class Bench(object):
         pid = self.proc.pid
         load_before = os.getloadavg()
         t0 = time.monotonic()
-        cpu0, children0 = proc_times(pid)
+        cpu0, children0 = cpu_seconds(pid, children=True)
         sched0 = sched_seconds(pid)
         switches0 = proc_status(pid)["voluntary_ctxt_switches"]
         checks0 = sum(a.checks for a in self.apps)
@@ -366,7 +335,7 @@ class Bench(object):
             cpu1, children1, sched1 = cpu0, children0, sched0
             status = {}
         else:
-            cpu1, children1 = proc_times(pid)
+            cpu1, children1 = cpu_seconds(pid, children=True)
             sched1 = sched_seconds(pid)
             status = proc_status(pid)
         window = t1 - t0
@@ -560,11 +529,7 @@ def print_table(r, info):
     ]
     if r["unhealthy_reasons"]:
         rows.append(("unhealthy because", "; ".join(r["unhealthy_reasons"])))
-    width = max(len(k) for k, _ in rows)
-    print()
-    for key, value in rows:
-        print("  %s  %s" % (key.ljust(width), value))
-    print()
+    support.print_rows(rows)
 
 
 def parse_args(argv):
@@ -655,7 +620,7 @@ def main(argv=None):
     r["rss_target_met"] = rss_met
     r["cpu_target_met"] = cpu_met
     if args.json:
-        print(json.dumps(dict(r, machine=info), sort_keys=True))
+        support.print_json(dict(r, machine=info), sort_keys=True)
     else:
         print_table(r, info)
         print(line)

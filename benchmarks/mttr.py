@@ -40,15 +40,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from benchmarks.support import percentile  # noqa: E402
 from tests.cloud import conftest  # noqa: E402
 from tests.cloud import rig as riglib  # noqa: E402
-
-
-def percentile(values, q):
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    rank = max(1, int(-(-q * len(ordered) // 100)))  # ceil
-    return ordered[min(rank, len(ordered)) - 1]
 
 
 def sample(gha, server, timeout):

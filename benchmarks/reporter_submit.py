@@ -47,6 +47,7 @@ import uuid
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
+from benchmarks.support import percentile  # noqa: E402
 from guestha.agent.outbox import Outbox  # noqa: E402
 from guestha.agent.reporter import Reporter  # noqa: E402
 from guestha import records  # noqa: E402
@@ -102,11 +103,6 @@ def fault(n):
         interval_ms=1000, misses=3)
 
 
-def percentile(values, q):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
-
-
 def submit_all(reporter, events):
     took = []
     for event in events:
@@ -118,8 +114,8 @@ def submit_all(reporter, events):
 
 def summary(took):
     return {"events": len(took),
-            "p50_ms": round(1e3 * percentile(took, 0.5), 3),
-            "p99_ms": round(1e3 * percentile(took, 0.99), 3),
+            "p50_ms": round(1e3 * percentile(took, 50), 3),
+            "p99_ms": round(1e3 * percentile(took, 99), 3),
             "max_ms": round(1e3 * max(took), 3)}
 
 
