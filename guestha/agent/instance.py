@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""One monitored instance: its channel, its heartbeat, its faults.
+"""One monitored instance: its lifecycle and its channel.
 
 Theory of operation
 -------------------
@@ -33,16 +33,25 @@ socket succeeded (``connected``) or not (``refused``).  The other inputs:
 ``misbehaved`` (channel), ``synced``, ``registered``, ``exited`` (guest),
 ``timer``.
 
-Faults.  ``miss_threshold`` consecutive misses or ``unhealthy_threshold``
-consecutive unhealthy answers, or a monitored channel that stays closed for
-``channel_lost_grace`` seconds, or a guest daemon that registers again
-without having said exit after answering challenges, make a *suspected*
-fault.  Before reporting it the instance asks libvirt for the domain's
-state: a paused or migrating domain looks exactly like a hung guest on the
-channel, and only a running one has a fault.  An open fault is reported
-once (with a unique id) and cleared by a *recovery* when the guest answers
-healthy again, or when the domain stops.  Open faults are kept in the
-agent's state directory, so a restarted agent still reports the recovery.
+The instance's parts decide the rest, with no I/O, and it carries out
+what they return:
+
+* :class:`~guestha.agent.faults.FaultTracker` (:attr:`Instance.faults`):
+  what the heartbeat's reports, the lost channel, a daemon registering
+  again without exit and a guest that answers no resync after the agent
+  started mean: suspicions, the domain's state to confirm with libvirt
+  (:meth:`Env.confirm_running`), fault and recovery records to report.
+* :class:`~guestha.agent.conduct.ChannelConduct` (:attr:`Instance.conduct`):
+  the channel's rate budgets, its misbehaviour and the back-off of the
+  resets it earns (the ``misbehaved`` input).
+* :class:`~guestha.agent.grouprelay.GroupRelay` (:attr:`Instance.group`):
+  the guest's broadcasts and status queries, relayed to the controller
+  (:meth:`Env.relay`) or refused.
+* :func:`guestha.agent.instancestatus.describe` renders
+  :meth:`Instance.status`.
+
+Open faults are kept in the agent's state directory, so a restarted agent
+still reports the recovery (the ``open_fault`` an instance starts with).
 """
 
 import errno
