@@ -18,8 +18,8 @@ a simulated compute host challenges it with the real protocol.
    interpreter) with ``PYTHONPATH`` set to the repository, listening on a
    UNIX socket (``--port unix-listen:PATH``) as QEMU would for a VM's
    channel.  Its log goes to a file in the directory.
-2. The compute host's side: ``SimHost`` of the unit tests
-   (``tests/unit/guest/simhost.py``), on the daemon's socket, with the
+2. The compute host's side: ``SimHost`` of the guest package
+   (``guestha_guest/testing/simhost.py``), on the daemon's socket, with the
    same ``Connection`` and ``HostHeartbeat`` (``guestha_guest.protocol``)
    the compute agent uses.  It grants the interval the guest asks for,
    challenges every interval and records each answer with its round trip
@@ -87,7 +87,7 @@ from guestha_guest.client import GuestHAError  # noqa: E402
 from guestha_guest import protocol as p  # noqa: E402
 from guestha_guest.protocol import heartbeat as hb  # noqa: E402
 from guestha_guest.protocol.session import Send  # noqa: E402
-from tests.unit.guest.simhost import SimHost  # noqa: E402
+from guestha_guest.testing.simhost import SimHost  # noqa: E402
 from tools import proc as procs  # noqa: E402
 
 MIB = 1024.0 * 1024.0

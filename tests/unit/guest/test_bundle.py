@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from guestha_guest.protocol import heartbeat as hb
-from tests.unit.guest.simhost import SimHost
+from guestha_guest.testing.simhost import SimHost
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.dirname(os.path.abspath(__file__)))))

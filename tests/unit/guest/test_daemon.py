@@ -24,8 +24,8 @@ from guestha_guest import daemon as daemon_mod
 from guestha_guest.daemon import GuestDaemon
 from guestha_guest import protocol as p
 from guestha_guest.protocol import heartbeat as hb
-from tests.unit.guest.simhost import Bench
-from tests.unit.guest.simhost import SimHost
+from guestha_guest.testing.simhost import SimHost
+from tests.unit.guest.bench import Bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.dirname(os.path.abspath(__file__)))))
