@@ -56,9 +56,6 @@ still reports the recovery (the ``open_fault`` an instance starts with).
 
 import errno
 import logging
-import os
-import secrets
-import threading
 
 from guestha.agent.conduct import ChannelConduct
 from guestha.agent.conduct import RESET_DECAY
@@ -67,6 +64,7 @@ from guestha.agent import faults as faults_mod
 from guestha.agent import grouprelay
 from guestha.agent import guestlog
 from guestha.agent import instancestatus
+from guestha.agent import randomness
 from guestha_guest import protocol as p
 from guestha_guest.protocol import heartbeat as hb
 from guestha_guest.protocol import session as sessions
@@ -82,48 +80,6 @@ EXITED = "EXITED"              # the guest said exit: not monitored
 SUSPENDED = "SUSPENDED"        # paused, migrating, shutting down
 STOPPED = "STOPPED"            # not running here any more
 
-
-class _BufferedSystemRandom(secrets.SystemRandom):
-    """The randomness of every instance's connection and heartbeat (nonces,
-    sequence numbers, challenge tokens, phases).
-
-    One object for all of them: each ``SystemRandom`` carries 2.5 KB of
-    Mersenne Twister state that it never uses, and the protocol would make
-    two per instance.  ``getrandbits`` (a 128-bit token per challenge) takes
-    its bytes from ``os.urandom`` 4 KB at a time instead of one system call
-    each: the same kernel CSPRNG bytes, each used once (under a lock; a
-    forked child drops what its parent had read).  ``random()`` is
-    SystemRandom's own.
-    """
-
-    _CHUNK = 4096
-
-    def __init__(self):
-        super().__init__()
-        self._forget()
-        os.register_at_fork(after_in_child=self._forget)
-
-    def _forget(self):
-        self._lock = threading.Lock()
-        self._buf = b""
-        self._pos = 0
-
-    def getrandbits(self, k):
-        numbytes = (k + 7) // 8
-        if not 0 < numbytes <= 64:
-            return super().getrandbits(k)  # and its errors
-        with self._lock:
-            pos = self._pos
-            if pos + numbytes > len(self._buf):
-                self._buf = os.urandom(self._CHUNK)
-                pos = 0
-            self._pos = pos + numbytes
-            chunk = self._buf[pos:pos + numbytes]
-        # as SystemRandom: the top k bits of numbytes random bytes
-        return int.from_bytes(chunk, "big") >> (numbytes * 8 - k)
-
-
-_RNG = _BufferedSystemRandom()
 
 #: The lifecycle, ``(state, input) -> (handler, next state)``: the one
 #: place that decides the next state.  A handler does the transition's
@@ -497,7 +453,7 @@ class Instance(object):
     def _start_sync(self, now):
         self.session = sessions.HostSession(
             self.uuid, self.policy.min_interval_ms,
-            self.policy.max_interval_ms, rng=_RNG)
+            self.policy.max_interval_ms, rng=randomness.SHARED)
         self._discarded_seen = 0
         self._sync_backoff = self.policy.sync_retry_min
         if (self._restart_interval_ms is not None

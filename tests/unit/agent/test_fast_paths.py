@@ -12,7 +12,9 @@ import pytest
 
 from guestha.agent import faults
 from guestha.agent import instance as im
+from guestha.agent import ioloop
 from guestha.agent import loop as loop_mod
+from guestha.agent import randomness
 from guestha_guest.protocol import heartbeat as hb
 from tests.unit.agent.harness import Harness
 
@@ -27,7 +29,7 @@ def monitored():
 # -- the random source -------------------------------------------------------
 
 def test_buffered_random_bits_are_in_range_and_vary():
-    rng = im._BufferedSystemRandom()
+    rng = randomness.BufferedSystemRandom()
     for k in (1, 7, 8, 31, 64, 100, 128, 512):
         values = {rng.getrandbits(k) for _ in range(200)}
         assert all(0 <= v < 2 ** k for v in values)
@@ -39,7 +41,7 @@ def test_buffered_random_bits_are_in_range_and_vary():
 
 
 def test_buffered_random_bad_and_large_widths_as_system_random():
-    rng = im._BufferedSystemRandom()
+    rng = randomness.BufferedSystemRandom()
     with pytest.raises(ValueError):
         rng.getrandbits(-1)
     assert rng.getrandbits(0) == 0
@@ -47,14 +49,14 @@ def test_buffered_random_bad_and_large_widths_as_system_random():
 
 
 def test_buffered_random_refills_and_never_reuses_bytes():
-    rng = im._BufferedSystemRandom()
+    rng = randomness.BufferedSystemRandom()
     tokens = ["%032x" % rng.getrandbits(128)
               for _ in range(3 * rng._CHUNK // 16 + 5)]
     assert len(set(tokens)) == len(tokens)
 
 
 def test_buffered_random_across_threads():
-    rng = im._BufferedSystemRandom()
+    rng = randomness.BufferedSystemRandom()
     out = []
 
     def draw():
@@ -70,7 +72,7 @@ def test_buffered_random_across_threads():
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_buffered_random_forked_child_does_not_reuse_the_buffer():
-    rng = im._RNG
+    rng = randomness.SHARED
     rng.getrandbits(128)  # a buffer is loaded
     r, w = os.pipe()
     pid = os.fork()
@@ -89,14 +91,14 @@ def test_buffered_random_forked_child_does_not_reuse_the_buffer():
 
 def test_instances_share_the_random_source():
     h = monitored()
-    assert h.inst.conn._rng is im._RNG
-    assert h.inst.hb._rng is im._RNG
+    assert h.inst.conn._rng is randomness.SHARED
+    assert h.inst.hb._rng is randomness.SHARED
 
 
 # -- the loop's poller --------------------------------------------------------
 
 def test_poller_reports_readable_sockets_with_their_callback():
-    poller = loop_mod._Poller()
+    poller = ioloop.Poller()
     a, b = socket.socketpair()
     c, d = socket.socketpair()
     try:
@@ -130,7 +132,7 @@ def test_poller_reports_readable_sockets_with_their_callback():
 
 
 def test_poller_reports_writable_only_when_asked():
-    poller = loop_mod._Poller()
+    poller = ioloop.Poller()
     a, b = socket.socketpair()
     try:
         poller.register(a, lambda s, m: None)
@@ -188,7 +190,7 @@ def test_loop_hands_writable_and_readable_to_the_instance(tmp_path):
 
 
 def test_poller_rounds_timeouts_up_to_the_millisecond(monkeypatch):
-    poller = loop_mod._Poller()
+    poller = ioloop.Poller()
     seen = []
 
     class FakeEpoll(object):
