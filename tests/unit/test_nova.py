@@ -15,17 +15,10 @@ from guestha import nova
 from tests.fakes.nova import DEFAULT_PROJECT
 from tests.fakes.nova import FakeNova
 from tests.fakes.nova import nova_conf
+from tests.support.clock import ManualClock
 
 UUID = "0c7e3f9a-5b2d-4e61-8f3a-9d4c2b1a0e5f"
 OTHER = "7a1d9e2c-3b4f-4a5e-9c8d-1e2f3a4b5c6d"
-
-
-class Clock(object):
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
 
 
 @pytest.fixture
@@ -102,7 +95,7 @@ def test_a_flavor_without_guestha_specs(fake):
 
 def test_answers_are_cached_for_the_ttl(fake):
     fake.add_server(UUID, flavor_extra_specs={"guestha:heartbeat": "yes"})
-    clock = Clock()
+    clock = ManualClock(100.0)
     client = client_for(fake, clock=clock, flavor_cache_ttl=300)
 
     client.guestha_features(UUID)
@@ -118,7 +111,7 @@ def test_answers_are_cached_for_the_ttl(fake):
 
 def test_forget_drops_the_cached_answer(fake):
     fake.add_server(UUID, flavor_extra_specs={"guestha:heartbeat": "yes"})
-    client = client_for(fake, clock=Clock())
+    client = client_for(fake, clock=ManualClock(100.0))
 
     client.guestha_features(UUID)
     client.forget(UUID)
@@ -139,7 +132,7 @@ def test_ttl_zero_disables_the_cache(fake):
 
 def test_the_caller_cannot_change_the_cached_answer(fake):
     fake.add_server(UUID, flavor_extra_specs={"guestha:heartbeat": "yes"})
-    client = client_for(fake, clock=Clock())
+    client = client_for(fake, clock=ManualClock(100.0))
 
     client.guestha_features(UUID)["heartbeat"] = False
 
@@ -147,7 +140,7 @@ def test_the_caller_cannot_change_the_cached_answer(fake):
 
 
 def test_an_instance_nova_does_not_know_gets_nothing(fake, caplog):
-    client = client_for(fake, clock=Clock())
+    client = client_for(fake, clock=ManualClock(100.0))
 
     with caplog.at_level(logging.INFO, logger="guestha.nova"):
         features = client.guestha_features(UUID)
@@ -184,7 +177,7 @@ def test_hidden_extra_specs_are_logged_and_enable_nothing(fake, caplog):
 @pytest.mark.parametrize("status", [500, 503, 401, 403])
 def test_nova_errors_raise_nova_unavailable(fake, status):
     fake.add_server(UUID, flavor_extra_specs={"guestha:heartbeat": "yes"})
-    client = client_for(fake, clock=Clock())
+    client = client_for(fake, clock=ManualClock(100.0))
     fake.fail(status)
 
     with pytest.raises(nova.NovaUnavailable) as info:

@@ -12,8 +12,7 @@ from guestha.api import app as app_mod
 from guestha.api import db as db_mod
 from guestha.conf import opts
 from guestha import records
-from guestha.server import actions as actions_mod
-from guestha.server.ledger import Ledger
+from tests.support.ledger import fill_ledger
 
 P1 = "1111aaaa1111aaaa1111aaaa1111aaaa"
 P2 = "2222bbbb2222bbbb2222bbbb2222bbbb"
@@ -40,9 +39,6 @@ def state(instance, host, state_name, project, at, **details):
 def world(tmp_path):
     """A ledger with three instances' states, faults and actions."""
     path = str(tmp_path / "ledger.sqlite")
-    clock = [T0]
-    ledger = Ledger(path, "ctl-a", sinks=("log",), clock=lambda: clock[0])
-    ledger.register()
     f_a1_old = records.make_fault(A1, "compute-1", "missed", "no answer",
                                   "reboot", T0 + 1, 1000, 2)
     f_a1 = records.make_fault(A1, "compute-1", "unhealthy", "app down", "log",
@@ -63,14 +59,12 @@ def world(tmp_path):
         state(A1, "compute-1", "faulted", P1, T0 + 5, interval_ms=1000,
               name="vm-a1"),
     ]
-    result = ledger.accept(events, now=T0 + 6)
-    assert not result.rejected
-    for fault, outcome, at in ((f_a1_old, "applied", T0 + 1.5),
-                               (f_b1, "refused: cap", T0 + 3.5)):
-        ledger.record(actions_mod.action_record(
-            fault, "reboot", outcome, "the guest recommends reboot", "ctl-a",
-            at, step="hard"), now=at)
-    ledger.close()
+    fill_ledger(path, events, [
+        dict(fault=fault, action="reboot", outcome=outcome,
+             reason="the guest recommends reboot", at=at, step="hard")
+        for fault, outcome, at in ((f_a1_old, "applied", T0 + 1.5),
+                                   (f_b1, "refused: cap", T0 + 3.5))],
+        now=T0, accepted_at=T0 + 6)
     return {"path": path, "faults": {"a1_old": f_a1_old, "a1": f_a1,
                                      "b1": f_b1, "orphan": f_orphan}}
 

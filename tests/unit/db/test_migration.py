@@ -14,6 +14,7 @@ from guestha.db import models
 from guestha import records
 from guestha.server.ledger import ACTIONS
 from guestha.server.ledger import Ledger
+from tests.support.clock import ManualClock
 
 INSTANCE = "0c7e3f9a-5b2d-4e61-8f3a-9d4c2b1a0e5f"
 
@@ -89,13 +90,6 @@ def write_v1(path, events, done=()):
     db.close()
 
 
-class Clock(object):
-    now = NOW + 1
-
-    def __call__(self):
-        return self.now
-
-
 def columns(engine):
     inspector = sa.inspect(engine)
     return {table: sorted(c["name"] for c in inspector.get_columns(table))
@@ -107,13 +101,13 @@ def test_upgrade_from_empty_makes_the_models_tables(tmp_path):
     engine = db_api.create_engine(str(tmp_path / "new.sqlite"))
     assert migration.current(engine) is None
     migration.upgrade(engine)
-    assert migration.current(engine) == migration.head() == "003"
+    assert migration.current(engine) == migration.head() == "004"
     assert columns(engine) == {
         table.name: sorted(c.name for c in table.columns)
         for table in models.metadata.sorted_tables}
     migration.check(engine)  # at head: no error
     migration.upgrade(engine)  # again: nothing to do
-    assert migration.current(engine) == "003"
+    assert migration.current(engine) == "004"
 
 
 def test_check_refuses_a_database_behind(tmp_path):
@@ -128,7 +122,8 @@ def test_a_version_1_ledger_is_upgraded_in_place_with_its_rows(tmp_path):
     events = faults(5)
     # reversed uuids: an order by id would differ from the arrival order
     write_v1(path, events, done={events[1]["id"]})
-    ledger = Ledger(path, "ctl-new", sinks=("log",), clock=Clock())
+    ledger = Ledger(path, "ctl-new", sinks=("log",),
+                    clock=ManualClock(NOW + 1))
     ledger.register()
     assert migration.current(ledger._engine) == migration.head()
     # a version-1 guestha-server refuses the file from now on
@@ -164,7 +159,7 @@ def test_import_ledger_copies_a_version_1_file(tmp_path):
     # again: nothing new
     assert set(migration.import_ledger(old, target).values()) == {0}
     ledger = Ledger(str(tmp_path / "shared.sqlite"), "ctl-new",
-                    sinks=("log",), clock=Clock())
+                    sinks=("log",), clock=ManualClock(NOW + 1))
     ledger.register()
     assert [e["id"] for e, _ in ledger.claim_orphans()] == [
         e["id"] for e in events]

@@ -18,14 +18,7 @@ import pytest
 
 from guestha_guest import appapi
 from guestha_guest.appapi import AppServer
-
-
-class Clock(object):
-    def __init__(self, now=1000.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
+from tests.support.clock import ManualClock
 
 
 class Handler(object):
@@ -42,7 +35,7 @@ class Handler(object):
 class Env(object):
     def __init__(self, tmp_path, max_apps=4):
         self.sel = selectors.DefaultSelector()
-        self.clock = Clock()
+        self.clock = ManualClock(1000.0)
         self.handler = Handler()
         self.path = str(tmp_path / "run" / "guestha" / "app.sock")
         self.server = AppServer(self.path, 0o660, max_apps, self.handler,

@@ -11,8 +11,7 @@ from oslo_config import cfg
 
 from guestha.conf import opts
 from guestha import records
-from guestha.server import actions as actions_mod
-from guestha.server import ledger as ledger_mod
+from tests.support import ledger as ledger_support
 
 P1 = "0d0a6c4e5d6e4f3c9a1b2c3d4e5f6a71"
 P2 = "0d0a6c4e5d6e4f3c9a1b2c3d4e5f6a72"
@@ -59,9 +58,6 @@ def fill_ledger(path, projects=None):
         put the instances in instead (a real Keystone's).
     """
     projects = projects or {}
-    ledger = ledger_mod.Ledger(path, "ctl-1", sinks=("log",),
-                               clock=lambda: T0)
-    ledger.register()
     events = []
     for n, (instance, project, host, state, reason, ms) in enumerate(
             INSTANCES):
@@ -84,14 +80,11 @@ def fill_ledger(path, projects=None):
             events.append(records.make_recovery(
                 instance, HOST_OF[instance], fault_id, T0 + 20 + n,
                 kind=kind))
-    result = ledger.accept(events, now=T0 + 30)
-    assert not result.rejected, result.rejected
-    for n, (fault_id, action, outcome) in enumerate(ACTIONS):
-        at = T0 + 40 + n
-        ledger.record(actions_mod.action_record(
-            faults[fault_id], action, outcome, "the guest recommends it",
-            "ctl-1", at), now=at)
-    ledger.close()
+    ledger_support.fill_ledger(path, events, [
+        dict(fault=faults[fault_id], action=action, outcome=outcome,
+             reason="the guest recommends it", at=T0 + 40 + n)
+        for n, (fault_id, action, outcome) in enumerate(ACTIONS)],
+        server_id="ctl-1", now=T0, accepted_at=T0 + 30)
 
 
 def api_conf(ledger_path, **api_opts):

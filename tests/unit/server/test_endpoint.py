@@ -19,6 +19,7 @@ from guestha.server.keeper import LedgerKeeper
 from guestha.server import ledger as ledger_mod
 from guestha.server.ledger import Ledger
 from guestha.sinks import base as sinks_base
+from tests.support.clock import ManualClock
 
 INSTANCE = "0c7e3f9a-5b2d-4e61-8f3a-9d4c2b1a0e5f"
 HOST = "compute-1"
@@ -175,13 +176,6 @@ class ListSink(sinks_base.FaultSink):
         self.got.append(event["id"])
 
 
-class FakeClock(object):
-    now = 100.0
-
-    def __call__(self):
-        return self.now
-
-
 def test_deliveries_mark_the_ledger(tmp_path):
     good, bad = ListSink("good"), ListSink("bad", fail=True)
     ledger = Ledger(str(tmp_path / "l.sqlite"), "ctl-a",
@@ -190,7 +184,7 @@ def test_deliveries_mark_the_ledger(tmp_path):
     acted = Recorder()
     deliveries = Deliveries(ledger, None, acted)
     dispatcher = sinks_base.SinkDispatcher(
-        [good, bad], clock=FakeClock(), on_result=deliveries.on_result)
+        [good, bad], clock=ManualClock(100.0), on_result=deliveries.on_result)
     deliveries.dispatcher = dispatcher
     f = fault()
     ledger.accept([f])
@@ -216,7 +210,7 @@ def test_action_records_are_stored_once_and_sent(tmp_path):
     ledger.register()
     deliveries = Deliveries(ledger, None, None)
     dispatcher = sinks_base.SinkDispatcher(
-        [sink], clock=FakeClock(), on_result=deliveries.on_result)
+        [sink], clock=ManualClock(100.0), on_result=deliveries.on_result)
     deliveries.dispatcher = dispatcher
     record = {"type": "action", "id": "5d0c6a40-0000-4000-8000-00000000000a",
               "instance": INSTANCE, "host": HOST}

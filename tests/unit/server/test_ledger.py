@@ -17,17 +17,10 @@ from guestha.server.ledger import ACTIONS
 from guestha.server.ledger import DONE
 from guestha.server.ledger import DROPPED
 from guestha.server.ledger import Ledger
+from tests.support.clock import ManualClock
 
 INSTANCE = "0c7e3f9a-5b2d-4e61-8f3a-9d4c2b1a0e5f"
 HOST = "compute-1"
-
-
-class Clock(object):
-    def __init__(self, now=1_800_000_000.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
 
 
 def fault(instance=INSTANCE, action="reboot"):
@@ -52,7 +45,7 @@ def path(tmp_path):
 
 @pytest.fixture
 def clock():
-    return Clock()
+    return ManualClock()
 
 
 def make(path, clock, server_id="ctl-a", sinks=("log",), pid=None, **kw):
