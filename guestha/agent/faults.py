@@ -205,18 +205,19 @@ class FaultTracker(object):
 
     # -- what the hypervisor says --------------------------------------------
 
-    def confirmed(self, token, running, now, state=None):
+    def confirmed(self, token, running, now, state=None, seen=None):
         """The hypervisor's answer to :class:`Confirm` ``token``: whether
-        the domain runs.  None if no longer awaited (a stale answer);
-        otherwise the outputs (none when the suspicion is dropped).
-        ``state`` is the instance's, for the record's details."""
+        the domain runs (``seen``: the state it saw, for the log).  None if
+        no longer awaited (a stale answer); otherwise the outputs (none
+        when the suspicion is dropped).  ``state`` is the instance's, for
+        the record's details."""
         s = self.suspicion
         if s is None or s.token != token:
             return None
         self.suspicion = None
         if not running:
             LOG.info("instance %s: suspected %s fault dropped: the domain "
-                     "is not running", self.instance, s.kind)
+                     "is %s", self.instance, s.kind, seen)
             return []
         return self._open(s, now, False, state)
 

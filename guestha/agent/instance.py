@@ -827,7 +827,7 @@ class Instance(object):
     def confirmed(self, state, token, now):
         """libvirt's answer to :meth:`Env.confirm_running`."""
         outputs = self.faults.confirmed(token, state in _RUNNING_STATES, now,
-                                        self.state)
+                                        self.state, state)
         if outputs is None:
             return  # not (or no longer) asked
         if outputs:
