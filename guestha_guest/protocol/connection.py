@@ -23,9 +23,11 @@ names our ``sync`` in ``ref`` (the peer refused it, for instance with
 ``unsupported_version`` and the versions it speaks); everything else is
 dropped silently, bad lines included, as it is most likely stale.
 
-The state machine, as a table (``_TRANSITIONS``).  The input is what
-``_classify`` makes of a line that parses, or ``bad_line`` for one that
-does not parse or is too long::
+The state machine, as a table (``_TRANSITIONS``), the one place that
+decides the next state.  The input is what ``_classify`` makes of a line
+that parses, ``bad_line`` for one that does not parse or is too long,
+``start_sync`` for a call of :meth:`start_sync`, and ``end`` when the end
+of the stream is reached (the lines before it consumed)::
 
     state   | input          | the line is                  | next    | action
     --------+----------------+------------------------------+---------+--------
@@ -34,21 +36,32 @@ does not parse or is too long::
     SYNCING | sync_ack_stale | any other sync_ack           | SYNCING | drop
     SYNCING | sync           | sync                         | SYNCING | deliver
     SYNCING | sync_refused   | base error, ref = our sync   | SYNCING | deliver
+    SYNCING | status_part    | one part of a long status    | SYNCING | drop
     SYNCING | message        | any other message            | SYNCING | drop
     SYNCING | bad_line       | invalid or too long          | SYNCING | drop
+    SYNCING | start_sync     |                              | SYNCING | sync
+    SYNCING | end            |                              | CLOSED  | closed
     READY   | sync_ack_stale | sync_ack (an old answer)     | READY   | drop
     READY   | sync           | sync                         | READY   | deliver
+    READY   | status_part    | one part of a long status    | READY   | gather
     READY   | message        | any other message            | READY   | deliver
     READY   | bad_line       | invalid or too long          | READY   | raise
+    READY   | start_sync     |                              | SYNCING | sync
+    READY   | end            |                              | CLOSED  | closed
+    CLOSED  | end            | (asked again)                | CLOSED  | none
+    CLOSED  | start_sync     |                              | CLOSED  | refuse
 
 *synced* returns a :class:`Synced` event and sets the version; *deliver*
 returns the message as the event (a delivered ``sync`` must be answered
-with :meth:`answer_sync`); *drop* counts the line in ``discarded``; *raise*
-raises the :class:`RemoteProtocolError`.  Outside the table,
-:meth:`start_sync` enters SYNCING from any state with a new nonce, and the
-end of the stream enters CLOSED with a :class:`ConnectionClosed` event once
-the lines before it are consumed.  Empty lines are keepalives, ignored in
-every state.
+with :meth:`answer_sync`); *gather* keeps a part of a status answer and
+returns the whole :class:`~guestha_guest.protocol.messages.Status` with
+its last part; *drop* counts the line in ``discarded``; *raise* raises the
+:class:`RemoteProtocolError`; *sync* makes a new nonce and returns the
+``sync`` line; *closed* returns :class:`ConnectionClosed` (*none*: it was
+returned already, :data:`NEED_DATA`); *refuse* raises a
+:class:`LocalProtocolError`.  No other input arrives in a state (a
+``sync_refused`` needs a ``sync`` of ours outstanding, no line follows the
+end of the stream).  Empty lines are keepalives, ignored in every state.
 
 Lines longer than :data:`MAX_LINE` are never buffered whole: the excess is
 skipped up to the next newline, and the line is reported once, as
@@ -105,18 +118,27 @@ class ConnectionClosed(object):
 
 
 # (state, input) -> (next state, action).  The inputs classify a parsed
-# line; the actions are carried out by Connection._deliver.
+# line (Connection._classify) or name a call; Connection._deliver,
+# _bad_line, start_sync and next_event carry the actions out.
 _TRANSITIONS = {
     (SYNCING, "sync_ack_ours"): (READY, "synced"),
     (SYNCING, "sync_ack_stale"): (SYNCING, "drop"),
     (SYNCING, "sync"): (SYNCING, "deliver"),
     (SYNCING, "sync_refused"): (SYNCING, "deliver"),
+    (SYNCING, "status_part"): (SYNCING, "drop"),
     (SYNCING, "message"): (SYNCING, "drop"),
     (SYNCING, "bad_line"): (SYNCING, "drop"),
+    (SYNCING, "start_sync"): (SYNCING, "sync"),
+    (SYNCING, "end"): (CLOSED, "closed"),
     (READY, "sync_ack_stale"): (READY, "drop"),
     (READY, "sync"): (READY, "deliver"),
+    (READY, "status_part"): (READY, "gather"),
     (READY, "message"): (READY, "deliver"),
     (READY, "bad_line"): (READY, "raise"),
+    (READY, "start_sync"): (SYNCING, "sync"),
+    (READY, "end"): (CLOSED, "closed"),
+    (CLOSED, "end"): (CLOSED, "none"),
+    (CLOSED, "start_sync"): (CLOSED, "refuse"),
 }
 
 
@@ -151,7 +173,6 @@ class Connection(object):
         self._lines = collections.deque()
         self._queued = 0
         self._eof = False
-        self._closed_reported = False
         self._status_parts = {}
         #: lines dropped while synchronising (stale or garbage)
         self.discarded = 0
@@ -240,9 +261,8 @@ class Connection(object):
             if event is not None:
                 return event
         if self._eof:
-            self.state = CLOSED
-            if not self._closed_reported:
-                self._closed_reported = True
+            self.state, action = _TRANSITIONS[(self.state, "end")]
+            if action == "closed":
                 return ConnectionClosed()
         return NEED_DATA
 
@@ -268,10 +288,14 @@ class Connection(object):
             # the peer refused our sync: the caller must learn why (e.g.
             # unsupported_version, with the versions the peer speaks)
             return "sync_refused"
+        if msg.__class__ is m.Status and msg.parts > 1:
+            return "status_part"
         return "message"
 
     def _deliver(self, msg):
         self.state, action = _TRANSITIONS[(self.state, self._classify(msg))]
+        if action == "deliver":
+            return msg
         if action == "drop":
             self.discarded += 1
             return None
@@ -279,9 +303,7 @@ class Connection(object):
             self._nonce = self._sync_seq = None
             self.version = msg.version
             return Synced(msg.version, msg.nonce)
-        if isinstance(msg, m.Status) and msg.parts > 1:
-            return self._reassemble(msg)
-        return msg
+        return self._reassemble(msg)  # gather
 
     def _reassemble(self, part):
         # Only one status answer is assembled at a time: a part with another
@@ -314,11 +336,11 @@ class Connection(object):
         Call it on every (re)connect and after every timeout.  Until the
         matching ``sync_ack`` arrives, everything else received is dropped.
         """
-        if self.state == CLOSED:
+        self.state, action = _TRANSITIONS[(self.state, "start_sync")]
+        if action == "refuse":
             raise LocalProtocolError("unexpected_message",
                                      "connection is closed")
         self._nonce = nonce or "%016x" % self._rng.getrandbits(64)
-        self.state = SYNCING
         del self._partial[:]
         self._skipping = False
         self._status_parts.clear()

@@ -48,15 +48,20 @@ Rules for the awkward cases:
   ``init`` starts it again.
 
 Both machines are literal tables (``HOST_TRANSITIONS`` and
-``GUEST_TRANSITIONS``): ``(state, input) -> (handler, next state)``, where a
-handler may override the next state.  Time is an argument: ``tick(now)``
-fires whatever timer is due and ``next_timer()`` says when to call it.  The
-machines return *outputs*: :class:`~guestha_guest.protocol.messages.Message`
-objects to send on the connection, :class:`Resync` to restart the
-connection's synchronisation, and reports (:class:`Registered`,
-:class:`Answered`, :class:`Missed`, ...) for the caller to act on.  Send the
-messages in order before feeding the next input: the machine reads the
-``seq`` that :meth:`Connection.send` assigns.
+``GUEST_TRANSITIONS``): ``(state, input) -> (handler, next state)``.  The
+table alone decides the next state: a handler returns outputs only (it
+runs before the state changes, and may read the state it leaves).  Where
+the same message leads to different states, the machine's ``receive``
+makes it different inputs (a response that answers the outstanding
+challenge, one with a wrong echo, a stale one).  Time is an argument:
+``tick(now)`` fires whatever timer is due and ``next_timer()`` says when
+to call it.  The machines return *outputs*:
+:class:`~guestha_guest.protocol.messages.Message` objects to send on the
+connection, :class:`Resync` to restart the connection's synchronisation,
+and reports (:class:`Registered`, :class:`Answered`, :class:`Missed`, ...)
+for the caller to act on.  Send the messages in order before feeding the
+next input: the machine reads the ``seq`` that :meth:`Connection.send`
+assigns.
 """
 
 import random
@@ -163,11 +168,17 @@ HOST_TRANSITIONS = {
     (RESYNCING, "init"): ("_reregister", RESYNCING),
     (EXITED, "init"): ("_register", IDLE),
 
-    (UNREGISTERED, "response"): ("_not_registered", UNREGISTERED),
-    (IDLE, "response"): ("_stale", IDLE),
-    (CHALLENGED, "response"): ("_check_response", IDLE),
-    (RESYNCING, "response"): ("_stale", RESYNCING),
-    (EXITED, "response"): ("_not_registered", EXITED),
+    # a challenge_response is "response" if it names the outstanding
+    # challenge (or its re-sent copy) and echoes its token, "wrong_echo" if
+    # it names it with another token, else "stale_response": a challenge
+    # is outstanding only while CHALLENGED
+    (UNREGISTERED, "stale_response"): ("_not_registered", UNREGISTERED),
+    (IDLE, "stale_response"): ("_stale", IDLE),
+    (CHALLENGED, "response"): ("_answered", IDLE),
+    (CHALLENGED, "wrong_echo"): ("_wrong_echo", CHALLENGED),
+    (CHALLENGED, "stale_response"): ("_stale", CHALLENGED),
+    (RESYNCING, "stale_response"): ("_stale", RESYNCING),
+    (EXITED, "stale_response"): ("_not_registered", EXITED),
 
     (UNREGISTERED, "exit"): ("_ignore", UNREGISTERED),
     (IDLE, "exit"): ("_exit", EXITED),
@@ -190,8 +201,7 @@ HOST_TRANSITIONS = {
 
 
 class _Machine(object):
-    """What both sides share: a transition table, one timer, and the
-    way a handler's result becomes outputs and the next state."""
+    """What both sides share: a transition table and one timer."""
 
     TRANSITIONS = None
 
@@ -210,10 +220,8 @@ class _Machine(object):
 
     def _fire(self, kind, msg, now):
         handler, next_state = self.TRANSITIONS[(self.state, kind)]
-        result = getattr(self, handler)(msg, now)
-        outputs, override = result if isinstance(result, tuple) else (
-            result, None)
-        self.state = override or next_state
+        outputs = getattr(self, handler)(msg, now)
+        self.state = next_state
         return outputs
 
     def _ignore(self, msg, now):
@@ -260,7 +268,16 @@ class HostHeartbeat(_Machine):
         if isinstance(msg, m.Init):
             kind = "init"
         elif isinstance(msg, m.ChallengeResponse):
-            kind = "response"
+            # (inline, not a method: every answer of every instance
+            # passes here)
+            out, copy = self._outstanding, self._copy
+            if not ((out is not None and msg.ref == out.seq)
+                    or (copy is not None and msg.ref == copy.seq)):
+                kind = "stale_response"
+            elif msg.challenge != out.challenge:
+                kind = "wrong_echo"
+            else:
+                kind = "response"
         elif isinstance(msg, m.Exit):
             kind = "exit"
         else:
@@ -330,16 +347,15 @@ class HostHeartbeat(_Machine):
         self._timer = now + self.interval_ms / 1000.0  # self.interval
         return [self._outstanding]
 
-    def _check_response(self, resp, now):
-        out, copy = self._outstanding, self._copy
-        if not ((out is not None and resp.ref == out.seq)
-                or (copy is not None and resp.ref == copy.seq)):
-            return [Stale()], CHALLENGED
-        if resp.challenge != self._outstanding.challenge:
-            return [m.Error(app="heartbeat", code="wrong_echo",
-                            message="the response does not echo the "
-                                    "challenge", ref=resp.seq),
-                    Rejected("wrong_echo")], CHALLENGED
+    def _wrong_echo(self, resp, now):
+        # the challenge stays open until its deadline: a correct answer
+        # may still come
+        return [m.Error(app="heartbeat", code="wrong_echo",
+                        message="the response does not echo the "
+                                "challenge", ref=resp.seq),
+                Rejected("wrong_echo")]
+
+    def _answered(self, resp, now):
         # the next challenge keeps the cadence of the previous one (at once
         # if a re-registration shortened the interval so much that its time
         # has passed)
@@ -368,10 +384,16 @@ GUEST_TRANSITIONS = {
     (REGISTERED, "synced"): ("_ignore", REGISTERED),
     (EXITED, "synced"): ("_ignore", EXITED),
 
+    # an init_ack is "init_ack" if it answers the init we sent last,
+    # else "stale_init_ack"
     (UNREGISTERED, "init_ack"): ("_ignore", UNREGISTERED),
     (REGISTERING, "init_ack"): ("_acknowledged", REGISTERED),
     (REGISTERED, "init_ack"): ("_acknowledged", REGISTERED),
     (EXITED, "init_ack"): ("_ignore", EXITED),
+    (UNREGISTERED, "stale_init_ack"): ("_ignore", UNREGISTERED),
+    (REGISTERING, "stale_init_ack"): ("_ignore", REGISTERING),
+    (REGISTERED, "stale_init_ack"): ("_ignore", REGISTERED),
+    (EXITED, "stale_init_ack"): ("_ignore", EXITED),
 
     (UNREGISTERED, "challenge"): ("_ignore", UNREGISTERED),
     (REGISTERING, "challenge"): ("_answer", REGISTERING),
@@ -405,6 +427,12 @@ GUEST_TRANSITIONS = {
     (REGISTERING, "exit"): ("_send_exit", EXITED),
     (REGISTERED, "exit"): ("_send_exit", EXITED),
     (EXITED, "exit"): ("_ignore", EXITED),
+
+    # the channel was reopened: a new peer, no registration
+    (UNREGISTERED, "reset"): ("_forget", UNREGISTERED),
+    (REGISTERING, "reset"): ("_forget", UNREGISTERED),
+    (REGISTERED, "reset"): ("_forget", UNREGISTERED),
+    (EXITED, "reset"): ("_forget", UNREGISTERED),
 }
 
 
@@ -437,14 +465,18 @@ class GuestHeartbeat(_Machine):
         self.instance = None
         self._timer = None
         self.last_challenge_at = None
+        self._sent_init = None
         self._init_sent = False  # on this channel
 
     def reset(self):
         """Forget the registration: the channel was reopened."""
-        self.state = UNREGISTERED
+        self._fire("reset", None, None)
+
+    def _forget(self, msg, now):
         self._timer = None
         self._retry_s = self._retry_first
         self._init_sent = False
+        return []
 
     def says_exit(self):
         """Whether :meth:`exit` would send ``exit`` now: the host may hold
@@ -458,7 +490,9 @@ class GuestHeartbeat(_Machine):
 
     def receive(self, msg, now):
         if isinstance(msg, m.InitAck):
-            kind = "init_ack"
+            sent = self._sent_init
+            kind = ("init_ack" if sent is not None and msg.ref == sent.seq
+                    else "stale_init_ack")
         elif isinstance(msg, m.Challenge):
             kind = "challenge"
         elif isinstance(msg, m.Error) and msg.code == "not_registered":
@@ -485,9 +519,6 @@ class GuestHeartbeat(_Machine):
         return [Resync()]
 
     def _acknowledged(self, ack, now):
-        sent = getattr(self, "_sent_init", None)
-        if sent is None or ack.ref != sent.seq:
-            return [], self.state  # an ack for an older init: stale
         self.interval_ms = ack.interval_ms
         self.instance = ack.instance
         self._retry_s = self._retry_first

@@ -245,36 +245,73 @@ EXPECTED = {
     (c.SYNCING, "sync_ack_stale"): (c.SYNCING, "drop"),
     (c.SYNCING, "sync"): (c.SYNCING, "deliver"),
     (c.SYNCING, "sync_refused"): (c.SYNCING, "deliver"),
+    (c.SYNCING, "status_part"): (c.SYNCING, "drop"),
     (c.SYNCING, "message"): (c.SYNCING, "drop"),
     (c.SYNCING, "bad_line"): (c.SYNCING, "drop"),
+    (c.SYNCING, "start_sync"): (c.SYNCING, "sync"),
+    (c.SYNCING, "end"): (c.CLOSED, "closed"),
     (c.READY, "sync_ack_stale"): (c.READY, "drop"),
     (c.READY, "sync"): (c.READY, "deliver"),
+    (c.READY, "status_part"): (c.READY, "gather"),
     (c.READY, "message"): (c.READY, "deliver"),
     (c.READY, "bad_line"): (c.READY, "raise"),
+    (c.READY, "start_sync"): (c.SYNCING, "sync"),
+    (c.READY, "end"): (c.CLOSED, "closed"),
+    (c.CLOSED, "end"): (c.CLOSED, "none"),
+    (c.CLOSED, "start_sync"): (c.CLOSED, "refuse"),
 }
 
 #: the seq of guest_in()'s sync: the first line of a Connection whose rng is
 #: random.Random(3)
 SYNC_SEQ = random.Random(3).getrandbits(31)
 
-INPUTS = {
+#: a status answer in two parts, as the host sends it
+STATUS_PARTS = [m.encode(m.Status(ref=1, members=members(4)[:2], part=1,
+                                  parts=2), 16),
+                m.encode(m.Status(ref=1, members=members(4)[2:], part=2,
+                                  parts=2), 17)]
+
+LINES = {
     "sync_ack_ours": m.encode(m.SyncAck(nonce="ours", version=1), 11),
     "sync_ack_stale": m.encode(m.SyncAck(nonce="old", version=1), 12),
     "sync": m.encode(m.Sync(nonce="theirs", versions=[1]), 13),
     "sync_refused": m.encode(m.Error(
         code="unsupported_version", message="no common version",
         ref=SYNC_SEQ, versions=[2]), 15, version=2),
+    "status_part": STATUS_PARTS[0],
     "message": m.encode(challenge("tok"), 14),
     "bad_line": b"{not json\n",
 }
+
+
+def _feed(line):
+    def feed(conn):
+        conn.receive_data(line)
+        return conn.next_event()
+    return feed
+
+
+def _end(conn):
+    if conn.state != c.CLOSED:  # (the end is fed once)
+        conn.receive_data(b"")
+    return conn.next_event()
+
+
+#: input -> what makes it happen to a connection; returns the result
+INPUTS = {kind: _feed(line) for kind, line in LINES.items()}
+INPUTS["start_sync"] = lambda conn: conn.start_sync(nonce="again")
+INPUTS["end"] = _end
 
 
 def guest_in(state):
     conn = c.Connection(m.GUEST, rng=random.Random(3))
     assert json.loads(conn.start_sync(nonce="ours"))["seq"] == SYNC_SEQ
     if state == c.READY:
-        conn.receive_data(INPUTS["sync_ack_ours"])
+        conn.receive_data(LINES["sync_ack_ours"])
         assert isinstance(conn.next_event(), c.Synced)
+    if state == c.CLOSED:
+        conn.receive_data(b"")
+        assert isinstance(conn.next_event(), c.ConnectionClosed)
     assert conn.state == state
     return conn
 
@@ -291,24 +328,40 @@ def test_transition(key):
     assert c._TRANSITIONS[key] == (next_state, outcome)
     conn = guest_in(state)
     discarded = conn.discarded
-    conn.receive_data(INPUTS[kind])
-    if outcome == "raise":
-        with pytest.raises(RemoteProtocolError) as info:
-            conn.next_event()
-        assert info.value.code == "invalid_json"
+    if outcome in ("raise", "refuse"):
+        error = RemoteProtocolError if outcome == "raise" else \
+            LocalProtocolError
+        with pytest.raises(error) as info:
+            INPUTS[kind](conn)
+        assert info.value.code == ("invalid_json" if outcome == "raise"
+                                   else "unexpected_message")
         assert conn.next_event() is c.NEED_DATA
     else:
-        event = conn.next_event()
+        event = INPUTS[kind](conn)
         if outcome == "synced":
             assert isinstance(event, c.Synced)
             assert (event.version, event.nonce) == (1, "ours")
         elif outcome == "drop":
             assert event is c.NEED_DATA
             discarded += 1
+        elif outcome == "gather":
+            assert event is c.NEED_DATA  # the first part is kept
+            conn.receive_data(STATUS_PARTS[1])
+            whole = conn.next_event()
+            assert isinstance(whole, m.Status) and whole.parts == 1
+            assert whole.members == members(4)
+        elif outcome == "sync":
+            line = json.loads(event)
+            assert (line["type"], line["nonce"]) == ("sync", "again")
+        elif outcome == "closed":
+            assert isinstance(event, c.ConnectionClosed)
+        elif outcome == "none":
+            assert event is c.NEED_DATA
         else:
             assert isinstance(event, m.Message)
-            assert event == m.decode(INPUTS[kind].rstrip(b"\n"), m.HOST)
-            assert event.seq == json.loads(INPUTS[kind])["seq"]
+            line = LINES[kind]
+            assert event == m.decode(line.rstrip(b"\n"), m.HOST)
+            assert event.seq == json.loads(line)["seq"]
             assert conn.next_event() is c.NEED_DATA
     assert conn.state == next_state
     assert conn.discarded == discarded
@@ -333,7 +386,7 @@ def test_end_of_stream_from_any_state(state):
 
 def test_a_sync_ack_once_ready_is_stale_even_with_the_old_nonce():
     conn = guest_in(c.READY)
-    conn.receive_data(INPUTS["sync_ack_ours"])
+    conn.receive_data(LINES["sync_ack_ours"])
     assert conn.next_event() is c.NEED_DATA
     assert (conn.state, conn.discarded) == (c.READY, 1)
 

@@ -130,11 +130,12 @@ def host_in(state):
     return rig
 
 
-def _host_response(rig):
-    if rig.challenge is None:
-        return rig.guest_says(m.ChallengeResponse(ref=1, challenge="x",
-                                                  healthy=True))
-    return rig.answer()
+def _host_stale_response(rig):
+    # names no outstanding challenge (seq 1 was never sent): a late answer
+    # to an old one, or any answer with none outstanding
+    token = "x" if rig.challenge is None else rig.challenge.challenge
+    return rig.guest_says(m.ChallengeResponse(ref=1, challenge=token,
+                                              healthy=True))
 
 
 def _host_timer(rig):
@@ -143,7 +144,9 @@ def _host_timer(rig):
 
 HOST_INPUTS = {
     "init": lambda rig: rig.init(),
-    "response": _host_response,
+    "response": lambda rig: rig.answer(),
+    "wrong_echo": lambda rig: rig.answer(token="not-the-token"),
+    "stale_response": _host_stale_response,
     "exit": lambda rig: rig.exit(),
     "timer": _host_timer,
     "synced": lambda rig: rig.synced(),
@@ -164,11 +167,14 @@ HOST_EXPECTED = {
     (HC, "init"): (HC, ACK + ["challenge"]),  # the outstanding one again
     (HR, "init"): (HR, ACK),
     (HX, "init"): (HI, FIRST_ACK),
-    (HU, "response"): (HU, NOT_REGISTERED),
-    (HI, "response"): (HI, ["Stale"]),
+    (HU, "stale_response"): (HU, NOT_REGISTERED),
+    (HI, "stale_response"): (HI, ["Stale"]),
     (HC, "response"): (HI, ["Answered"]),
-    (HR, "response"): (HR, ["Stale"]),
-    (HX, "response"): (HX, NOT_REGISTERED),
+    (HC, "wrong_echo"): (HC, [("error", "heartbeat", "wrong_echo"),
+                              ("Rejected", "wrong_echo")]),
+    (HC, "stale_response"): (HC, ["Stale"]),
+    (HR, "stale_response"): (HR, ["Stale"]),
+    (HX, "stale_response"): (HX, NOT_REGISTERED),
     (HU, "exit"): (HU, []),
     (HI, "exit"): (HX, ["Exited"]),
     (HC, "exit"): (HX, ["Exited"]),
@@ -278,10 +284,15 @@ class GuestRig(object):
         return self._out(self.hb.exit(self.now))
 
 
-def guest_in(state):
+def guest_in(state, init_sent=False):
+    """A guest in ``state``; ``init_sent``: one that sent an init before
+    it came there (UNREGISTERED: its init retry timed out; EXITED: it
+    stopped while registering)."""
     rig = GuestRig()
-    if state in (hb.REGISTERING, hb.REGISTERED):
+    if state in (hb.REGISTERING, hb.REGISTERED) or init_sent:
         rig.synced()
+    if state == hb.UNREGISTERED and init_sent:
+        rig.tick()
     if state == hb.REGISTERED:
         rig.ack()
     if state == hb.EXITED:
@@ -296,13 +307,15 @@ def _guest_timer(rig):
 
 GUEST_INPUTS = {
     "synced": lambda rig: rig.synced(),
-    "init_ack": lambda rig: rig.ack(),
+    "init_ack": lambda rig: rig.ack(),                # names our last init
+    "stale_init_ack": lambda rig: rig.ack(ref=1),     # names no init of ours
     "challenge": lambda rig: rig.challenge(),
     "not_registered": lambda rig: rig.error("not_registered", ref=150),
     "invitation": lambda rig: rig.error("not_registered", ref=None),
     "error": lambda rig: rig.error("wrong_echo"),
     "timer": _guest_timer,
     "exit": lambda rig: rig.exit(),
+    "reset": lambda rig: rig.hb.reset() or [],
 }
 
 GU, GR, GD, GX = hb.UNREGISTERED, hb.REGISTERING, hb.REGISTERED, hb.EXITED
@@ -317,6 +330,10 @@ GUEST_EXPECTED = {
     (GR, "init_ack"): (GD, ["Acknowledged"]),
     (GD, "init_ack"): (GD, ["Acknowledged"]),
     (GX, "init_ack"): (GX, []),
+    (GU, "stale_init_ack"): (GU, []),
+    (GR, "stale_init_ack"): (GR, []),
+    (GD, "stale_init_ack"): (GD, []),
+    (GX, "stale_init_ack"): (GX, []),
     (GU, "challenge"): (GU, []),
     (GR, "challenge"): (GR, ANSWER),
     (GD, "challenge"): (GD, ANSWER),
@@ -341,6 +358,10 @@ GUEST_EXPECTED = {
     (GR, "exit"): (GX, ["exit"]),
     (GD, "exit"): (GX, ["exit"]),
     (GX, "exit"): (GX, []),
+    (GU, "reset"): (GU, []),
+    (GR, "reset"): (GU, []),
+    (GD, "reset"): (GU, []),
+    (GX, "reset"): (GU, []),
 }
 
 
@@ -354,7 +375,8 @@ def test_guest_transition(key):
     state, kind = key
     next_state, expected = GUEST_EXPECTED[key]
     assert hb.GUEST_TRANSITIONS[key][1] == next_state
-    rig = guest_in(state)
+    # an init_ack needs an init to answer
+    rig = guest_in(state, init_sent=kind == "init_ack")
     outputs = GUEST_INPUTS[kind](rig)
     assert describe(outputs) == expected
     assert rig.state == next_state
@@ -1007,7 +1029,9 @@ def test_guest_says_exit_after_a_timeout_while_the_host_may_hold_it():
 
 def test_guest_exited_is_final_until_the_channel_is_reopened():
     rig = guest_in(hb.EXITED)
-    for feed in GUEST_INPUTS.values():
+    for kind, feed in GUEST_INPUTS.items():
+        if kind == "reset":
+            continue  # below
         feed(rig)
         assert rig.state == hb.EXITED and not rig.hb.says_exit()
     rig.hb.reset()  # a reopened port (or a new daemon)
