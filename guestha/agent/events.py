@@ -4,7 +4,9 @@
 The libvirt watcher (:mod:`guestha.agent.virt`) runs in its own thread and
 never touches instance state: it posts these plain, immutable records to
 the loop, which owns all state.  Times are ``time.monotonic()`` values taken
-when the watcher saw the event.
+when the watcher saw the event.  They stay inside the agent's process: the
+events the agent reports to the controllers are the records of
+:mod:`guestha.records`.
 """
 
 # Domain states, normalised from libvirt's state and reason.

@@ -549,7 +549,3 @@ class ActionWorker(object):
             return
         self._record(fault, "reboot", APPLIED, reason, now, step="hard",
                      decision=decision)
-
-    def pending_follow_ups(self):
-        with self._cond:
-            return len(self._timers)

@@ -720,6 +720,8 @@ def test_error_in_every_app(app):
         assert type(got) is m.Error and got.app == app
         assert (got.code, got.message, got.ref, got.versions) == (
             "unavailable", "try later", 9, None)
+        # decoded as the constructor builds it: the same attributes
+        assert vars(got) == dict(vars(err), seq=SEQ)
 
 
 def test_error_every_app_is_registered():

@@ -137,6 +137,12 @@ def worker_for(nova, ledger, clock, **kw):
     return worker, reports
 
 
+def pending_follow_ups(worker):
+    """Follow-ups (hard reboots after a soft one) the worker still has."""
+    with worker._cond:
+        return len(worker._timers)
+
+
 def act(worker, ledger, clock, event):
     ledger.accept([event])
     worker.submit(event)
@@ -187,7 +193,7 @@ def test_a_hung_guest_is_rebooted_hard_at_once(nova, ledger, clock):
     assert nova.calls == [(INSTANCE, "hard")]
     assert reports.outcomes() == [("reboot", "hard", "applied")]
     assert "stopped answering" in reports[0]["reason"]
-    assert worker.pending_follow_ups() == 0
+    assert pending_follow_ups(worker) == 0
     clock.now += 600
     worker.run_once(clock.now)
     assert nova.calls == [(INSTANCE, "hard")]
@@ -246,7 +252,7 @@ def test_a_reboot_nova_never_finishes_is_given_up(nova, ledger, clock):
     assert reports.outcomes() == [
         ("reboot", "soft", "applied"),
         ("reboot", "hard", "failed: nova still rebooting")]
-    assert worker.pending_follow_ups() == 0
+    assert pending_follow_ups(worker) == 0
 
 
 def test_no_hard_reboot_of_an_instance_nova_deleted(nova, ledger, clock):
@@ -274,7 +280,7 @@ def test_stop(nova, ledger, clock):
     act(worker, ledger, clock, fault(action="stop"))
     assert nova.calls == [(INSTANCE, "stop")]
     assert reports.outcomes() == [("stop", None, "applied")]
-    assert worker.pending_follow_ups() == 0
+    assert pending_follow_ups(worker) == 0
 
 
 def test_cap_refuses_within_the_window(nova, ledger, clock):
@@ -366,7 +372,7 @@ def test_nova_refuses_the_action(nova, ledger, clock):
     assert reports.outcomes() == [
         ("reboot", "soft", "failed: Conflict: Cannot 'reboot' instance "
                            "while stopped")]
-    assert worker.pending_follow_ups() == 0
+    assert pending_follow_ups(worker) == 0
 
 
 def test_fault_recovered_before_the_action(nova, ledger, clock):
