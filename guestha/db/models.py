@@ -125,3 +125,27 @@ actions = sa.Table(
     sa.Index("actions_by_instance", "instance", "at"),
     sa.Index("actions_by_time", "at", "id"),
 )
+
+# -- Nova's state changes, for the one relay (version 4) ---------------------
+
+#: Every state change of a server-group member that a controller heard from
+#: Nova, once (keyed by the notification's message id, the same in every
+#: controller's pool), and which relay told the peers (``told_by``, NULL
+#: while nobody has): a relay elected after a gap tells what was recorded
+#: meanwhile (:meth:`guestha.server.ledger.Ledger.claim_state_changes`).
+state_changes = sa.Table(
+    "state_changes", metadata,
+    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column("instance", sa.String(36), nullable=False),
+    sa.Column("state", sa.String(64), nullable=False),
+    sa.Column("event", sa.String(255), nullable=False),
+    sa.Column("host", sa.String(255)),
+    # Nova's time of the notification: the order of one instance's changes
+    sa.Column("at", SECONDS, nullable=False),
+    sa.Column("received", SECONDS, nullable=False),
+    sa.Column("recorded_by", sa.String(255), nullable=False),
+    sa.Column("told_by", sa.String(255)),
+    sa.Column("told", SECONDS),
+    sa.Index("state_changes_untold", "told_by", "received"),
+    sa.Index("state_changes_by_instance", "instance", "at"),
+)

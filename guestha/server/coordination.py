@@ -13,7 +13,9 @@ controller tries to take it every second
 keeps it by the coordinator's heartbeat.  When the holder dies its lock
 expires (``[coordination] lock_timeout``; at once on a backend that ties
 locks to a connection, such as MySQL) and the next try of another
-controller takes it: a state change in between is told by nobody (see
+controller takes it: a state change in between is recorded in the ledger
+by the controllers that hear it, and the next relay tells it
+(:meth:`guestha.server.groups.ServerGroups.tell_recorded`, see
 doc/source/server.rst).  A controller that cannot reach the backend does not
 relay: two relays would tell the peers twice.
 

@@ -22,6 +22,14 @@ The directory is a cache of three things, each with its source:
   (``host`` of the payload), or ``OS-EXT-SRV-ATTR:host`` from Nova the
   first time it is needed.
 
+Nova's state changes: every controller hears each notification (its own
+pool) and, when it is a change for the peers, records it in the ledger
+(:meth:`~guestha.server.ledger.Ledger.record_state_change`, once per
+message id); the relay claims and tells what is recorded and untold
+(:meth:`ServerGroups.tell_recorded`), when it hears a change and every
+:data:`TELL_INTERVAL` seconds, so what came while no relay was elected
+is told by the next one.
+
 Whether a member takes part is its flavor's
 ``guestha:server_group_messaging`` (``NovaClient.guestha_features``,
 cached by the Nova client).
@@ -47,6 +55,7 @@ import re
 import threading
 import time
 
+from guestha.db import api as db_api
 from guestha import nova as nova_mod
 from guestha.ratelimit import TokenBucket
 from guestha import rpc
@@ -72,6 +81,14 @@ SAME_STATE_EVENTS = frozenset((
 ))
 #: Rate-limit buckets kept before idle ones are forgotten.
 _MAX_BUCKETS = 10000
+#: Seconds between two looks of the relay for state changes recorded and
+#: not told (the first after it was elected, or one another controller
+#: recorded first).
+TELL_INTERVAL = 1.0
+#: Seconds back a newly elected relay tells what nobody told, at least:
+#: the longest a relay may be missing (its lock's or lease's expiry and
+#: the next election) with room to spare; older changes are not news.
+REPLAY_WINDOW = 60.0
 
 
 def _state(value):
@@ -90,16 +107,29 @@ class ServerGroups(object):
         Nova's state changes (one controller does; every controller gets
         every notification and keeps its cache).
     :param clock: monotonic seconds, for rate limits and refresh gaps.
+    :param ledger: the :class:`~guestha.server.ledger.Ledger` the
+        controllers share, where every controller records each state
+        change and the relay claims what it tells (None: the relay tells
+        what it hears, and a change heard while no relay is elected is
+        told by nobody).
+    :param replay_window: seconds back a relay tells recorded changes
+        nobody told.
+    :param wallclock: ``time.time``-like, for the ledger's records.
     """
 
     def __init__(self, nova, agents, broadcasts_per_second=20.0,
                  status_queries_per_second=5.0, is_relay=lambda: True,
-                 clock=time.monotonic):
+                 clock=time.monotonic, ledger=None,
+                 replay_window=REPLAY_WINDOW, wallclock=time.time):
         self.nova = nova
         self.agents = agents
         self.broadcasts_per_second = broadcasts_per_second
         self.status_queries_per_second = status_queries_per_second
         self.is_relay = is_relay
+        self.ledger = ledger
+        self.replay_window = replay_window
+        self._wallclock = wallclock
+        self._tell_lock = threading.Lock()
         self._clock = clock
         self._lock = threading.Lock()
         self._groups = {}       # group uuid -> [member uuids]
@@ -112,15 +142,23 @@ class ServerGroups(object):
         self._refresh_wanted = threading.Event()
         self._stopping = threading.Event()
         self._thread = None
+        self._teller = None
         self.counters = collections.Counter()
 
     @classmethod
-    def from_conf(cls, conf, nova, agents, is_relay):
+    def from_conf(cls, conf, nova, agents, is_relay, ledger=None):
+        # a relay is missing at most a lease (no tooz) or its lock's
+        # timeout, and a try more
+        gap = conf.server.lease_seconds
+        if conf.coordination.backend_url:
+            gap = conf.coordination.lock_timeout
         return cls(nova, agents,
                    broadcasts_per_second=conf.server.broadcasts_per_second,
                    status_queries_per_second=(
                        conf.server.status_queries_per_second),
-                   is_relay=is_relay)
+                   is_relay=is_relay, ledger=ledger,
+                   replay_window=max(REPLAY_WINDOW,
+                                     2 * (gap + TELL_INTERVAL)))
 
     # -- membership --------------------------------------------------------
 
@@ -220,17 +258,34 @@ class ServerGroups(object):
 
     def start(self, interval, min_gap=1.0):
         """Refresh now, then every ``interval`` s (+/-10%) and on request,
-        at most every ``min_gap`` s, in a thread."""
+        at most every ``min_gap`` s, in a thread; and, with a ledger, look
+        for untold state changes every :data:`TELL_INTERVAL` s while this
+        controller relays, in another."""
         self._thread = threading.Thread(
             target=self._refresher, args=(interval, min_gap),
             name="server-groups", daemon=True)
         self._thread.start()
+        if self.ledger is not None:
+            self._teller = threading.Thread(
+                target=self._tell_loop, name="state-changes", daemon=True)
+            self._teller.start()
 
     def stop(self, timeout=5.0):
         self._stopping.set()
         self._refresh_wanted.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        for thread in (self._thread, self._teller):
+            if thread is not None:
+                thread.join(timeout)
+
+    def _tell_loop(self):
+        while not self._stopping.wait(TELL_INTERVAL):
+            try:
+                self.tell_recorded()
+            except db_api.DB_ERRORS as exc:
+                LOG.warning("state changes not told yet: the database "
+                            "failed: %s", exc)
+            except Exception:  # a thread's top level: keep telling
+                LOG.exception("telling the recorded state changes failed")
 
     def _refresher(self, interval, min_gap):
         while not self._stopping.is_set():
@@ -419,13 +474,20 @@ class ServerGroups(object):
     # -- Nova's notifications ----------------------------------------------
 
     def on_instance_change(self, instance, state, event, host=None,
-                           old_state=None):
+                           old_state=None, change_id=None, at=None):
         """Nova says ``instance`` is now in ``state`` after ``event``.
 
         The other members hear of it (once per change) when the vm_state
         changed, or for :data:`SAME_STATE_EVENTS` (a reboot leaves it
         active).  ``old_state`` is the payload's previous state, used
         when this controller did not know the state yet.
+
+        With a ledger and ``change_id`` (the notification's message id),
+        every controller records the change and the relay tells what is
+        recorded and untold (:meth:`tell_recorded`), so a change heard
+        while no relay was elected is told by the next one.  ``at``:
+        Nova's time of the notification (epoch seconds), which orders
+        one instance's changes.
 
         :returns: the ``{host: [instances]}`` told, or None.
         """
@@ -442,8 +504,64 @@ class ServerGroups(object):
             changed = previous is not None and previous != state
         else:
             changed = previous != state or event in SAME_STATE_EVENTS
-        if group is None or not changed or not self.is_relay():
+        if group is None or not changed:
             return None
+        if self.ledger is not None and change_id:
+            try:
+                self.ledger.record_state_change(
+                    change_id, instance, state, event, host=host, at=at,
+                    now=self._wallclock())
+            except db_api.DB_ERRORS as exc:
+                LOG.warning("instance %s: %s (%s) not recorded, the "
+                            "database failed: %s", instance, state, event,
+                            exc)
+            else:
+                return self.tell_recorded().get(change_id)
+        if not self.is_relay():
+            return None
+        return self._tell(instance, state, event, members)
+
+    def tell_recorded(self):
+        """If this controller relays: tell the state changes recorded in
+        the last ``replay_window`` seconds that no relay told, in Nova's
+        order, each once whichever controllers call this (the ledger
+        hands each to one).  A change whose state is the one told last
+        for its instance is not told again (two notifications of one
+        change), unless its event is one of :data:`SAME_STATE_EVENTS`.
+
+        :returns: ``{change id: {host: [instances]}}`` of those told.
+        """
+        if self.ledger is None or not self.is_relay():
+            return {}
+        told = {}
+        with self._tell_lock:
+            now = self._wallclock()
+            claimed = self.ledger.claim_state_changes(
+                now - self.replay_window, now=now)
+            last = {}
+            for change, before in claimed:
+                instance, state = change["instance"], change["state"]
+                previous = last.get(instance, before)
+                last[instance] = state
+                if previous == state and (
+                        change["event"] not in SAME_STATE_EVENTS):
+                    LOG.debug("instance %s: %s (%s) told before", instance,
+                              state, change["event"])
+                    continue
+                if change["recorded_by"] != self.ledger.server_id or (
+                        now - change["received"] > TELL_INTERVAL):
+                    LOG.info("instance %s: %s (%s), recorded by %s %.1f s "
+                             "ago, told now", instance, state,
+                             change["event"], change["recorded_by"],
+                             now - change["received"])
+                with self._lock:
+                    members = list(self._groups.get(
+                        self._group_of.get(instance), ()))
+                told[change["id"]] = self._tell(instance, state,
+                                                change["event"], members)
+        return told
+
+    def _tell(self, instance, state, event, members):
         recipients = self._recipients(instance, members)
         for peer_host, instances in sorted(recipients.items()):
             self._cast(self.agents.deliver_notification, peer_host,

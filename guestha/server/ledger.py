@@ -84,6 +84,7 @@ from guestha.db.models import action_slots
 from guestha.db.models import deliveries
 from guestha.db.models import events as events_t
 from guestha.db.models import servers
+from guestha.db.models import state_changes
 from guestha.db import views
 from guestha import records
 
@@ -881,6 +882,76 @@ class Ledger(object):
                         ", ".join(orphaned))
         return _group_work(taken, owned.get)
 
+    # -- Nova's state changes, for the one relay --------------------------
+
+    def record_state_change(self, change_id, instance, state, event,
+                            host=None, at=None, now=None):
+        """Record a state change heard from Nova, once per ``change_id``
+        (the notification's message id: every controller hears the same
+        message in its pool, and each records it).
+
+        :returns: whether this call recorded it (False: recorded before).
+        """
+        now = self._clock() if now is None else now
+        row = {"id": change_id, "instance": instance, "state": state,
+               "event": event, "host": host,
+               "at": now if at is None else at, "received": now,
+               "recorded_by": self.server_id}
+
+        def work(conn):
+            if conn.execute(sa.select(state_changes.c.id).where(
+                    state_changes.c.id == change_id)).first():
+                return False
+            # a duplicate key (another controller inserted it a moment
+            # earlier) runs this again, which then finds it
+            conn.execute(state_changes.insert().values(**row))
+            return True
+
+        return self._run(work)
+
+    def claim_state_changes(self, since, now=None):
+        """Take the state changes recorded since ``since`` that no relay
+        has told yet, to tell them: each goes to one caller, even when two
+        controllers think they relay (the rows change hands in one
+        UPDATE, to a token of this call).
+
+        :returns: ``[(change, told_before)]`` in Nova's order, ``change``
+            a dict of the row, ``told_before`` the state last told of its
+            instance before it (None if none).
+        """
+        now = self._clock() if now is None else now
+        token = "%s#%s" % (self.server_id[:200], uuid.uuid4().hex)
+
+        def work(conn):
+            if not conn.execute(
+                    state_changes.update().where(
+                        state_changes.c.told_by.is_(None),
+                        state_changes.c.received >= since).values(
+                            told_by=token, told=now)).rowcount:
+                return []
+            rows = [dict(row._mapping) for row in conn.execute(
+                sa.select(state_changes).where(
+                    state_changes.c.told_by == token).order_by(
+                        state_changes.c.at, state_changes.c.received))]
+            claimed = []
+            for row in rows:
+                before = conn.execute(
+                    sa.select(state_changes.c.state).where(
+                        state_changes.c.instance == row["instance"],
+                        state_changes.c.told_by.is_not(None),
+                        state_changes.c.told_by != token,
+                        state_changes.c.at < row["at"])
+                    .order_by(state_changes.c.at.desc()).limit(1)
+                ).scalar()
+                row["told_by"] = self.server_id
+                claimed.append((row, before))
+            conn.execute(state_changes.update().where(
+                state_changes.c.told_by == token).values(
+                    told_by=self.server_id))
+            return claimed
+
+        return self._run(work)
+
     # -- corrective-action cap -------------------------------------------
 
     def take_action_slot(self, instance, fault_id, window, limit, now=None):
@@ -945,6 +1016,8 @@ class Ledger(object):
                 action_slots.c.at < before))
             conn.execute(action_caps.delete().where(
                 action_caps.c.updated < before))
+            conn.execute(state_changes.delete().where(
+                state_changes.c.received < before))
             views.prune(conn, before)
             return pruned
 

@@ -22,9 +22,12 @@ controller reads:
 
 Every controller listens in its own pool (``guestha-server-<server_id>``),
 so each gets every notification and keeps its own cache of states and
-membership complete (status answers come from any controller); only the
-relaying controller (see :mod:`guestha.server.service`) tells the agents,
-so a peer hears of a change once.  A shared pool would hand each
+membership complete (status answers come from any controller); each
+records the state changes in the ledger, keyed by the message id (the
+same in every pool), and only the relaying controller (see
+:mod:`guestha.server.coordination`) tells the agents what is recorded
+and untold, so a peer hears of a change once, also when it came while
+no relay was elected.  A shared pool would hand each
 notification to one controller only, and the others' caches would go
 stale.
 
@@ -42,6 +45,7 @@ dropped once), for every priority, unless ``[server]
 drain_notification_queues`` is off (when something else reads them).
 """
 
+import datetime
 import logging
 import re
 import threading
@@ -140,6 +144,20 @@ def parse(event_type, payload):
                           task_state=data.get("task_state"))
 
 
+def nova_time(timestamp):
+    """Epoch seconds of a notification's ``timestamp`` (oslo.messaging
+    writes ``str(utcnow())``: UTC, naive), or None."""
+    if not isinstance(timestamp, str):
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(timestamp)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return when.timestamp()
+
+
 class NotificationEndpoint(object):
     """The listener's endpoint: feeds the server-group directory."""
 
@@ -151,13 +169,19 @@ class NotificationEndpoint(object):
 
     def info(self, ctxt, publisher_id, event_type, payload, metadata):
         try:
-            self.handle(event_type, payload)
+            self.handle(event_type, payload, metadata)
         except Exception:  # oslo.messaging's thread: log, never requeue
             LOG.exception("%s from %s: handling failed", event_type,
                           publisher_id)
         return oslo_messaging.NotificationResult.HANDLED
 
-    def handle(self, event_type, payload):
+    def handle(self, event_type, payload, metadata=None):
+        """What ``event_type`` says, handed to the directory.
+
+        :param metadata: oslo.messaging's: ``message_id`` (the same in
+            every controller's pool) keys the state change in the ledger,
+            and ``timestamp`` (Nova's) orders it.
+        """
         change = parse(event_type, payload)
         if change is None:
             return None
@@ -165,9 +189,12 @@ class NotificationEndpoint(object):
             self.groups.update_group(change.group, change.members)
             self.groups.request_refresh()
             return change
+        metadata = metadata or {}
         self.groups.on_instance_change(
             change.instance, change.state, change.event, host=change.host,
-            old_state=change.old_state)
+            old_state=change.old_state,
+            change_id=metadata.get("message_id"),
+            at=nova_time(metadata.get("timestamp")))
         if change.event == "instance.delete.end":
             self.groups.forget_instance(change.instance)
             self.groups.request_refresh()

@@ -104,7 +104,7 @@ class ServerService(object):
             conf, nova, api.AgentAPI(
                 transport,
                 version_cap=conf.upgrade_levels.guestha_agent or None),
-            keeper.is_relay)
+            keeper.is_relay, ledger=ledger)
         return cls(conf, ledger, deliveries, keeper, dispatcher, worker,
                    groups, transport, notification_transport)
 

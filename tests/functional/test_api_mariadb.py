@@ -62,7 +62,7 @@ def test_the_api_on_mariadb(mariadb):
                 body=json.dumps(event), received=now - 100 + seq,
                 server="ctl-old", seq=seq))
     migration.upgrade(engine)
-    assert migration.current(engine) == "003"
+    assert migration.current(engine) == migration.head()
     with engine.connect() as conn:
         [row] = conn.execute(sa.select(models.faults)).all()
     assert (row.id, row.recovered_at) == (old_fault["id"], now - 50)

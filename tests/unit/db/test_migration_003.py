@@ -55,7 +55,7 @@ def test_upgrade_from_002_copies_the_ledgers_events(tmp_path):
         conn.execute(models.events.insert().values(
             id=str(uuid.uuid4()), type="fault", instance=B, host="x",
             body="not json", received=T0, server="ctl-old", seq=7))
-    migration.upgrade(engine)
+    migration.upgrade(engine, "003")
     assert migration.current(engine) == "003"
     with engine.connect() as conn:
         faults = {r.id: r for r in conn.execute(sa.select(models.faults))}

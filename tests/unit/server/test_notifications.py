@@ -36,9 +36,10 @@ class FakeGroups(object):
         self.calls = []
 
     def on_instance_change(self, instance, state, event, host=None,
-                           old_state=None):
+                           old_state=None, change_id=None, at=None):
         self.calls.append(("change", instance, state, event, host,
                            old_state))
+        self.keys = (change_id, at)
 
     def update_group(self, group, members):
         self.calls.append(("group", group, members))
