@@ -25,8 +25,9 @@ FLUSH_INTERVAL = 0.2
 #: Seconds between two prunes of the ledger.
 PRUNE_INTERVAL = 600.0
 #: Seconds between two tries to take (or keep) the relay: when the relay
-#: dies, state changes go untold from then until its lock expired and
-#: the next try of another controller (see doc/source/server.rst).
+#: dies, state changes are told late, by the next relay from the ledger,
+#: after its lock expired and the next try of another controller (see
+#: doc/source/server.rst).
 RELAY_INTERVAL = 1.0
 
 
