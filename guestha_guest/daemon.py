@@ -305,7 +305,7 @@ class GuestDaemon(object):
 
     def _on_host_gone(self, now):
         LOG.info("host not connected")
-        self.session.sync_at = None
+        self.session.peer_gone()
         if self.port.fd is None and isinstance(self.port,
                                                port_mod.DevicePort):
             # the device went away (unplugged): a new one means new peers

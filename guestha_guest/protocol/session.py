@@ -343,6 +343,13 @@ class GuestSession(_Session):
         del self._pending[:]
         return self.start_sync(now) if sync else []
 
+    def peer_gone(self):
+        """Nobody reads the channel now (a port whose host went away, a
+        test socket nobody is connected to): the unanswered ``sync`` is
+        not repeated until data arrives or :meth:`start_sync`; the
+        registration is kept."""
+        self.sync_at = None
+
     def disconnect(self):
         """The channel is gone (no port, the host closed the test
         socket): nothing is received or sent until :meth:`connect`."""

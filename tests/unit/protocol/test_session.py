@@ -325,6 +325,17 @@ def test_guest_repeats_an_unanswered_sync_with_back_off():
     assert pair.guest.sync_retry == s.SYNC_RETRY_MAX
 
 
+def test_guest_repeats_no_sync_while_its_peer_is_gone():
+    pair = Pair()
+    pair.cut = True
+    pair.guest.peer_gone()
+    assert pair.guest.next_timer() is None
+    assert pair.guest.tick(pair.now + 100) == []
+    # data again: someone is there, so a fresh sync at once
+    out = pair.guest.receive(b"\n", pair.now + 100)
+    assert [o.sync for o in out] == [True]
+
+
 def test_guest_traffic_restarts_a_sync_waiting_a_second_or_more():
     pair = Pair()
     pair.to_host = pair.to_guest = b""
