@@ -9,7 +9,10 @@ Items of a project the caller may not see are filtered out in the query,
 so that limits and markers count only what the caller sees.
 
 Lists are ordered so that a marker (the id of the last item of a page)
-resumes them: instances by id, faults and actions newest first.
+resumes them: instances by id, faults and actions newest first.  Each
+collection is one table of what it is listed by (:class:`Collection`:
+its query, its filters, its key and order), and one function lists them
+all (:meth:`Reader.list`).
 """
 
 import datetime
@@ -92,6 +95,66 @@ def _action(row):
             "reason": row.reason, "server": row.server, "at": iso(row.at)}
 
 
+def _equals(column):
+    return lambda value: column == value
+
+
+def _open(value):
+    return (faults.c.recovered_at.is_(None) if value
+            else faults.c.recovered_at.is_not(None))
+
+
+class Collection(object):
+    """How one collection is listed.
+
+    :ivar query: the select of its items (with their project).
+    :ivar filters: ``{name: f(value) -> condition}``: the filters a list
+        takes, each applied when its value is not None.
+    :ivar key: the column a marker names (the items' id).
+    :ivar newest: the time column of a list newest first (by time, then
+        id, both descending), or None for a list by ``key``.
+    :ivar convert: a row to the API's item.
+    """
+
+    def __init__(self, name, query, filters, key, newest, convert):
+        self.name = name
+        self.query = query
+        self.filters = filters
+        self.key = key
+        self.newest = newest
+        self.convert = convert
+
+
+def _with_project(table):
+    return sa.select(table, instance_states.c.project_id).select_from(
+        table.outerjoin(instance_states,
+                        instance_states.c.instance == table.c.instance))
+
+
+INSTANCES = Collection(
+    "instances", sa.select(instance_states, _open_faults),
+    {"project_id": _equals(instance_states.c.project_id),
+     "host": _equals(instance_states.c.host),
+     "state": _equals(instance_states.c.state)},
+    key=instance_states.c.instance, newest=None, convert=_instance)
+
+FAULTS = Collection(
+    "faults", _with_project(faults),
+    {"project_id": _equals(instance_states.c.project_id),
+     "instance_id": _equals(faults.c.instance),
+     "open": _open,
+     "kind": _equals(faults.c.kind),
+     "host": _equals(faults.c.host)},
+    key=faults.c.id, newest=faults.c.detected_at, convert=_fault)
+
+ACTIONS = Collection(
+    "actions", _with_project(actions),
+    {"project_id": _equals(instance_states.c.project_id),
+     "instance_id": _equals(actions.c.instance),
+     "fault_id": _equals(actions.c.fault_id)},
+    key=actions.c.id, newest=actions.c.at, convert=_action)
+
+
 class Reader(object):
     """Queries of the REST API.
 
@@ -143,112 +206,77 @@ class Reader(object):
             raise DatabaseUnavailable(
                 "the controllers' database failed: %s" % exc) from None
 
-    @staticmethod
-    def _page(rows, limit, key, convert):
+    # -- lists and items ---------------------------------------------------
+
+    def list(self, collection, limit=1000, marker=None, **filters):
+        """A page of ``collection`` (:data:`INSTANCES`, :data:`FAULTS`,
+        :data:`ACTIONS`): the items that pass every filter given (a
+        value of None: no filter), ``limit`` at most, after ``marker``.
+
+        :returns: ``(items, next_marker)``.
+        :raises BadMarker: a marker that names no item of the list.
+        :raises TypeError: a filter the collection does not have.
+        """
+        unknown = set(filters) - set(collection.filters)
+        if unknown:
+            raise TypeError("%s cannot be filtered by %s" % (
+                collection.name, ", ".join(sorted(unknown))))
+        key, newest = collection.key, collection.newest
+
+        def work(conn):
+            query = collection.query
+            for name, value in filters.items():
+                if value is not None:
+                    query = query.where(collection.filters[name](value))
+            if newest is None:
+                if marker is not None:
+                    query = query.where(key > marker)
+                query = query.order_by(key)
+            else:
+                if marker is not None:
+                    at = conn.execute(sa.select(newest).where(
+                        key == marker)).scalar()
+                    if at is None:
+                        raise BadMarker("marker %s is not in the list"
+                                        % marker)
+                    query = query.where(sa.or_(
+                        newest < at, sa.and_(newest == at, key < marker)))
+                query = query.order_by(newest.desc(), key.desc())
+            return conn.execute(query.limit(limit + 1)).all()
+
+        rows = self._run(work)
         more = len(rows) > limit
         rows = rows[:limit]
-        return ([convert(r) for r in rows],
-                key(rows[-1]) if more and rows else None)
+        return ([collection.convert(r) for r in rows],
+                getattr(rows[-1], key.name) if more and rows else None)
 
-    # -- instances ---------------------------------------------------------
-
-    def _instances_query(self):
-        return sa.select(instance_states, _open_faults)
+    def get(self, collection, item_id):
+        """The item ``item_id`` of ``collection``, or None."""
+        query = collection.query.where(collection.key == item_id)
+        row = self._run(lambda conn: conn.execute(query).first())
+        return collection.convert(row) if row is not None else None
 
     def list_instances(self, project_id=None, host=None, state=None,
                        limit=1000, marker=None):
-        query = self._instances_query()
-        if project_id is not None:
-            query = query.where(instance_states.c.project_id == project_id)
-        if host is not None:
-            query = query.where(instance_states.c.host == host)
-        if state is not None:
-            query = query.where(instance_states.c.state == state)
-        if marker is not None:
-            query = query.where(instance_states.c.instance > marker)
-        query = query.order_by(instance_states.c.instance).limit(limit + 1)
-        rows = self._run(lambda conn: conn.execute(query).all())
-        return self._page(rows, limit, lambda r: r.instance, _instance)
+        """Instances by id."""
+        return self.list(INSTANCES, limit, marker, project_id=project_id,
+                         host=host, state=state)
 
     def get_instance(self, instance_id):
-        query = self._instances_query().where(
-            instance_states.c.instance == instance_id)
-        row = self._run(lambda conn: conn.execute(query).first())
-        return _instance(row) if row is not None else None
-
-    # -- faults ------------------------------------------------------------
-
-    def _faults_query(self):
-        return sa.select(faults, instance_states.c.project_id).select_from(
-            faults.outerjoin(instance_states,
-                             instance_states.c.instance == faults.c.instance))
-
-    @staticmethod
-    def _newest_first(query, table, time_column, marker_time, marker):
-        if marker is not None:
-            query = query.where(sa.or_(
-                time_column < marker_time,
-                sa.and_(time_column == marker_time, table.c.id < marker)))
-        return query.order_by(time_column.desc(), table.c.id.desc())
-
-    def _marker_time(self, conn, table, time_column, marker):
-        if marker is None:
-            return None
-        value = conn.execute(sa.select(time_column).where(
-            table.c.id == marker)).scalar()
-        if value is None:
-            raise BadMarker("marker %s is not in the list" % marker)
-        return value
+        return self.get(INSTANCES, instance_id)
 
     def list_faults(self, project_id=None, instance_id=None, open=None,
                     kind=None, host=None, limit=1000, marker=None):
-        def work(conn):
-            query = self._faults_query()
-            if project_id is not None:
-                query = query.where(
-                    instance_states.c.project_id == project_id)
-            if instance_id is not None:
-                query = query.where(faults.c.instance == instance_id)
-            if open is not None:
-                query = query.where(faults.c.recovered_at.is_(None) if open
-                                    else faults.c.recovered_at.is_not(None))
-            if kind is not None:
-                query = query.where(faults.c.kind == kind)
-            if host is not None:
-                query = query.where(faults.c.host == host)
-            query = self._newest_first(
-                query, faults, faults.c.detected_at,
-                self._marker_time(conn, faults, faults.c.detected_at,
-                                  marker), marker)
-            return conn.execute(query.limit(limit + 1)).all()
-
-        return self._page(self._run(work), limit, lambda r: r.id, _fault)
+        """Faults newest first (``open``: True for the unrecovered)."""
+        return self.list(FAULTS, limit, marker, project_id=project_id,
+                         instance_id=instance_id, open=open, kind=kind,
+                         host=host)
 
     def get_fault(self, fault_id):
-        query = self._faults_query().where(faults.c.id == fault_id)
-        row = self._run(lambda conn: conn.execute(query).first())
-        return _fault(row) if row is not None else None
-
-    # -- actions -----------------------------------------------------------
+        return self.get(FAULTS, fault_id)
 
     def list_actions(self, project_id=None, instance_id=None, fault_id=None,
                      limit=1000, marker=None):
-        def work(conn):
-            query = sa.select(actions, instance_states.c.project_id) \
-                .select_from(actions.outerjoin(
-                    instance_states,
-                    instance_states.c.instance == actions.c.instance))
-            if project_id is not None:
-                query = query.where(
-                    instance_states.c.project_id == project_id)
-            if instance_id is not None:
-                query = query.where(actions.c.instance == instance_id)
-            if fault_id is not None:
-                query = query.where(actions.c.fault_id == fault_id)
-            query = self._newest_first(
-                query, actions, actions.c.at,
-                self._marker_time(conn, actions, actions.c.at, marker),
-                marker)
-            return conn.execute(query.limit(limit + 1)).all()
-
-        return self._page(self._run(work), limit, lambda r: r.id, _action)
+        """Action records newest first."""
+        return self.list(ACTIONS, limit, marker, project_id=project_id,
+                         instance_id=instance_id, fault_id=fault_id)
