@@ -516,7 +516,14 @@ class ServerGroups(object):
                             "database failed: %s", instance, state, event,
                             exc)
             else:
-                return self.tell_recorded().get(change_id)
+                try:
+                    return self.tell_recorded().get(change_id)
+                except db_api.DB_ERRORS as exc:
+                    # recorded: the next look tells it
+                    LOG.warning("instance %s: %s (%s) recorded, not told "
+                                "yet, the database failed: %s", instance,
+                                state, event, exc)
+                    return None
         if not self.is_relay():
             return None
         return self._tell(instance, state, event, members)

@@ -217,3 +217,21 @@ def test_the_replay_window_covers_the_longest_gap():
     assert ServerGroups.from_conf(
         conf, FakeNova(), FakeAgents(),
         lambda: True).replay_window == groups_mod.REPLAY_WINDOW
+
+
+def test_recorded_but_not_claimed_is_told_at_the_next_look(
+        ctl, agents, monkeypatch):
+    relay = ctl("ctl-a")
+    relay.relay = True
+    real_claim = relay.ledger.claim_state_changes
+
+    def down(*args, **kwargs):
+        raise sa.exc.OperationalError("UPDATE", {}, Exception("gone"))
+
+    monkeypatch.setattr(relay.ledger, "claim_state_changes", down)
+    assert relay.hear("m1", B, "stopped", "instance.power_off.end",
+                      T0) is None
+    assert told(agents) == []
+    monkeypatch.setattr(relay.ledger, "claim_state_changes", real_claim)
+    assert list(relay.groups.tell_recorded()) == ["m1"]
+    assert told(agents) == [(B, "stopped", "instance.power_off.end")] * 2
