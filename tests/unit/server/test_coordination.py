@@ -5,7 +5,7 @@ the lease-based relay without a backend."""
 
 from guestha.server import coordination
 from guestha.server.ledger import Ledger
-from tests.unit.server.test_ledger import Clock
+from tests.support.clock import ManualClock
 
 
 def relays(tmp_path, *names):
@@ -51,7 +51,7 @@ def test_take_over_runs_in_one_controller_at_a_time(tmp_path):
 
 
 def test_without_a_backend_the_smallest_live_server_id_relays(tmp_path):
-    clock = Clock()
+    clock = ManualClock()
     path = str(tmp_path / "ledger.sqlite")
     ledgers = [Ledger(path, name, clock=clock, hostname="host-%s" % name)
                for name in ("ctl-b", "ctl-a")]

@@ -8,7 +8,7 @@ import pytest
 from guestha.server import keeper as keeper_mod
 from guestha.server import ledger as ledger_mod
 from guestha.server.ledger import Ledger
-from tests.unit.server.test_ledger import Clock
+from tests.support.clock import ManualClock
 from tests.unit.server.test_ledger import state
 
 
@@ -22,7 +22,7 @@ class Deliveries(object):
 
 
 def test_no_take_over_for_a_lease_after_the_database_failed(tmp_path):
-    wall = Clock()
+    wall = ManualClock()
     path = str(tmp_path / "ledger.sqlite")
     mine = Ledger(path, "ctl-a", sinks=("log",), lease=30.0, clock=wall,
                   hostname="host-a")
@@ -59,7 +59,7 @@ def test_after_a_database_failure_pending_actions_go_to_the_worker_again(
     from guestha.server.ledger import ACTIONS
     from tests.unit.server.test_ledger import fault
 
-    wall = Clock()
+    wall = ManualClock()
     ledger = Ledger(str(tmp_path / "ledger.sqlite"), "ctl-a",
                     sinks=("log",), clock=wall, hostname="host-a")
     ledger.register()
