@@ -47,6 +47,9 @@ what they return:
 * :class:`~guestha.agent.grouprelay.GroupRelay` (:attr:`Instance.group`):
   the guest's broadcasts and status queries, relayed to the controller
   (:meth:`Env.relay`) or refused.
+* :class:`~guestha.agent.linewriter.LineWriter` (:attr:`Instance.writer`):
+  whole lines to the channel's socket, the rest queued (bounded) until it
+  is writable.
 * :func:`guestha.agent.instancestatus.describe` renders
   :meth:`Instance.status`.
 
@@ -55,6 +58,7 @@ still reports the recovery (the ``open_fault`` an instance starts with).
 """
 
 import errno
+import functools
 import logging
 
 from guestha.agent.conduct import ChannelConduct
@@ -64,6 +68,7 @@ from guestha.agent import faults as faults_mod
 from guestha.agent import grouprelay
 from guestha.agent import guestlog
 from guestha.agent import instancestatus
+from guestha.agent import linewriter
 from guestha.agent import randomness
 from guestha_guest import protocol as p
 from guestha_guest.protocol import heartbeat as hb
@@ -303,10 +308,8 @@ class Instance(object):
                          "dropped_bytes": 0, "resets": 0, "stale": 0,
                          "dropped_lines": 0, "discarded_lines": 0,
                          "refused_queries": 0, "log_suppressed": 0}
-        # the rest of a line the socket did not take (the protocol forbids
-        # tearing a line), written when the socket is writable
-        self._out = bytearray()
-        self._out_watched = False
+        # whole lines to the channel's socket (CLOSED while there is none)
+        self.writer = linewriter.CLOSED
         self.rtt = None           # [answers, last, mean, max] (seconds)
         self._log = guestlog.LogBudget(policy.guest_log_lines_per_minute,
                                        now)
@@ -433,6 +436,9 @@ class Instance(object):
             return
         self.sock = sock
         self.env.watch(self, sock)
+        self.writer = linewriter.LineWriter(
+            sock, self.policy.output_buffer_bytes, self.counters,
+            functools.partial(self.env.watch_writable, self, sock))
         self.fire("connected", now)
 
     def _connect_later(self, now, exc):
@@ -592,72 +598,9 @@ class Instance(object):
 
     # -- the channel ----------------------------------------------------------
 
-    def _write(self, data, droppable=False):
-        """Write whole lines: what the socket does not take now is kept
-        and written when it is writable (a line is never torn), up to
-        ``output_buffer_bytes``.  A ``droppable`` line (a challenge, sent
-        again next interval) is dropped rather than queued.  True if
-        written or queued."""
-        if self.sock is None:
-            return False
-        out = self._out
-        if out:
-            if droppable or (len(out) + len(data)
-                             > self.policy.output_buffer_bytes):
-                # nobody reads in the guest: drop the whole line
-                self.counters["dropped_lines"] += 1
-                return False
-            out += data
-            return True
-        try:
-            n = self.sock.send(data)
-        except BlockingIOError:
-            n = 0
-        except OSError:
-            return False  # closed: the read side tells the loss
-        if n == len(data):
-            return True
-        if n == 0 and (droppable or len(data)
-                       > self.policy.output_buffer_bytes):
-            self.counters["dropped_lines"] += 1
-            return False
-        # the rest of a line the guest has begun to receive must follow
-        # whatever the bound (it is at most one message's lines)
-        out += memoryview(data)[n:]
-        if not self._out_watched:
-            self._out_watched = True
-            self.env.watch_writable(self, self.sock, True)
-        return True
-
     def writable(self, now):
         """The loop says our socket can take more of what we queued."""
-        out = self._out
-        if self.sock is None or not out:
-            self._stop_writing()
-            return
-        try:
-            n = self.sock.send(out)
-        except BlockingIOError:
-            return
-        except OSError:
-            out.clear()  # closed: the read side tells the loss
-            n = 0
-        del out[:n]
-        if not out:
-            self._stop_writing()
-
-    def _stop_writing(self):
-        if self._out_watched:
-            self._out_watched = False
-            if self.sock is not None:
-                self.env.watch_writable(self, self.sock, False)
-
-    def _trim_output(self):
-        # keep the line in flight (its start may be written), drop the
-        # lines queued after it
-        nl = self._out.find(b"\n")
-        if nl >= 0:
-            del self._out[nl + 1:]
+        self.writer.flush()
 
     def _send(self, msg):
         try:
@@ -665,7 +608,7 @@ class Instance(object):
         except p.LocalProtocolError as exc:
             LOG.debug("instance %s: not sent: %s", self.uuid, exc)
             return False
-        return self._write(out.data)
+        return self.writer.write(out.data)
 
     def readable(self, now):
         """The loop says our socket is readable."""
@@ -719,7 +662,7 @@ class Instance(object):
         # an error line is never answered, valid or not (issue 8)
         if bad.error.answerable and self.conduct.errors.take(now):
             try:
-                self._write(self.session.refuse(bad).data)
+                self.writer.write(self.session.refuse(bad).data)
             except p.LocalProtocolError as exc:
                 LOG.debug("instance %s: not sent: %s", self.uuid, exc)
         self._misbehaved(now, "protocol error: %s" % bad.error)
@@ -761,15 +704,15 @@ class Instance(object):
                     # the rest of a line the guest has begun to receive
                     # is kept (the sync starts with a newline, so that
                     # line is not glued to it)
-                    self._trim_output()
-                    self._write(out.data)
+                    self.writer.trim()
+                    self.writer.write(out.data)
                 elif type(out.message) is p.Challenge:
                     # sent again next interval: dropped, not queued, when
                     # the guest does not read
                     self.counters["challenges"] += 1
-                    self._write(out.data, droppable=True)
+                    self.writer.write(out.data, True)
                 else:
-                    self._write(out.data)
+                    self.writer.write(out.data)
             elif kind is hb.Answered:
                 self._answered(out, now)
             elif kind is p.ChallengeResponse:
@@ -878,8 +821,7 @@ class Instance(object):
             self.env.unwatch(self.sock)
             self.sock.close()
             self.sock = None
-        self._out.clear()
-        self._out_watched = False
+        self.writer = linewriter.CLOSED
         self.session = None
         self._sync_at = None
 
@@ -955,7 +897,7 @@ class Instance(object):
     @property
     def output_queued(self):
         """Bytes waiting for the channel's socket to take them."""
-        return len(self._out)
+        return len(self.writer.out)
 
     @property
     def log_suppressed(self):

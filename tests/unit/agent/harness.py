@@ -189,9 +189,9 @@ class Harness(object):
             s = self.inst.sock
             if (s is not None and s in self.env.writable
                     and select.select([], [s], [], 0)[1]):
-                queued = len(self.inst._out)
+                queued = self.inst.output_queued
                 self.inst.writable(self.now)
-                moved |= len(self.inst._out) != queued
+                moved |= self.inst.output_queued != queued
             s = self.inst.sock
             if s is not None and select.select([s], [], [], 0)[0]:
                 self.inst.readable(self.now)

@@ -203,11 +203,11 @@ def test_a_partial_write_is_finished_when_the_socket_is_writable():
     assert len(h.inst.conn.send(msg)) > 150000
     assert h.inst.deliver(msg)
     # the socket took part of it: the rest waits for it to be writable
-    assert h.inst._out and h.inst.sock in h.env.writable
+    assert h.inst.output_queued and h.inst.sock in h.env.writable
     h.advance(0.3)
     got = [e for e in h.guest.received if isinstance(e, p.Status)]
     assert len(got) == 1 and len(got[0].members) == len(msg.members)
-    assert not h.inst._out and h.inst.sock not in h.env.writable
+    assert not h.inst.output_queued and h.inst.sock not in h.env.writable
     assert h.inst.state == im.MONITORED and h.env.reports == []
 
 
@@ -217,10 +217,10 @@ def test_challenges_are_dropped_not_queued_behind_a_partial_line():
     h.guest.frozen = True
     assert h.inst.deliver(big_status())
     h.inst.writable(h.now)
-    queued = len(h.inst._out)
+    queued = h.inst.output_queued
     h.advance(0.25, step=0.05)  # two challenges are due
     assert h.inst.counters["dropped_lines"] >= 1
-    assert len(h.inst._out) <= queued
+    assert h.inst.output_queued <= queued
 
 
 def test_the_output_queue_is_bounded_and_dropped_on_close():
@@ -232,10 +232,10 @@ def test_the_output_queue_is_bounded_and_dropped_on_close():
         instance=h.inst.uuid, state="active", event="x" * 20))
         for _ in range(5000)]
     assert not all(sent)
-    assert len(h.inst._out) <= 65536 + 1024
+    assert h.inst.output_queued <= 65536 + 1024
     assert h.inst.counters["dropped_lines"] > 0
     h.inst.domain_gone(h.now)
-    assert not h.inst._out and not h.env.writable
+    assert not h.inst.output_queued and not h.env.writable
 
 
 # -- 6. reset back-off --------------------------------------------------------
