@@ -1,67 +1,50 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The agent's one I/O loop: every channel of every instance, no thread
-per VM.
+"""The instances' environment: what the agent's instances ask of the loop,
+and the records other threads post to it.
 
 Theory of operation
 -------------------
-One thread owns all instance state.  It waits in epoll (``_Epoll``) on the
-channel sockets, the status socket and a wake-up socket, for at most the
-time to the earliest timer in a heap.  Other threads (the libvirt watcher,
-the oslo.messaging server delivering server-group messages, the hot-plug
-workers) never touch an instance: they :meth:`post` a record, which wakes
-the loop.  So a slow libvirt call, a Nova request or a broker outage can
-delay nothing but itself, and one guest's flood costs it only its own rate
-budget.
+One thread owns all instance state: the thread that runs
+:class:`AgentLoop`.  Its wait is an :class:`~guestha.agent.ioloop.IOLoop`
+(epoll on the channel sockets, the timers, the posted records, with its
+wake-ups batched).  Other threads (the libvirt watcher, the
+oslo.messaging server delivering server-group messages, the hot-plug
+workers, the metrics exporter) never touch an instance: they
+:meth:`~AgentLoop.post` a record, which wakes the loop.  So a slow libvirt
+call, a Nova request or a broker outage can delay nothing but itself, and
+one guest's flood costs it only its own rate budget.
 
-The heap holds ``(when, n, instance)``; an instance keeps its own
-``wake_at`` and entries that no longer match it are stale and skipped, so
-rescheduling is a push, never a search.
+:class:`AgentLoop` is the :class:`~guestha.agent.instance.Env` of every
+instance (timers, channel sockets, confirmations, reports) and routes each
+posted record to the instance it is for.  The rest is in modules of
+their own, each with one job:
 
-Wake-ups come in batches (``batch_delay``, ``[agent] batch_delay_ms``).
-At 1,000 instances and a 1 s interval a challenge is due every
-millisecond and its answer comes back a fraction of a millisecond later:
-a loop that waits for the next thing would wake up one or two thousand
-times a second, and each wake-up (the context switch, ``epoll``, the
-loop's own Python) costs about as much as the work it does.  So after a
-wake-up that found work, the loop sleeps until ``batch_delay`` after that
-wake-up and then takes everything at once: the answers that arrived, the
-challenges that fell due, the posted records.  A timer fires, and an
-answer is read, at most about ``batch_delay`` late (a few milliseconds
-against deadlines of at least 100 ms; an answer that arrives before its
-deadline's timer has fired is read before it, as without the delay).  A
-wake-up that found nothing to do (an idle agent) is followed by the
-ordinary wait, until the earliest timer or the first ready socket.
-
-Open faults (an instance's fault not yet followed by its recovery) are
-kept for the next start in the outbox's sqlite file, in the transaction
-that writes the fault or recovery event itself (see
-:mod:`guestha.agent.outbox`): there is no moment at which one is saved
-and the other not.  The loop keeps the same table in memory, following
-the events it reports.
+* :mod:`guestha.agent.ioloop`: the wait (sockets, timers, posted records);
+* :mod:`guestha.agent.openfaults`: the open faults, from the outbox and
+  following the reports;
+* :mod:`guestha.agent.hotplugworkers`: the hot-plug decisions, off the
+  loop's thread;
+* :mod:`guestha.agent.deliveries`: the controller's server-group messages
+  as records for the loop;
+* :mod:`guestha.agent.statusserver`: the status socket.
 """
 
-import base64
-import binascii
 import collections
-import concurrent.futures
-import heapq
 import itertools
-import json
 import logging
-import math
-import os
-import queue
-import select
 import socket
-import sqlite3
 import threading
 import time
 
+from guestha.agent import deliveries as deliveries_mod
 from guestha.agent import events as ev
+from guestha.agent import hotplugworkers
 from guestha.agent import instance as inst_mod
+from guestha.agent import ioloop
 from guestha.agent import monitored as monitored_mod
+from guestha.agent import openfaults
 from guestha.agent import statereport
-from guestha_guest import protocol as p
+from guestha.agent import statusserver
 
 LOG = logging.getLogger(__name__)
 
@@ -69,17 +52,6 @@ LOG = logging.getLogger(__name__)
 #: (guestha.metrics.HEARTBEAT_COUNTERS, without importing it here).
 _HEARTBEAT_COUNTERS = ("challenges", "answers", "missed", "unhealthy",
                        "faults")
-
-
-class Deliver(object):
-    """A server-group message from the controller for one local instance
-    (posted by the RPC endpoint thread)."""
-
-    __slots__ = ("instance", "message")
-
-    def __init__(self, instance, message):
-        self.instance = instance
-        self.message = message
 
 
 class MetricsRequest(object):
@@ -93,82 +65,8 @@ class MetricsRequest(object):
         self.result = None
 
 
-class _Features(object):
-    """What Nova said about an instance's flavor (posted by a worker)."""
-
-    __slots__ = ("instance", "features")
-
-    def __init__(self, instance, features):
-        self.instance = instance
-        self.features = features
-
-
-_READ = select.EPOLLIN  # == selectors.EVENT_READ
-
-
-class _Poller(object):
-    """What the loop used of ``selectors.EpollSelector``, at less cost per
-    wake-up (the loop wakes up about a thousand times a second at 1,000
-    instances): the same ``epoll`` calls, without building a
-    ``SelectorKey`` list on every wake-up.  Read events only; ``poll``
-    returns ``(callback, fileobj, mask)``, the callback being called as
-    ``callback(fileobj, mask)``; EPOLLHUP and EPOLLERR count as readable, as
-    the selector counted them.
-    """
-
-    def __init__(self):
-        self._epoll = select.epoll()
-        self._handlers = {}  # fd -> (callback, fileobj)
-        self._fds = {}       # fileobj -> fd (it may be closed by unregister)
-
-    def register(self, fileobj, callback):
-        fd = fileobj.fileno()
-        if fd in self._handlers:
-            raise KeyError("%r (fd %d) is already registered" % (fileobj, fd))
-        self._epoll.register(fd, select.EPOLLIN)
-        self._handlers[fd] = (callback, fileobj)
-        self._fds[fileobj] = fd
-
-    def unregister(self, fileobj):
-        """Raises KeyError if ``fileobj`` is not registered."""
-        fd = self._fds.pop(fileobj)
-        del self._handlers[fd]
-        try:
-            self._epoll.unregister(fd)
-        except OSError:
-            pass  # closed meanwhile: the kernel dropped it already
-
-    def poll(self, timeout):
-        if timeout <= 0:
-            timeout = 0
-        else:
-            # as selectors: round up to the millisecond, so that a timer
-            # is never woken for a little before it is due
-            timeout = math.ceil(timeout * 1e3) * 1e-3
-        handlers = self._handlers
-        ready = []
-        for fd, event in self._epoll.poll(timeout, max(len(handlers), 1)):
-            entry = handlers.get(fd)
-            if entry is not None:
-                ready.append((entry[0], entry[1],
-                              event if event & select.EPOLLOUT else _READ))
-        return ready
-
-    def modify(self, fileobj, writable):
-        """Also report ``fileobj`` writable (EPOLLOUT in the mask), or
-        not; raises KeyError if it is not registered."""
-        fd = self._fds[fileobj]
-        self._epoll.modify(fd, select.EPOLLIN | select.EPOLLOUT if writable
-                           else select.EPOLLIN)
-
-    def close(self):
-        self._epoll.close()
-        self._handlers.clear()
-        self._fds.clear()
-
-
 class AgentLoop(inst_mod.Env):
-    """The agent's loop and the instances' environment.
+    """The instances' environment, in the loop's thread.
 
     :param reporter: delivers fault reports (``submit``) and server-group
         relays (``cast_relay``); see :mod:`guestha.agent.reporter`.
@@ -182,6 +80,7 @@ class AgentLoop(inst_mod.Env):
         start with none.
     :param state_reports: report each instance's monitoring state to the
         controllers (:mod:`guestha.agent.statereport`), for the REST API.
+    :param batch_delay: seconds; see :mod:`guestha.agent.ioloop`.
     """
 
     def __init__(self, host, policy, reporter, state_dir, watcher=None,
@@ -199,27 +98,18 @@ class AgentLoop(inst_mod.Env):
         self._wallclock = wallclock
         self.alive_interval = alive_interval
         self.instances = {}
-        self.sel = _Poller()
-        self._heap = []
-        self._n = itertools.count()
-        self._posted = queue.SimpleQueue()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._running = False
-        # wake-up batching (see the module's doc): 0 to wake for each
-        # thing as it comes; the time of the latest wake-up that found
-        # work, or None
-        self.batch_delay = batch_delay
-        self._sleep = sleep
-        self._busy_since = None
-        self._workers = concurrent.futures.ThreadPoolExecutor(
-            max_workers=4, thread_name_prefix="guestha-hotplug")
-        self._faults_path = os.path.join(state_dir, "faults.json")
-        self._open_faults = self._load_faults(outbox)
+        self.io = ioloop.IOLoop(self._handle_safely, self._is_current,
+                                clock=clock, batch_delay=batch_delay,
+                                sleep=sleep)
+        self.sel = self.io.poller
+        self.deliveries = deliveries_mod.Deliveries(self.io.post)
+        self._workers = hotplugworkers.HotplugWorkers(
+            hotplug_policy, self.io.post, clock)
+        self._status = (statusserver.StatusServer(status_socket, self.status)
+                        if status_socket else None)
+        self._open_faults = openfaults.OpenFaults.load(outbox, state_dir)
         self._monitored = monitored_mod.MonitoredFile(state_dir)
         self._next_alive = None
-        self._status_listener = None
         self.libvirt_connected = None
         self.started_at = None
         # the latest challenge round trips, all instances together
@@ -241,87 +131,42 @@ class AgentLoop(inst_mod.Env):
 
     def post(self, record):
         """Hand a record to the loop, from any thread."""
-        self._posted.put(record)
-        try:
-            self._wake_w.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass  # the loop is already being woken
+        self.io.post(record)
 
     def stop(self):
-        self.post(None)
+        self.io.stop()
 
     # -- running --------------------------------------------------------------
 
+    @property
+    def batch_delay(self):
+        return self.io.batch_delay
+
+    @batch_delay.setter
+    def batch_delay(self, seconds):
+        self.io.batch_delay = seconds
+
     def start(self):
-        self.sel.register(self._wake_r, self._woken)
-        if self.status_socket:
-            self._open_status_socket()
+        self.io.start()
+        if self._status is not None:
+            self._status.open(self.io.poller)
         self.started_at = self._clock()
         self._next_alive = self.started_at + 1.0
-        self._running = True
 
     def run(self):
-        if not self._running:
+        if not self.io.running:
             self.start()
         try:
-            while self._running:
+            while self.io.running:
                 self.run_once()
         finally:
             self._shutdown()
 
     def run_once(self, max_wait=1.0):
-        busy_since = self._busy_since
-        if busy_since is not None:
-            # the last wake-up found work: let more gather, then take it
-            # all with one look (see the module's doc)
-            rest = busy_since + self.batch_delay - self._clock()
-            if rest > 0:
-                self._sleep(rest)
-            wait = 0.0
-        else:
-            wait = max_wait
-            if self._heap:
-                wait = max(0.0, min(wait, self._heap[0][0] - self._clock()))
-        ready = self.sel.poll(wait)
-        if self.batch_delay > 0:
-            now = self._clock()
-            heap = self._heap
-            self._busy_since = now if ready or (
-                heap and heap[0][0] <= now) else None
-        for callback, fileobj, mask in ready:
-            callback(fileobj, mask)
-        self._process_posted()
-        self._housekeeping(self._fire_timers(self._clock()))
+        self._housekeeping(self.io.run_once(max_wait))
 
-    def _woken(self, sock, mask):
-        try:
-            while sock.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
-
-    def _fire_timers(self, now):
-        """Tick every instance whose timer is due at ``now``; returns the
-        latest clock reading."""
-        heap = self._heap
-        clock = self._clock
-        last = now
-        while heap and heap[0][0] <= now:
-            when, _n, instance = heapq.heappop(heap)
-            if instance.wake_at != when or self.instances.get(
-                    instance.uuid) is not instance:
-                continue  # stale entry
-            instance.wake_at = None
-            # A fresh reading for each instance: its challenge goes out
-            # now, and the next one is due an interval after that.  With
-            # one reading for the whole batch, every instance fired in it
-            # got the same next time, so instances fired together (after
-            # any stall) stayed together for good and the batches only
-            # grew, until working through one showed in the round trips
-            # (p50 20-160 ms at 5,000 instances).
-            last = clock()
-            instance.tick(last)
-        return last
+    def _is_current(self, instance):
+        return self.instances.get(instance.uuid) is instance
 
     def _housekeeping(self, now):
         if (self._rtt_hist is not None
@@ -349,34 +194,18 @@ class AgentLoop(inst_mod.Env):
         self._monitored.save(self.instances)
         for instance in list(self.instances.values()):
             instance._close()
-        if self._status_listener is not None:
-            self._status_listener.close()
-            try:
-                os.unlink(self.status_socket)
-            except OSError:
-                pass
+        if self._status is not None:
+            self._status.close()
         self._workers.shutdown(wait=False)
-        self.sel.close()
+        self.io.close()
 
     # -- posted records -------------------------------------------------------
 
-    def _process_posted(self):
-        if self._posted.empty():
-            # the usual case: nothing posted (cheaper than get_nowait()
-            # raising queue.Empty on every iteration of the loop)
-            return
-        while True:
-            try:
-                record = self._posted.get_nowait()
-            except queue.Empty:
-                return
-            if record is None:
-                self._running = False
-                continue
-            try:
-                self._handle(record, self._clock())
-            except Exception:  # noqa: BLE001 - one record, not the loop
-                LOG.exception("failed to handle %r", record)
+    def _handle_safely(self, record, now):
+        try:
+            self._handle(record, now)
+        except Exception:  # noqa: BLE001 - one record, not the loop
+            LOG.exception("failed to handle %r", record)
 
     def _handle(self, record, now):
         if isinstance(record, ev.DomainUpdate):
@@ -418,7 +247,7 @@ class AgentLoop(inst_mod.Env):
             instance = self.instances.get(record.uuid)
             if instance is not None:
                 instance.confirmed(record.state, record.token, now)
-        elif isinstance(record, _Features):
+        elif isinstance(record, hotplugworkers.Features):
             instance = self.instances.get(record.instance)
             if instance is not None:
                 instance.features = record.features
@@ -427,7 +256,7 @@ class AgentLoop(inst_mod.Env):
                 record.result = self.metrics_snapshot(now)
             finally:
                 record.done.set()
-        elif isinstance(record, Deliver):
+        elif isinstance(record, deliveries_mod.Deliver):
             instance = self.instances.get(record.instance)
             if instance is None or not instance.deliver(record.message):
                 LOG.debug("instance %s: server-group message not "
@@ -444,42 +273,10 @@ class AgentLoop(inst_mod.Env):
             # the events), for the instance's return
             instance.domain_gone(now)
 
-    # -- the RPC endpoint's handler (called in oslo.messaging's threads) ----
-
-    def _deliver(self, instance, build):
-        try:
-            msg = build()
-        except (p.LocalProtocolError, ValueError, TypeError,
-                binascii.Error) as exc:
-            LOG.warning("instance %s: dropped a server-group message from "
-                        "the controller: %s", instance, exc)
-            return
-        self.post(Deliver(instance, msg))
-
-    def on_deliver_broadcast(self, instances, sender, payload_b64):
-        payload = base64.b64decode(payload_b64)
-        for uuid in instances:
-            self._deliver(uuid, lambda: p.Broadcast(payload=payload,
-                                                    sender=sender))
-
-    def on_deliver_notification(self, instances, instance, state, event):
-        for uuid in instances:
-            self._deliver(uuid, lambda: p.Notification(
-                instance=instance, state=state, event=event))
-
-    def on_deliver_status(self, instance, seq, members, group):
-        self._deliver(instance, lambda: p.Status(
-            ref=seq, group=group, members=[
-                p.Member(m["instance"], m["state"]) for m in members]))
-
-    def on_deliver_error(self, instance, seq, code, message):
-        self._deliver(instance, lambda: p.Error(
-            app="server_group", code=code, message=message[:200], ref=seq))
-
     # -- Env: what instances ask of us ----------------------------------------
 
     def schedule(self, instance, when):
-        heapq.heappush(self._heap, (when, next(self._n), instance))
+        self.io.schedule(instance, when)
 
     def open_channel(self, path):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -494,9 +291,9 @@ class AgentLoop(inst_mod.Env):
 
     def watch(self, instance, sock):
         def ready(sock, mask, instance=instance):
-            if mask & select.EPOLLOUT:
+            if mask & ioloop.WRITABLE:
                 instance.writable(self._clock())
-                if not mask & ~select.EPOLLOUT:
+                if not mask & ~ioloop.WRITABLE:
                     return  # writable only
             instance.readable(self._clock())
         self.sel.register(sock, ready)
@@ -529,45 +326,14 @@ class AgentLoop(inst_mod.Env):
         if self.hotplug_policy is None or self.watcher is None:
             instance.note = "no guestha channel (hot-plug disabled)"
             return
-        info = instance.info
-        self._workers.submit(self._decide_hotplug, info)
-
-    def _decide_hotplug(self, info):
-        # a worker thread: the Nova lookup is HTTP and may be slow
-        try:
-            decision, arg = self.hotplug_policy.decide(info)
-        except Exception as exc:  # noqa: BLE001 - top of a worker task
-            LOG.warning("instance %s: hot-plug decision failed: %s",
-                        info.uuid, exc)
-            self.post(ev.HotplugResult(info.uuid, "error", str(exc), None,
-                                       self._clock()))
-            return
-        if info.nova:
-            try:
-                # from the domain XML, or cached by the Nova client since
-                # decide() asked
-                features = self.hotplug_policy.features(info)
-            except Exception:  # noqa: BLE001 - informational only
-                features = None
-            if features:
-                self.post(_Features(info.uuid, dict(features)))
-        if decision == "attach":
-            self.watcher.request_hotplug(info.uuid, arg)
-        else:
-            self.post(ev.HotplugResult(info.uuid, "not_enabled", arg, None,
-                                       self._clock()))
+        self._workers.request(instance.info, self.watcher)
 
     def report(self, event):
         # the same bookkeeping as the outbox's, which does it in the
         # transaction that writes the event
         if event.get("type") == "fault":
             self.fault_kinds[event.get("kind")] += 1
-            self._open_faults[event["instance"]] = {
-                "id": event["id"], "kind": event.get("kind")}
-        elif event.get("type") == "recovery":
-            fault = self._open_faults.get(event["instance"])
-            if fault is not None and fault["id"] == event["fault_id"]:
-                del self._open_faults[event["instance"]]
+        self._open_faults.follow(event)
         self.reporter.submit(event)
 
     def relay(self, method, **kwargs):
@@ -594,32 +360,6 @@ class AgentLoop(inst_mod.Env):
                                            int(q * len(rtts)))], 3)
         return {"samples": len(rtts), "p50": pct(0.50), "p99": pct(0.99),
                 "max": round(1000.0 * rtts[-1], 3)}
-
-    # -- durable open faults --------------------------------------------------
-
-    def _load_faults(self, outbox):
-        if outbox is None:
-            return {}
-        try:
-            outbox.adopt_faults_json(self._faults_path)
-        except (sqlite3.Error, OSError) as exc:
-            LOG.error("cannot move the open faults of %s into the outbox "
-                      "%s (%s): using the file as it is, and trying again "
-                      "at the next start", self._faults_path, outbox.path,
-                      exc)
-            faults = _read_faults_json(self._faults_path)
-        else:
-            faults = {}
-        try:
-            faults.update(outbox.open_faults())
-        except sqlite3.Error as exc:
-            LOG.error("cannot read the open faults in the outbox %s (%s): "
-                      "faults open before this start are forgotten",
-                      outbox.path, exc)
-        if faults:
-            LOG.info("%d open fault(s) from before this start: %s",
-                     len(faults), ", ".join(sorted(faults)))
-        return faults
 
     # -- status ---------------------------------------------------------------
 
@@ -680,53 +420,3 @@ class AgentLoop(inst_mod.Env):
         if new > 0:
             self._rtt_hist.add(list(itertools.islice(reversed(self._rtts),
                                                      new)))
-
-    def _open_status_socket(self):
-        path = self.status_socket
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(path)
-        os.chmod(path, 0o660)
-        listener.listen(8)
-        listener.setblocking(False)
-        self._status_listener = listener
-        self.sel.register(listener, self._status_client)
-
-    def _status_client(self, listener, mask):
-        try:
-            conn, _ = listener.accept()
-        except BlockingIOError:
-            return
-        data = (json.dumps(self.status()) + "\n").encode()
-        # writing may take a while for thousands of instances and a slow
-        # reader: not in the loop's thread
-        threading.Thread(target=_send_and_close, args=(conn, data),
-                         daemon=True).start()
-
-
-def _read_faults_json(path):
-    """An older agent's open faults file, read only."""
-    try:
-        with open(path) as f:
-            faults = json.load(f)
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        LOG.error("cannot read %s (%s): open faults from before this start "
-                  "are forgotten", path, exc)
-        return {}
-    return faults if isinstance(faults, dict) else {}
-
-
-def _send_and_close(conn, data):
-    try:
-        conn.settimeout(5.0)
-        conn.sendall(data)
-    except OSError:
-        pass
-    finally:
-        conn.close()

@@ -99,7 +99,7 @@ class AgentService(object):
         self.reporter.start()
         self.watcher.start()
         self.rpc_server = api.start_agent_server(
-            self.transport, self.conf.agent.host, self.loop)
+            self.transport, self.conf.agent.host, self.loop.deliveries)
         LOG.info("guestha-agent running on host %s", self.conf.agent.host)
         try:
             self.loop.run()

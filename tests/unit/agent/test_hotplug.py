@@ -215,7 +215,7 @@ def test_with_credentials_the_optional_client_is_made():
 def test_the_loop_learns_the_features_from_the_domain_xml_too():
     # the agent loop's hot-plug worker: with no Nova client, the flavor's
     # settings (corrective action, messaging) still reach the instance
-    from guestha.agent import loop as loop_mod
+    from guestha.agent import hotplugworkers
 
     class Watcher(object):
         def __init__(self):
@@ -224,18 +224,18 @@ def test_the_loop_learns_the_features_from_the_domain_xml_too():
         def request_hotplug(self, uuid, path):
             self.hotplugs.append((uuid, path))
 
-    agent_loop = loop_mod.AgentLoop.__new__(loop_mod.AgentLoop)
-    agent_loop.hotplug_policy = hotplug.HotplugPolicy(None, SOCKET_DIR)
-    agent_loop.watcher = Watcher()
     posted = []
-    agent_loop.post = posted.append
+    workers = hotplugworkers.HotplugWorkers(
+        hotplug.HotplugPolicy(None, SOCKET_DIR), posted.append, lambda: 0.0)
+    watcher = Watcher()
 
-    agent_loop._decide_hotplug(info(nova_meta=with_specs({
+    workers.decide(info(nova_meta=with_specs({
         "guestha:heartbeat": "true",
-        "guestha:corrective_action": "stop"})))
+        "guestha:corrective_action": "stop"})), watcher)
+    workers.shutdown()
 
     assert [(p.instance, p.features) for p in posted] == [
         (UUID, {"heartbeat": True, "server_group_messaging": False,
                 "corrective_action": "stop"})]
-    assert agent_loop.watcher.hotplugs == [
+    assert watcher.hotplugs == [
         (UUID, "%s/%s.sock" % (SOCKET_DIR, UUID))]

@@ -118,10 +118,11 @@ def test_server_group_messages_reach_the_guest_and_back(setup):
             seen.append(msg)
             rep.changed.notify_all()
     guest._publish = publish
-    loop.on_deliver_broadcast([UUID, "0" * 8 + "-0000-4000-8000-" + "0" * 12],
-                              PEER, base64.b64encode(b"hi").decode())
-    loop.on_deliver_notification([UUID], PEER, "stopped",
-                                 "instance.power_off.end")
+    loop.deliveries.on_deliver_broadcast(
+        [UUID, "0" * 8 + "-0000-4000-8000-" + "0" * 12],
+        PEER, base64.b64encode(b"hi").decode())
+    loop.deliveries.on_deliver_notification([UUID], PEER, "stopped",
+                                            "instance.power_off.end")
     assert rep.until(lambda: len(seen) >= 2)
     assert seen[0]["from"] == PEER
     assert base64.b64decode(seen[0]["payload"]) == b"hi"
