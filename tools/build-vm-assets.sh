@@ -51,8 +51,9 @@
 # path on the host's root) only when the domain has no guestha_src share
 # (a tools/vm.py older than this initramfs).
 #
-# The initramfs is cached under a name with a hash of this script,
-# initramfs-<hash>.img (tools/vm.py looks for the one of its checkout), so
+# The initramfs is cached under a name with a hash of this script and
+# tools/guest/virtio-ports.sh, initramfs-<hash>.img (tools/vm.py looks
+# for the one of its checkout), so
 # checkouts at different versions sharing the cache do not rebuild it in
 # turn under each other's running tests.
 set -euo pipefail
@@ -224,12 +225,15 @@ else
 fi
 
 # --- 4. initramfs ---------------------------------------------------------
-# One per version of this script (tools/vm.py computes the same hash);
-# rebuilt when busybox or the module set changes too.
-tag="$(sha256sum < "${BASH_SOURCE[0]}" | cut -c1-16)"
+# One per version of this script and of the ports script, the same as the
+# cloud image's (tools/cloud/image.py); tools/vm.py computes the same
+# hash.  Rebuilt when busybox or the module set changes too.
+PORTS_SCRIPT="$ROOT/tools/guest/virtio-ports.sh"
+tag="$(cat "${BASH_SOURCE[0]}" "$PORTS_SCRIPT" | sha256sum | cut -c1-16)"
 INITRD="$KDIR/initramfs-$tag.img"
 STAMP="$KDIR/initramfs-$tag.stamp"
-stamp="$( { cat "${BASH_SOURCE[0]}"; sha256sum "$file_of_busybox";
+stamp="$( { cat "${BASH_SOURCE[0]}" "$PORTS_SCRIPT";
+            sha256sum "$file_of_busybox";
             cat "$KDIR/modules/load.list"; } | sha256sum | cut -d' ' -f1)"
 if [[ -s "$INITRD" && "$(cat "$STAMP" 2>/dev/null)" == "$stamp" ]]; then
     say "initramfs: cached"
@@ -243,6 +247,7 @@ else
         "$r/lib/modules"
     cp "$file_of_busybox" "$r/bin/busybox"
     cp "$KDIR"/modules/*.ko "$KDIR/modules/load.list" "$r/lib/modules/"
+    install -m 755 "$PORTS_SCRIPT" "$r/bin/ghvm-ports"
 
     cat > "$r/init" <<'INIT'
 #!/bin/busybox sh
@@ -274,27 +279,8 @@ while read -r mod; do
     insmod "/lib/modules/$mod" 2>/dev/null || log "insmod $mod failed"
 done < /lib/modules/load.list
 
-# /dev/virtio-ports/<name> -> ../vportNpM, kept up to date (no udev here)
-cat > /bin/ghvm-ports <<'EOF'
-#!/bin/sh
-mkdir -p /dev/virtio-ports
-while :; do
-    for f in /sys/class/virtio-ports/*/name; do
-        [ -r "$f" ] || continue
-        read -r name < "$f" || continue
-        [ -n "$name" ] || continue
-        d="${f%/name}"
-        link="/dev/virtio-ports/$name"
-        [ -e "$link" ] && [ "$(readlink "$link")" = "../${d##*/}" ] ||
-            ln -sfn "../${d##*/}" "$link"
-    done
-    for link in /dev/virtio-ports/*; do
-        [ -L "$link" ] && [ ! -e "$link" ] && rm -f "$link"
-    done
-    sleep 0.2
-done
-EOF
-chmod 755 /bin/ghvm-ports
+# /bin/ghvm-ports (tools/guest/virtio-ports.sh) keeps
+# /dev/virtio-ports/<name> -> ../vportNpM up to date (no udev here)
 
 N=/newroot
 if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose \

@@ -87,6 +87,8 @@ NOVA_NS = "http://openstack.org/xmlns/libvirt/nova/1.1"
 TEST_USER = "00000000-0000-4000-8000-000000000001"
 TEST_PROJECT = "00000000-0000-4000-8000-000000000002"
 BUILD_SCRIPT = os.path.join(ROOT, "tools", "build-vm-assets.sh")
+#: The guest's /dev/virtio-ports links; hashed with the build script.
+PORTS_SCRIPT = os.path.join(ROOT, "tools", "guest", "virtio-ports.sh")
 #: Where the guest sees the checkout (the ``guestha_src`` share): a fixed
 #: path, never the host's, which the guest's tmpfs could hide.
 GUEST_REPO = "/run/guestha-src"
@@ -109,10 +111,14 @@ def cache_dir():
 
 def initramfs_name():
     """The cache's name of the initramfs this checkout's build script
-    makes: ``initramfs-<hash of the script>.img`` (other checkouts, at
-    other versions, keep theirs)."""
-    with open(BUILD_SCRIPT, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
+    makes: ``initramfs-<hash>.img``, the hash of the script and of the
+    ports script it installs (other checkouts, at other versions, keep
+    theirs)."""
+    h = hashlib.sha256()
+    for path in (BUILD_SCRIPT, PORTS_SCRIPT):
+        with open(path, "rb") as f:
+            h.update(f.read())
+    digest = h.hexdigest()
     return "initramfs-%s.img" % digest[:16]
 
 

@@ -87,26 +87,10 @@ log "starting init at $(cut -d' ' -f1 /proc/uptime) s"
 exec /bin/busybox init
 """
 
-# /dev/virtio-ports/<name> links (no udev here), kept up to date: the host
-# hot-plugs the guestha channel after boot and after every new QEMU
-PORTS = r"""#!/bin/sh
-mkdir -p /dev/virtio-ports
-while :; do
-    for f in /sys/class/virtio-ports/*/name; do
-        [ -r "$f" ] || continue
-        read -r name < "$f" || continue
-        [ -n "$name" ] || continue
-        d="${f%/name}"
-        link="/dev/virtio-ports/$name"
-        [ -e "$link" ] && [ "$(readlink "$link")" = "../${d##*/}" ] ||
-            ln -sfn "../${d##*/}" "$link"
-    done
-    for link in /dev/virtio-ports/*; do
-        [ -L "$link" ] && [ ! -e "$link" ] && rm -f "$link"
-    done
-    sleep 0.2
-done
-"""
+#: /dev/virtio-ports/<name> links (no udev here), kept up to date: the host
+#: hot-plugs the guestha channel after boot and after every new QEMU.  The
+#: same script as the test guest's (tools/build-vm-assets.sh).
+PORTS_SCRIPT = os.path.join(ROOT, "tools", "guest", "virtio-ports.sh")
 
 # What systemd does with the installed unit, for busybox init's respawn:
 # ExecStart=, RuntimeDirectory=guestha (0755), RestartSec=1.
@@ -205,8 +189,8 @@ def vm_assets():
 
 
 def inputs_hash(kernel, modules):
-    files = [os.path.abspath(__file__), os.path.join(ROOT, "tools",
-             "build_guest_bundle.py"),
+    files = [os.path.abspath(__file__), PORTS_SCRIPT,
+             os.path.join(ROOT, "tools", "build_guest_bundle.py"),
              os.path.join(ROOT, "etc", "guestha-guest.ini"),
              os.path.join(ROOT, "etc", "systemd", "guestha-guest.service"),
              os.path.join(ELEMENT, "install.d", "60-guestha-guest"),
@@ -319,7 +303,9 @@ def build(say=print):
         _copy_into(root, QEMU_GA)
         for lib in _libs_of(QEMU_GA):
             _copy_into(root, lib)
-        for path, text in (("init", INIT), ("sbin/guestha-ports", PORTS),
+        with open(PORTS_SCRIPT) as f:
+            ports = f.read()
+        for path, text in (("init", INIT), ("sbin/guestha-ports", ports),
                            ("sbin/guestha-unit", UNIT),
                            ("sbin/guestha-stop", STOP),
                            ("sbin/guestha-qga", QGA),
