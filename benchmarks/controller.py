@@ -186,10 +186,14 @@ class Environment(object):
 
     def __init__(self, keep=False):
         from tests.functional import agentctl
+        from tests.functional import child_processes
+        from tests.functional import libvirt_domains
         self.agentctl = agentctl
+        self.child_processes = child_processes
+        self.libvirt_domains = libvirt_domains
         self.keep = keep
         self.dir = tempfile.mkdtemp(prefix=PREFIX, dir="/tmp")
-        self.procs = agentctl.Processes()
+        self.procs = child_processes.Processes()
         self.servers = []
         self.nova = None
         self.vhost = None
@@ -264,7 +268,8 @@ class Environment(object):
             print("cleanup: %s" % error, file=sys.stderr)
 
     def _stop_children(self):
-        self.agentctl.terminate_all(self.procs.running(), timeout=15)
+        self.child_processes.terminate_all(self.procs.running(),
+                                           timeout=15)
         self.procs.kill_all()
 
     def _stop_servers(self):
@@ -515,7 +520,7 @@ def run_reports(env, batch, clients, duration, executor_threads=None,
         if spy is not None:
             spy.wait(60)
     finally:
-        env.agentctl.terminate_all(procs, timeout=10)
+        env.child_processes.terminate_all(procs, timeout=10)
         for server in servers:
             env.stop_server(server)
     measured = [r for r in records
@@ -611,7 +616,7 @@ def start_hosts(env, members):
 
     agents = {}
     for host in (HOST_A, HOST_B):
-        uri = env.agentctl.write_node(
+        uri = env.libvirt_domains.write_node(
             os.path.join(env.dir, "%s.xml" % host),
             [(PREFIX + m.name, m.uuid, m.channel) for m in members
              if m.host == host])

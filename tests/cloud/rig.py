@@ -34,6 +34,7 @@ import subprocess
 import time
 
 from tests.functional import agentctl
+from tests.functional import child_processes
 from tests.functional import serverctl
 from tools.cloud import harness
 from tools import proc as procs
@@ -156,7 +157,7 @@ class Agent(object):
 
     def start(self, timeout=60.0):
         self.proc = self.procs.spawn(
-            [agentctl.PYTHON, "-W", "ignore", "-m", "guestha.cmd.agent",
+            [child_processes.PYTHON, "-W", "ignore", "-m", "guestha.cmd.agent",
              "--config-file", self.config], self.log + ".stderr")
 
         def ready():
@@ -171,7 +172,7 @@ class Agent(object):
         """SIGTERM, its clean stop; returns the exit code."""
         if self.proc is None:
             return None
-        code = agentctl.terminate(self.proc, 20)
+        code = child_processes.terminate(self.proc, 20)
         self.proc = None
         return code
 
@@ -215,8 +216,8 @@ class Agent(object):
             return "(%s)" % exc
 
     def tail(self, chars=3000):
-        return agentctl.file_tail(self.log, chars) + agentctl.file_tail(
-            self.log + ".stderr", 1000)
+        return (child_processes.file_tail(self.log, chars)
+                + child_processes.file_tail(self.log + ".stderr", 1000))
 
 
 def os_auth(**extra):
@@ -270,8 +271,8 @@ class GuestHA(object):
     def __init__(self, cloud):
         self.cloud = cloud
         self.conn = cloud.conn
-        self.procs = agentctl.Processes()
-        self.workdir = agentctl.short_tempdir("ghcl-")
+        self.procs = child_processes.Processes()
+        self.workdir = child_processes.short_tempdir("ghcl-")
         self.url = harness.TRANSPORT_URL
         services = list(self.conn.compute.services(binary="nova-compute"))
         assert services, "no nova-compute in the cloud"

@@ -28,6 +28,7 @@ import uuid
 import pytest
 
 from tests.functional import test_cli as cli_functional
+from tests.support.ports import free_port
 from tests.unit.osc import world
 from tools.cloud import harness
 from tools import proc
@@ -103,7 +104,7 @@ def api(keystone, projects, tmp_path_factory):
     ledger = str(workdir / "ledger.sqlite")
     world.fill_ledger(ledger, projects={world.P1: projects["p1"].id,
                                         world.P2: projects["p2"].id})
-    port = cli_functional._free_port()
+    port = free_port()
     config = workdir / "guestha.conf"
     config.write_text(
         "[server]\nledger_path = %s\n"

@@ -88,7 +88,13 @@ class ServerProcess(object):
                     f.write("%s = %s\n" % (key, value))
                 f.write("\n")
 
+    def argv(self):
+        """Its command line."""
+        return [sys.executable, "-W", "ignore", "-m", "guestha.cmd.server",
+                "--config-file", self.conf_path]
+
     def start(self, timeout=60.0):
+        """Start it and wait until its log says it runs."""
         marker = "guestha-server %s running" % self.server_id
         offset = (os.path.getsize(self.log_path)
                   if os.path.exists(self.log_path) else 0)
@@ -96,10 +102,8 @@ class ServerProcess(object):
         with open(os.path.join(self.workdir, "%s.stderr" % self.name),
                   "ab") as err:
             # its own process group, killed with the test process
-            self.proc = procs.spawn(
-                [sys.executable, "-W", "ignore", "-m", "guestha.cmd.server",
-                 "--config-file", self.conf_path],
-                stdout=err, stderr=err, cwd=ROOT, env=env)
+            self.proc = procs.spawn(self.argv(), stdout=err, stderr=err,
+                                    cwd=ROOT, env=env)
 
         def ready():
             if self.proc.poll() is not None:

@@ -32,7 +32,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -40,15 +39,9 @@ import uuid
 from guestha import records
 from guestha.rpc import api
 from tests.functional import serverctl
-from tests.functional.serverctl import ROOT
+from tests.support.ports import free_port
 from tests.support.wait import wait_until
 from tools import proc as procs
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _port_open(port):
@@ -183,31 +176,14 @@ class HostServer(serverctl.ServerProcess):
         super(HostServer, self).__init__(*args, **kwargs)
         self.hostname = hostname
 
-    def start(self, timeout=60.0):
-        marker = "guestha-server %s running" % self.server_id
-        offset = (os.path.getsize(self.log_path)
-                  if os.path.exists(self.log_path) else 0)
-        env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
-        argv = [sys.executable, "-W", "ignore", "-m", "guestha.cmd.server",
-                "--config-file", self.conf_path]
+    def argv(self):
+        """The server's command line, in a UTS namespace of its own
+        named ``hostname`` if there is one."""
+        argv = super(HostServer, self).argv()
         if self.hostname:
             argv = ["unshare", "--uts", "--", "sh", "-c",
                     'hostname "$0" && exec "$@"', self.hostname] + argv
-        with open(os.path.join(self.workdir, "%s.stderr" % self.name),
-                  "ab") as err:
-            self.proc = procs.spawn(argv, stdout=err, stderr=err, cwd=ROOT,
-                                    env=env)
-
-        def ready():
-            if self.proc.poll() is not None:
-                raise AssertionError("guestha-server %s exited (%s):\n%s"
-                                     % (self.server_id, self.proc.returncode,
-                                        self.tail()))
-            return marker in self.log_text(offset)
-
-        wait_until(ready, timeout, "guestha-server %s to run" % self.server_id,
-                   interval=0.05)
-        return self
+        return argv
 
     def signal(self, sig=signal.SIGKILL):
         procs.signal_group(self.proc, sig)

@@ -32,6 +32,10 @@ import time
 import pytest
 
 from tests.functional import agentctl
+from tests.functional import child_processes
+from tests.functional import guest_farm
+from tests.functional import hostile_guest
+from tests.functional import libvirt_domains
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.functional, pytest.mark.libvirt]
@@ -61,10 +65,11 @@ def test_driver():
     # not register_event_impl(): nothing runs the loop in this process
     virt.silence_libvirt_errors()
     try:
-        conn = libvirt.open(agentctl.URI)
+        conn = libvirt.open(libvirt_domains.URI)
     except libvirt.libvirtError as exc:
         message = ("libvirtd does not serve %s (%s): run "
-                   "tools/libvirt-setup.sh as root" % (agentctl.URI, exc))
+                   "tools/libvirt-setup.sh as root"
+                   % (libvirt_domains.URI, exc))
         if _in_ci():
             pytest.fail(message)
         pytest.skip(message)
@@ -73,7 +78,7 @@ def test_driver():
 
 @pytest.fixture
 def procs():
-    procs = agentctl.Processes()
+    procs = child_processes.Processes()
     yield procs
     procs.kill_all()
 
@@ -82,13 +87,13 @@ def procs():
 def exclusive_test_driver(test_driver):
     """No other guestha agent may watch the shared test driver during a
     test: it would connect to the test's channels (see
-    :func:`agentctl.foreign_agents`).  Waits for such agents (another
+    :func:`libvirt_domains.foreign_agents`).  Waits for such agents (another
     test run, a benchmark) to end, within reason."""
     deadline = time.monotonic() + FOREIGN_AGENT_WAIT
-    others = agentctl.foreign_agents()
+    others = libvirt_domains.foreign_agents()
     if others:
         print("waiting for other agents on %s to end: %s"
-              % (agentctl.URI, others))
+              % (libvirt_domains.URI, others))
     while others:
         if time.monotonic() > deadline:
             pytest.fail(
@@ -96,22 +101,22 @@ def exclusive_test_driver(test_driver):
                 "test's channels too (a channel serves one host at a "
                 "time), so these tests need the test driver to themselves; "
                 "run them when those agents have ended"
-                % (agentctl.URI, others))
+                % (libvirt_domains.URI, others))
         time.sleep(1.0)
-        others = agentctl.foreign_agents()
+        others = libvirt_domains.foreign_agents()
 
 
 @pytest.fixture
 def sockdir():
-    path = agentctl.short_tempdir()
+    path = child_processes.short_tempdir()
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
 def domains(exclusive_test_driver):
-    libvirtd = agentctl.libvirtd_pid()
-    doms = agentctl.Domains()
+    libvirtd = libvirt_domains.libvirtd_pid()
+    doms = libvirt_domains.Domains()
     others = doms.others()
     yield doms
     if doms.others() != others:
@@ -119,10 +124,10 @@ def domains(exclusive_test_driver):
         print("NOTE: other suites' active domains in the shared test driver "
               "went from %s to %s during the test" % (others, doms.others()))
     doms.close()
-    if agentctl.libvirtd_pid() != libvirtd:
+    if libvirt_domains.libvirtd_pid() != libvirtd:
         # the test driver's state went with it, this test's domains too
         print("NOTE: libvirtd restarted during the test (pid %s -> %s)"
-              % (libvirtd, agentctl.libvirtd_pid()))
+              % (libvirtd, libvirt_domains.libvirtd_pid()))
 
 
 @pytest.fixture
@@ -140,14 +145,14 @@ def agent(procs, rabbit_vhost, tmp_path, sockdir, controller):
                                   rabbit_vhost)
     yield agent
     # the agent and the controller at once: each takes seconds to stop
-    agentctl.terminate_all([p for p in (agent.proc, controller.proc)
-                            if p is not None])
+    child_processes.terminate_all([p for p in (agent.proc, controller.proc)
+                                   if p is not None])
     agent.proc = controller.proc = None
     mine = [p.pid for p in procs.running()]
-    others = agentctl.foreign_agents(exclude=mine)
+    others = libvirt_domains.foreign_agents(exclude=mine)
     if others:
         print("NOTE: other agents on %s during the test: %s"
-              % (agentctl.URI, others))
+              % (libvirt_domains.URI, others))
     # shown by pytest when the test failed
     print("---- agent log (tail) ----\n" + agent.log_tail())
 
@@ -168,7 +173,7 @@ def guests(procs, tmp_path, sockdir):
     for guest in made:
         if guest.proc is not None:
             print("---- guest %s log (tail) ----\n%s" % (
-                guest.name, agentctl.file_tail(guest.log, 1500)))
+                guest.name, child_processes.file_tail(guest.log, 1500)))
 
 
 def measured(record_property, name, seconds):
@@ -211,7 +216,7 @@ def test_monitored_at_the_granted_interval_without_faults(
 
     entry = agent.wait_state(uuid, "MONITORED", min_answers=1)[uuid]
     assert entry["interval_ms"] == INTERVAL_MS
-    assert entry["name"].startswith(agentctl.DOMAIN_PREFIX)
+    assert entry["name"].startswith(libvirt_domains.DOMAIN_PREFIX)
 
     first, t1 = observe(agent, controller, [uuid], 0.0)
     last, t2 = observe(agent, controller, [uuid], 3.0)
@@ -480,10 +485,10 @@ def test_a_hostile_guest_disturbs_no_other(
         guest.start(wait=False)
     for guest in daemons:
         guest.wait_listening()
-    farm = agentctl.GuestFarm(
+    farm = guest_farm.GuestFarm(
         [os.path.join(sockdir, "farm-%02d.sock" % i) for i in range(40)],
         interval_ms=INTERVAL_MS).start()
-    hostile = agentctl.HostileGuest(procs, str(tmp_path), sockdir).start()
+    hostile = hostile_guest.HostileGuest(procs, str(tmp_path), sockdir).start()
     try:
         uuids = [domains.define(g.channel) for g in daemons]
         uuids += [domains.define(g.path) for g in farm.guests]

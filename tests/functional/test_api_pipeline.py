@@ -22,7 +22,6 @@ the fault closed.
 import json
 import os
 import shutil
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -32,10 +31,11 @@ import pytest
 
 from guestha_guest import protocol as p
 from tests.functional import agentctl
+from tests.functional import child_processes
 from tests.functional import novaless
-from tests.functional.test_end_to_end import Agent
 from tests.functional.test_end_to_end import Guest
 from tests.functional.test_end_to_end import require_libvirtd
+from tests.support.ports import free_port
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.functional, pytest.mark.libvirt]
@@ -80,15 +80,9 @@ CHANNEL = """\
     </channel>"""
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class APIProcess(object):
     def __init__(self, procs, workdir, ledger_path):
-        self.port = _free_port()
+        self.port = free_port()
         self.conf = os.path.join(workdir, "api.conf")
         self.log = os.path.join(workdir, "api.log")
         with open(self.conf, "w") as f:
@@ -97,7 +91,7 @@ class APIProcess(object):
                     "[api]\nauth_strategy = noauth\nhost = 127.0.0.1\n"
                     "port = %d\n" % (self.log, ledger_path, self.port))
         self.proc = procs.spawn(
-            [agentctl.PYTHON, "-W", "ignore", "-m", "guestha.cmd.api",
+            [child_processes.PYTHON, "-W", "ignore", "-m", "guestha.cmd.api",
              "--config-file", self.conf], self.log + ".stderr")
         self.url = "http://127.0.0.1:%d" % self.port
 
@@ -120,8 +114,8 @@ class APIProcess(object):
 @pytest.fixture(scope="module")
 def pipeline(rabbitmq):
     require_libvirtd()
-    procs = agentctl.Processes()
-    workdir = agentctl.short_tempdir("ghapi-")
+    procs = child_processes.Processes()
+    workdir = child_processes.short_tempdir("ghapi-")
     vhost = "guestha-api-%s" % uuidlib.uuid4().hex[:12]
     rabbitmq.run("add_vhost", vhost)
     rabbitmq.run("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
@@ -156,14 +150,15 @@ def pipeline(rabbitmq):
                     nova_name="vm-%s" % name, project=projects[name],
                     devices=devices))
             f.write("</node>\n")
-        agent = Agent(procs, workdir, workdir, url, HOST,
-                      "test+unix://" + node).start()
+        agent = agentctl.AgentProcess(
+            procs, workdir, workdir, url, host=HOST,
+            uri="test+unix://" + node, name=HOST, debug=None).start()
         api = APIProcess(procs, workdir, server.ledger_path)
         yield {"api": api, "guests": guests, "agent": agent,
                "server": server}
     finally:
         running = [p for p in procs.running()]
-        agentctl.terminate_all(running, timeout=15)
+        child_processes.terminate_all(running, timeout=15)
         if server is not None:
             server.stop()
         procs.kill_all()
@@ -176,8 +171,8 @@ def pipeline(rabbitmq):
 def wait_for(predicate, what, pipeline, timeout=ARRIVAL):
     def logs():
         return "--- agent ---\n%s\n--- server ---\n%s\n--- api ---\n%s" % (
-            pipeline["agent"].tail(3000), pipeline["server"].tail(3000),
-            agentctl.file_tail(pipeline["api"].log))
+            pipeline["agent"].log_tail(3000), pipeline["server"].tail(3000),
+            child_processes.file_tail(pipeline["api"].log))
     return wait_until(predicate, timeout, what, interval=0.2, details=logs)
 
 

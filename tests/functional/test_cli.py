@@ -7,7 +7,6 @@ operator types and reads, exit codes and error messages included."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -15,6 +14,7 @@ import urllib.request
 
 import pytest
 
+from tests.support.ports import free_port
 from tests.support.wait import wait_until
 from tests.unit.osc import world
 from tools import proc
@@ -25,14 +25,6 @@ BIN = os.path.dirname(sys.executable)
 OPENSTACK = os.path.join(BIN, "openstack")
 GUESTHA_API = os.path.join(BIN, "guestha-api")
 ALL = sorted(row[0] for row in world.INSTANCES)
-
-
-def _free_port():
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 def _wait_up(url, process, log, timeout=60.0):
@@ -60,7 +52,7 @@ def api_url(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("cli")
     ledger = str(workdir / "ledger.sqlite")
     world.fill_ledger(ledger)
-    port = _free_port()
+    port = free_port()
     config = workdir / "guestha.conf"
     config.write_text(
         "[server]\nledger_path = %s\n"
@@ -158,7 +150,7 @@ def test_value_output(api_url):
 
 
 def test_errors():
-    port = _free_port()
+    port = free_port()
     url = "http://127.0.0.1:%d/" % port
     result = openstack("--os-guestha-url", url, "guestha", "instance",
                        "list")

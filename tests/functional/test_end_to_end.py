@@ -41,8 +41,9 @@ import uuid as uuidlib
 
 import pytest
 
-from guestha.agent import status as agent_status
 from tests.functional import agentctl
+from tests.functional import child_processes
+from tests.functional import libvirt_domains
 from tests.functional import novaless
 from tests.support.wait import wait_until
 
@@ -72,57 +73,13 @@ def require_libvirtd():
     # not register_event_impl(): nothing runs the loop in this process
     virt.silence_libvirt_errors()
     try:
-        libvirt.open(agentctl.URI).close()
+        libvirt.open(libvirt_domains.URI).close()
     except libvirt.libvirtError as exc:
         message = ("libvirtd does not serve its test driver (%s): run "
                    "tools/libvirt-setup.sh as root" % exc)
         if _in_ci():
             pytest.fail(message)
         pytest.skip(message)
-
-
-# -- agents -------------------------------------------------------------------
-
-class Agent(object):
-    """``guestha-agent`` of one host, in a child process."""
-
-    def __init__(self, procs, workdir, sockdir, url, host, uri):
-        self.procs = procs
-        self.host = host
-        self.config = os.path.join(workdir, "%s.conf" % host)
-        self.log = os.path.join(workdir, "%s.log" % host)
-        self.status_socket = os.path.join(sockdir, "%s.sock" % host)
-        with open(self.config, "w") as f:
-            f.write(agentctl.agent_conf(
-                url, host, os.path.join(workdir, "state-%s" % host),
-                os.path.join(workdir, "hotplug-%s" % host),
-                self.status_socket, uri=uri, log_file=self.log))
-        self.proc = None
-
-    def start(self):
-        self.proc = self.procs.spawn(
-            [agentctl.PYTHON, "-W", "ignore", "-m", "guestha.cmd.agent",
-             "--config-file", self.config], self.log + ".stderr")
-        return self
-
-    def status(self):
-        if self.proc.poll() is not None:
-            raise AssertionError("the agent of %s exited (%s):\n%s" % (
-                self.host, self.proc.returncode, self.tail()))
-        try:
-            return agent_status.fetch(self.status_socket, timeout=10.0)
-        except (OSError, ValueError):
-            return None
-
-    def states(self):
-        status = self.status()
-        if status is None:
-            return {}
-        return {i["instance"]: i["state"] for i in status["instances"]}
-
-    def tail(self, chars=4000):
-        return "".join(agentctl._tail(path, chars) for path in (
-            self.log, self.log + ".stderr"))
 
 
 # -- guests -------------------------------------------------------------------
@@ -170,14 +127,15 @@ class Guest(object):
 
     def start(self):
         self.proc = self.procs.spawn(
-            [agentctl.PYTHON, "-m", "guestha_guest", "--config", self.config,
-             "--port", "unix-listen:%s" % self.channel], self.log)
+            [child_processes.PYTHON, "-m", "guestha_guest", "--config",
+             self.config, "--port", "unix-listen:%s" % self.channel],
+            self.log)
         return self
 
     def listening(self):
         if self.proc.poll() is not None:
-            raise AssertionError("guest daemon %s exited:\n%s"
-                                 % (self.name, agentctl._tail(self.log)))
+            raise AssertionError("guest daemon %s exited:\n%s" % (
+                self.name, child_processes.file_tail(self.log)))
         return os.path.exists(self.channel) and os.path.exists(
             self.app_socket)
 
@@ -195,8 +153,8 @@ class World(object):
 
     def __init__(self, rabbitmq):
         self.rabbitmq = rabbitmq
-        self.procs = agentctl.Processes()
-        self.workdir = agentctl.short_tempdir("ghcb-e2e-")
+        self.procs = child_processes.Processes()
+        self.workdir = child_processes.short_tempdir("ghcb-e2e-")
         self.sockdir = self.workdir  # short enough for socket addresses
         self.vhost = None
         self.server = None
@@ -222,11 +180,12 @@ class World(object):
             guest.start()
         for host in (HOST_A, HOST_B):
             node = os.path.join(self.workdir, "%s.xml" % host)
-            uri = agentctl.write_node(
+            uri = libvirt_domains.write_node(
                 node, [g.domain for g in self.guests.values()
                        if g.host == host])
-            self.agents[host] = Agent(self.procs, self.workdir, self.sockdir,
-                                      self.url, host, uri).start()
+            self.agents[host] = agentctl.AgentProcess(
+                self.procs, self.workdir, self.sockdir, self.url, host=host,
+                uri=uri, name=host, debug=None).start()
         wait_until(
             lambda: all(g.listening() for g in self.guests.values()), 30,
             "the guest daemons to listen")
@@ -252,7 +211,7 @@ class World(object):
                 and (type_ is None or r.get("type") == type_)]
 
     def diagnostics(self):
-        parts = ["--- %s ---\n%s" % (h, a.tail(2500))
+        parts = ["--- %s ---\n%s" % (h, a.log_tail(2500))
                  for h, a in self.agents.items()]
         if self.server is not None:
             parts.append("--- server ---\n%s" % self.server.tail(2500))
@@ -264,7 +223,7 @@ class World(object):
                        if g.proc is not None]
             running += [a.proc for a in self.agents.values()
                         if a.proc is not None]
-            agentctl.terminate_all(running, timeout=15)
+            child_processes.terminate_all(running, timeout=15)
             if self.server is not None:
                 self.server.stop()
         finally:

@@ -41,11 +41,11 @@ pytestmark = [pytest.mark.functional]
 HARNESS = textwrap.dedent("""\
     # a harness: the functional tests' process helpers, as a test uses them
     import json, os, sys, time
-    from tests.functional import agentctl, serverctl
+    from tests.functional import agentctl, child_processes, serverctl
     from tools import proc
 
     workdir, url = sys.argv[1], sys.argv[2]
-    processes = agentctl.Processes()
+    processes = child_processes.Processes()
     guest = agentctl.GuestProcess(processes, workdir, workdir, "g1").start()
     server = serverctl.ServerProcess(workdir, url, "ghhc-ctl",
                                      "http://127.0.0.1:9/nova").start()

@@ -23,7 +23,6 @@ trips), and resolve once the guest answers again.
 import json
 import os
 import shutil
-import socket
 import time
 import urllib.error
 import urllib.parse
@@ -33,13 +32,16 @@ import uuid as uuidlib
 import pytest
 
 from tests.functional import agentctl
+from tests.functional import child_processes
+from tests.functional import libvirt_domains
 from tests.functional import novaless
+from tests.support.ports import free_port
 from tests.support.wait import wait_until
 
 PROMETHEUS = shutil.which("prometheus")
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which(
     "alertmanager")
-RULES = os.path.join(agentctl.ROOT, "etc", "prometheus",
+RULES = os.path.join(child_processes.ROOT, "etc", "prometheus",
                      "guestha-rules.yml")
 #: The guest's heartbeat interval (ms): with miss_threshold 1 a hang is
 #: a fault within two intervals.
@@ -54,12 +56,6 @@ pytestmark = pytest.mark.skipif(
     not (PROMETHEUS and ALERTMANAGER),
     reason="prometheus and prometheus-alertmanager not installed "
            "(Debian packages, tools/setup.sh installs them)")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get_json(url, timeout=5.0):
@@ -109,8 +105,8 @@ receivers:
 @pytest.fixture
 def rig(rabbit_vhost, tmp_path):
     workdir = str(tmp_path)
-    sockdir = agentctl.short_tempdir()
-    processes = agentctl.Processes()
+    sockdir = child_processes.short_tempdir()
+    processes = child_processes.Processes()
     server = None
     try:
         ports = {"agent_port": free_port(), "server_port": free_port(),
@@ -127,8 +123,9 @@ def rig(rabbit_vhost, tmp_path):
         node = os.path.join(workdir, "node.xml")
         # the in-process test driver: the domains of the node file, no
         # libvirtd (its state is private to the agent's connection)
-        uri = agentctl.write_node(node, [("ghprom-g1", uuid, guest.channel)]
-                                  ).replace("test+unix://", "test://")
+        uri = libvirt_domains.write_node(
+            node, [("ghprom-g1", uuid, guest.channel)]).replace(
+                "test+unix://", "test://")
         agent = agentctl.AgentProcess(processes, workdir, sockdir,
                                       rabbit_vhost, host="ghprom-host")
         with open(agent.config, "w") as f:

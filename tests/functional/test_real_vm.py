@@ -39,6 +39,7 @@ import time
 import pytest
 
 from tests.functional import agentctl
+from tests.functional import child_processes
 from tests.functional import novaless
 from tests.support.wait import wait_until
 from tools import proc as procs
@@ -119,7 +120,7 @@ class Agent(object):
         """Start it and wait until its status says libvirt is connected;
         returns the time.monotonic() of that moment."""
         self.proc = self.procs.spawn(
-            [agentctl.PYTHON, "-W", "ignore", "-m", "guestha.cmd.agent",
+            [child_processes.PYTHON, "-W", "ignore", "-m", "guestha.cmd.agent",
              "--config-file", self.config], self.log + ".stderr")
 
         def ready():
@@ -162,7 +163,7 @@ class Agent(object):
             return 0
 
     def tail(self, chars=3000):
-        return "".join(agentctl.file_tail(path, chars) for path in (
+        return "".join(child_processes.file_tail(path, chars) for path in (
             self.log, self.log + ".stderr"))
 
 
@@ -177,8 +178,8 @@ class Rig(object):
         self.rabbitmq = rabbitmq
         self.instance_uuid = instance_uuid
         self.server_groups = server_groups
-        self.procs = agentctl.Processes()
-        self.workdir = agentctl.short_tempdir("ghrv-")
+        self.procs = child_processes.Processes()
+        self.workdir = child_processes.short_tempdir("ghrv-")
         self.vhost = None
         self.server = None
         self.agent = None
@@ -277,7 +278,7 @@ class Rig(object):
         procs.teardown(
             self.vm and self.vm.close,
             self.agent and self.agent.proc and (
-                lambda: agentctl.terminate_all([self.agent.proc], 15)),
+                lambda: child_processes.terminate_all([self.agent.proc], 15)),
             self.server and self.server.stop,
             self.procs.kill_all,
             self.server and self.server.kill,

@@ -34,7 +34,7 @@ import time
 
 import pytest
 
-from tests.functional import agentctl
+from tests.functional import child_processes
 from tests.functional import novaless
 from tests.functional import test_real_vm as real
 from tests.support.wait import wait_until
@@ -141,8 +141,8 @@ class Cloud(object):
 
     def __init__(self, rabbitmq):
         self.rabbitmq = rabbitmq
-        self.procs = agentctl.Processes()
-        self.workdir = agentctl.short_tempdir("ghrc-")
+        self.procs = child_processes.Processes()
+        self.workdir = child_processes.short_tempdir("ghrc-")
         self.vhost = None
         self.server = None
         self.agent = None
@@ -254,7 +254,7 @@ class Cloud(object):
         procs.teardown(
             *[guest.close for guest in self.vms.values()],
             self.agent and self.agent.proc and (
-                lambda: agentctl.terminate_all([self.agent.proc], 15)),
+                lambda: child_processes.terminate_all([self.agent.proc], 15)),
             self.server and self.server.stop,
             self.procs.kill_all,
             self.server and self.server.kill,

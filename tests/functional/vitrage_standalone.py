@@ -41,7 +41,6 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -49,6 +48,7 @@ import tarfile
 import tempfile
 import time
 
+from tests.support.ports import free_port
 from tools import proc as procs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -245,12 +245,6 @@ datasources_values_dir = %(workdir)s/datasources_values
 [oslo_concurrency]
 lock_path = %(workdir)s/locks
 """
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- the services ---------------------------------------------------------
