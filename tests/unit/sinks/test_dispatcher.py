@@ -15,19 +15,12 @@ import pytest
 
 from guestha import records
 from guestha.sinks import base
+from tests.support.clock import ManualClock
 
 #: notified whenever a fake sink is called or delivers
 CHANGED = threading.Condition()
 
 INSTANCE = "5b0e7d9e-3c1a-4b6f-8e2d-1f0a9c8b7d6e"
-
-
-class FakeClock(object):
-    def __init__(self, now=1000.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
 
 
 class FakeSink(base.FaultSink):
@@ -93,7 +86,7 @@ def make(sinks, clock=None, **kwargs):
     kwargs.setdefault("retry_min", 1.0)
     kwargs.setdefault("retry_max", 60.0)
     dispatcher = base.SinkDispatcher(
-        sinks, clock=clock or FakeClock(),
+        sinks, clock=clock or ManualClock(),
         on_result=lambda e, s, state: results.append((e["id"], s, state)),
         **kwargs)
     return dispatcher, results
@@ -118,7 +111,7 @@ def test_delivers_to_every_sink_in_order():
 
 
 def test_fails_n_times_then_succeeds_with_exponential_backoff():
-    clock = FakeClock()
+    clock = ManualClock()
     sink = FakeSink("s", fail=3)
     d, results = make([sink], clock=clock)
     e = fault()
@@ -129,7 +122,7 @@ def test_fails_n_times_then_succeeds_with_exponential_backoff():
         delays.append(d.step("s"))
         # Too early: nothing is sent, the remaining wait is returned.
         assert d.step("s") == pytest.approx(delays[-1])
-        clock.now += delays[-1]
+        clock.advance(delays[-1])
     assert delays == [1.0, 2.0, 4.0]
     assert d.step("s") is None
     assert sink.delivered == [e["id"]] and len(sink.calls) == 4
@@ -151,14 +144,14 @@ def test_backoff_is_capped_and_jittered():
 
 
 def test_gives_up_after_max_attempts_and_logs_the_id(caplog):
-    clock = FakeClock()
+    clock = ManualClock()
     sink = FakeSink("vitrage", fail=100)
     d, results = make([sink], clock=clock, max_attempts=3)
     e = fault()
     d.submit(e)
     with caplog.at_level(logging.ERROR, logger="guestha.sinks.base"):
         for _ in range(3):
-            clock.now += d.step("vitrage")
+            clock.advance(d.step("vitrage"))
     assert results == [(e["id"], "vitrage", base.DROPPED)]
     assert d.step("vitrage") is None      # nothing left to send
     errors = [r.getMessage() for r in caplog.records
@@ -170,29 +163,29 @@ def test_gives_up_after_max_attempts_and_logs_the_id(caplog):
 
 
 def test_gives_up_on_events_older_than_give_up_after():
-    clock = FakeClock()
+    clock = ManualClock()
     sink = FakeSink("s", fail=100)
     d, results = make([sink], clock=clock, max_attempts=100,
                       give_up_after=30.0, retry_max=20.0)
     old, new = fault(1), fault(2)
     d.submit(old)
-    clock.now += 25
+    clock.advance(25)
     d.submit(new)
     sink.max_batch = 2
     while not results:
-        clock.now += d.step("s")
+        clock.advance(d.step("s"))
     # The old one went at its first failed attempt past 30 s; the new one
     # is still being tried.
     assert results == [(old["id"], "s", base.DROPPED)]
     assert d.stats()["s"]["waiting"] == 1
     sink.fail = 0
     while d.step("s") is not None:
-        clock.now += 60
+        clock.advance(60)
     assert sink.delivered == [new["id"]]
 
 
 def test_retries_keep_the_order_of_a_sink():
-    clock = FakeClock()
+    clock = ManualClock()
     sink = FakeSink("s", fail=2)
     d, _ = make([sink], clock=clock)
     events = [fault(n) for n in range(4)]
@@ -202,7 +195,7 @@ def test_retries_keep_the_order_of_a_sink():
         delay = d.step("s")
         if delay is None:
             break
-        clock.now += delay
+        clock.advance(delay)
     assert sink.delivered == [e["id"] for e in events]
 
 
@@ -275,13 +268,13 @@ def test_submit_to_named_sinks_only_and_unknown_names_are_dropped(caplog):
 
 
 def test_a_sink_bug_is_retried_like_an_outage(caplog):
-    clock = FakeClock()
+    clock = ManualClock()
     sink = FakeSink("s", script=[TypeError("bug")])
     d, results = make([sink], clock=clock)
     e = fault()
     d.submit(e)
     with caplog.at_level(logging.ERROR, logger="guestha.sinks.base"):
-        clock.now += d.step("s")
+        clock.advance(d.step("s"))
     assert d.step("s") is None
     assert sink.delivered == [e["id"]]
     assert any(r.exc_info for r in caplog.records)

@@ -5,7 +5,7 @@ flight, and only the controller's own are sent), ``on_results`` right
 after, once per batch."""
 
 from guestha.sinks import base
-from tests.unit.sinks.test_dispatcher import FakeClock
+from tests.support.clock import ManualClock
 from tests.unit.sinks.test_dispatcher import FakeSink
 from tests.unit.sinks.test_dispatcher import fault
 
@@ -13,7 +13,7 @@ from tests.unit.sinks.test_dispatcher import fault
 def make(sink, before_send, clock=None, **kwargs):
     results = []
     dispatcher = base.SinkDispatcher(
-        [sink], clock=clock or FakeClock(), rng=lambda: 0.5,
+        [sink], clock=clock or ManualClock(), rng=lambda: 0.5,
         on_results=lambda name, events, state: results.append(
             (name, [e["id"] for e in events], state)),
         before_send=before_send, **kwargs)
@@ -68,7 +68,7 @@ def test_a_failing_before_send_holds_the_batch_without_an_attempt():
     """The ledger is away: nothing is sent (the sink would get what the
     ledger cannot mark in flight), and the wait counts no attempt against
     the events: a sink allowed one attempt still gets them."""
-    clock = FakeClock()
+    clock = ManualClock()
     sink = FakeSink("a", max_batch=10)
     away = [True]
 
@@ -84,7 +84,7 @@ def test_a_failing_before_send_holds_the_batch_without_an_attempt():
     for _ in range(5):
         delay = d.step("a")
         assert delay > 0 and sink.calls == []
-        clock.now += delay
+        clock.advance(delay)
     away[0] = False
     assert d.step("a") is None
     assert sink.delivered == [ev["id"]]
@@ -96,7 +96,7 @@ def test_a_failing_before_send_holds_the_batch_without_an_attempt():
 def test_on_result_still_hears_each_event_without_on_results():
     sink = FakeSink("a", max_batch=10)
     heard = []
-    d = base.SinkDispatcher([sink], clock=FakeClock(),
+    d = base.SinkDispatcher([sink], clock=ManualClock(),
                             on_result=lambda e, s, st: heard.append(e["id"]))
     events = [fault(n) for n in range(2)]
     for e in events:
@@ -112,7 +112,7 @@ def test_drops_and_skips_go_to_on_result_a_delivered_batch_to_on_results():
     sink = FakeSink("a", max_batch=10, event_types=("fault",))
     single, batches = [], []
     d = base.SinkDispatcher(
-        [sink], clock=FakeClock(),
+        [sink], clock=ManualClock(),
         on_result=lambda e, s, st: single.append((e["id"], st)),
         on_results=lambda s, events, st: batches.append(
             ([e["id"] for e in events], st)))
