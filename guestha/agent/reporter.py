@@ -23,7 +23,9 @@ after a broker restart); new submissions do not cut a back-off short, but
 a relay cast that goes through after the broker was unreachable does
 (the broker is back).
 
-The disk and the bus fail apart, and each is handled apart.  When the
+The disk and the bus fail apart, and each is handled apart: the disk by
+:class:`~guestha.agent.fallbackoutbox.FallbackOutbox`, the bus here, with
+its back-off in :class:`~guestha.agent.backoff.Backoff`.  When the
 outbox cannot be written (a full disk), ``submit`` holds the event in
 memory (at most :data:`MAX_UNSAVED`, oldest dropped first), and so does
 every later one, behind it, until the sender thread has written them all
@@ -43,9 +45,10 @@ saying how many events are kept where, and once when it ends.
 
 Server-group traffic (broadcast, status query, agent_alive) is best
 effort: :meth:`Reporter.cast_relay` puts it on a bounded in-memory queue
-that a second thread casts from.  A failure is counted and logged (at most
-once a minute), never raised; when the queue is full the oldest cast is
-dropped.
+that a second thread casts from
+(:class:`~guestha.agent.relaycasts.RelayCaster`).  A failure is counted
+and logged (at most once a minute), never raised; when the queue is full
+the oldest cast is dropped.
 
 What oslo.messaging (18.3, rabbit driver) does when RabbitMQ is down
 -------------------------------------------------------------------
@@ -74,8 +77,6 @@ built as it is:
   reply queue's consumer reconnects (about 3 s here); the retry succeeds.
 """
 
-import collections
-import itertools
 import logging
 import random
 import sqlite3
@@ -84,37 +85,30 @@ import time
 
 import oslo_messaging
 
+from guestha.agent import backoff as backoff_mod
+from guestha.agent import fallbackoutbox
+from guestha.agent import relaycasts
 from guestha import rpc
 from guestha.rpc import api as rpc_api
 
 LOG = logging.getLogger(__name__)
 
 #: The casts :meth:`Reporter.cast_relay` may make (ControllerAPI methods).
-RELAY_METHODS = ("relay_broadcast", "query_status", "agent_alive")
+RELAY_METHODS = relaycasts.RELAY_METHODS
 #: What a failed report_events attempt may raise that is worth retrying.
 DELIVERY_ERRORS = rpc.TRANSIENT_ERRORS + (rpc_api.InvalidAnswer,)
 #: Events kept in memory while the outbox cannot be written (disk full).
 MAX_UNSAVED = 10000
-# Held events written to the outbox in one transaction (the I/O loop's
-# submit waits for at most one such transaction).
-_SAVE_CHUNK = 100
-
-
-class _Held(object):
-    """An event the outbox could not take, held in memory."""
-
-    __slots__ = ("event", "delivered")
-
-    def __init__(self, event):
-        self.event = event
-        # delivered, but not yet written: only its open-fault record is
-        # still to be written (see Outbox.put's pending)
-        self.delivered = False
 
 
 class Reporter(object):
     """Delivers events from ``outbox`` through ``api`` (a
-    :class:`~guestha.rpc.api.ControllerAPI`).
+    :class:`~guestha.rpc.api.ControllerAPI`), from the sender thread.
+
+    Its parts: the outbox with its fallback in memory
+    (:class:`~guestha.agent.fallbackoutbox.FallbackOutbox`), the retry
+    schedule (:class:`~guestha.agent.backoff.Backoff`) and the relay casts
+    (:class:`~guestha.agent.relaycasts.RelayCaster`, its own thread).
 
     :param clock: monotonic seconds, for the retry times, statistics and
         log rate limits.
@@ -134,9 +128,8 @@ class Reporter(object):
                  relay_queue=1000, relay_log_interval=60.0, disk_retry=1.0):
         if batch < 1:
             raise ValueError("batch must be >= 1, not %r" % (batch,))
-        if not 0 < backoff[0] <= backoff[1]:
-            raise ValueError("backoff must be (first, longest) with 0 < "
-                             "first <= longest, not %r" % (backoff,))
+        self._backoff = backoff_mod.Backoff(backoff[0], backoff[1], rng,
+                                            clock)
         self.outbox = outbox
         self.api = api
         self.batch = batch
@@ -144,34 +137,15 @@ class Reporter(object):
         self.backoff = backoff
         self.disk_retry = disk_retry
         self._clock = clock
-        self._rng = rng
-        self._relay_log_interval = relay_log_interval
-
-        # Events the outbox could not take (disk full), oldest first; all
-        # are newer than every event on disk.  While there are any, new
-        # ones queue behind them, so that order holds.
-        self._held = collections.deque()
-        self._held_waiting = 0        # held and not delivered
-        self._held_dropped = 0        # since this start
-        self._dropped_unlogged = 0    # since the disk started failing
-        self._submit_lock = threading.Lock()
-        # rowids of delivered events the outbox could not delete: not
-        # sent again, deleted when the disk lets us
-        self._acks = set()
-        # the disk's condition: the operations failing now ("write",
-        # "delete", "read") and the latest error
-        self._disk_failing = set()
-        self._disk_error = None
-        self._disk_due = None
-        self._disk_failed_ops = set()  # since the disk was last fine
-        self._saved = 0               # held events written since failing
-        self._deleted = 0
+        self._box = fallbackoutbox.FallbackOutbox(
+            outbox, MAX_UNSAVED, retry_interval=disk_retry, clock=clock)
+        self._relays = relaycasts.RelayCaster(
+            api, queue=relay_queue, log_interval=relay_log_interval,
+            clock=clock, on_sent=self._relay_went_through)
 
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._sender = None
-        self._failures = 0          # consecutive failed attempts
-        self._failing_since = None
         self._bus_due = None        # no delivery attempt before this
         self._bus_hint_used = False
         self._delivered = 0
@@ -179,17 +153,6 @@ class Reporter(object):
         self._retries = 0
         self._last_error = None
         self._in_flight_since = None
-
-        self._relays = collections.deque()
-        self._relay_max = relay_queue
-        self._relay_lock = threading.Lock()
-        self._relay_wake = threading.Event()
-        self._relay_thread = None
-        self._relay_sent = 0
-        self._relay_failed = 0
-        self._relay_dropped = 0
-        self._relay_logged_at = None
-        self._relay_unlogged = 0
 
     # -- the I/O loop's side ------------------------------------------------
 
@@ -199,35 +162,8 @@ class Reporter(object):
         Costs one sqlite insert.  If the outbox cannot be written, the
         event is held in memory (bounded) and written later.
         """
-        with self._submit_lock:
-            if not self._held:
-                try:
-                    self.outbox.put(event)
-                except sqlite3.Error as exc:
-                    self._hold(event)
-                    self._disk_failed("write", exc)
-            else:
-                self._hold(event)
+        self._box.put(event)
         self._wake.set()
-
-    def _hold(self, event):
-        if len(self._held) >= MAX_UNSAVED:
-            old = self._held.popleft()
-            if not old.delivered:
-                self._held_waiting -= 1
-                self._held_dropped += 1
-                self._dropped_unlogged += 1
-                if self._dropped_unlogged == 1:
-                    LOG.error("reporter: %d events are held in memory, the "
-                              "most it keeps, and the outbox %s still "
-                              "cannot be written: dropping the oldest, "
-                              "first %s event %s of instance %s (how many "
-                              "is logged when the outbox is writable "
-                              "again)", MAX_UNSAVED, self.outbox.path,
-                              old.event.get("type"), old.event.get("id"),
-                              old.event.get("instance"))
-        self._held.append(_Held(event))
-        self._held_waiting += 1
 
     def cast_relay(self, method, **kwargs):
         """Cast ``method`` (one of :data:`RELAY_METHODS`) to the
@@ -235,25 +171,12 @@ class Reporter(object):
 
         :raises ValueError: for an unknown method (a programming error).
         """
-        if method not in RELAY_METHODS:
-            raise ValueError("not a relay method: %r (one of %s)"
-                             % (method, ", ".join(RELAY_METHODS)))
-        with self._relay_lock:
-            if len(self._relays) >= self._relay_max:
-                self._relays.popleft()
-                self._relay_dropped += 1
-            self._relays.append((method, kwargs))
-        self._relay_wake.set()
-
-    def _counts(self):
-        """``(on disk, in memory)``: events waiting for delivery."""
-        return (max(0, len(self.outbox) - len(self._acks)),
-                self._held_waiting)
+        self._relays.cast(method, **kwargs)
 
     def stats(self):
         """Counters for the agent's status output."""
         in_flight = self._in_flight_since
-        on_disk, in_memory = self._counts()
+        on_disk, in_memory = self._box.counts()
         return {
             "pending": on_disk + in_memory,
             "on_disk": on_disk,
@@ -262,13 +185,13 @@ class Reporter(object):
             "rejected": self._rejected,
             "retries": self._retries,
             "last_error": self._last_error,
-            "disk_error": self._disk_error,
-            "dropped": self.outbox.dropped + self._held_dropped,
+            "disk_error": self._box.error,
+            "dropped": self._box.dropped,
             "in_flight_s": (None if in_flight is None
                             else round(self._clock() - in_flight, 3)),
-            "relay_sent": self._relay_sent,
-            "relay_failed": self._relay_failed,
-            "relay_dropped": self._relay_dropped,
+            "relay_sent": self._relays.sent,
+            "relay_failed": self._relays.failed,
+            "relay_dropped": self._relays.dropped,
         }
 
     # -- threads --------------------------------------------------------------
@@ -282,10 +205,8 @@ class Reporter(object):
         self._stopping.clear()
         self._sender = threading.Thread(
             target=self._run_sender, name="guestha-reporter", daemon=True)
-        self._relay_thread = threading.Thread(
-            target=self._run_relay, name="guestha-relay", daemon=True)
         self._sender.start()
-        self._relay_thread.start()
+        self._relays.start()
 
     def stop(self, timeout=None):
         """Stop both threads; wait at most ``timeout`` seconds in all.
@@ -300,10 +221,10 @@ class Reporter(object):
         """
         self._stopping.set()
         self._wake.set()
-        self._relay_wake.set()
+        self._relays.signal_stop()
         deadline = None if timeout is None else time.monotonic() + timeout
         ended = True
-        for thread in (self._sender, self._relay_thread):
+        for thread in (self._sender, self._relays.thread):
             if thread is None:
                 continue
             thread.join(None if deadline is None
@@ -318,11 +239,11 @@ class Reporter(object):
 
     def _flush(self, deadline, sender_idle):
         """What stop does for the events held in memory."""
-        if not (self._held or self._acks):
+        if not self._box.holding():
             return
         if sender_idle:
-            self._disk_step()
-            undelivered = self._held_waiting > 0
+            self._box.retry()
+            undelivered = self._box.counts()[1] > 0
             left = (self.timeout if deadline is None
                     else min(self.timeout, deadline - time.monotonic()))
             if undelivered and left >= 0.1:
@@ -341,39 +262,10 @@ class Reporter(object):
             # the sender is in a call and owns the rest; held events are
             # safe to write under the submit lock
             try:
-                self._save_held()
+                self._box.save_held()
             except sqlite3.Error:
                 pass
-        with self._submit_lock:
-            held = list(self._held)
-        lost = collections.Counter(h.event.get("type") for h in held
-                                   if not h.delivered)
-        unrecorded = sum(1 for h in held if h.delivered
-                         and h.event.get("type") in ("fault", "recovery"))
-        if lost:
-            LOG.error("reporter: stopping with %d event(s) held in memory "
-                      "that could be neither written to the outbox %s nor "
-                      "delivered: they are lost (%s)",
-                      sum(lost.values()), self.outbox.path,
-                      ", ".join("%d %s" % (n, t)
-                                for t, n in sorted(lost.items())))
-        if self._dropped_unlogged:
-            LOG.error("reporter: %d event(s) were dropped while the outbox "
-                      "%s could not be written (more than %d held in "
-                      "memory)", self._dropped_unlogged, self.outbox.path,
-                      MAX_UNSAVED)
-            self._dropped_unlogged = 0
-        if unrecorded:
-            LOG.error("reporter: stopping with %d delivered fault or "
-                      "recovery record(s) not written to the outbox %s: "
-                      "after the restart the agent may not know which "
-                      "faults were open (the controller does)",
-                      unrecorded, self.outbox.path)
-        if self._acks:
-            LOG.warning("reporter: stopping with %d delivered event(s) not "
-                        "deleted from the outbox %s: they will be sent "
-                        "again after the restart (the controller ignores "
-                        "duplicates)", len(self._acks), self.outbox.path)
+        self._box.log_losses()
 
     def _last_attempt(self, timeout):
         try:
@@ -399,23 +291,13 @@ class Reporter(object):
                 # due, so it does not cut a back-off short
                 self._wake.wait(delay)
 
-    def _run_relay(self):
-        while not self._stopping.is_set():
-            self._relay_wake.clear()
-            try:
-                self.relay_pending()
-            except Exception:  # noqa: BLE001 - top of the thread
-                LOG.exception("reporter: unexpected error in the relay "
-                              "thread")
-            if not self._relays:
-                self._relay_wake.wait()
-
     # -- delivery -------------------------------------------------------------
     #
     # Two conditions, apart: the disk (the outbox cannot be written, read
-    # or deleted from) and the bus (no controller takes the events).  A
-    # disk failure never stops a delivery nor grows the bus's back-off; a
-    # bus failure never delays writing held events to the disk.
+    # or deleted from: the FallbackOutbox's) and the bus (no controller
+    # takes the events: this class's).  A disk failure never stops a
+    # delivery nor grows the bus's back-off; a bus failure never delays
+    # writing held events to the disk.
 
     def step(self):
         """The sender thread's step: retries the disk and delivers, each
@@ -425,9 +307,9 @@ class Reporter(object):
             (wait for a submit).
         """
         now = self._clock()
-        if self._disk_trouble() and (self._disk_due is None
-                                     or now >= self._disk_due):
-            self._disk_step()
+        box = self._box
+        if box.trouble() and (box.due is None or now >= box.due):
+            box.retry()
         if self._bus_due is None or now >= self._bus_due:
             delay = self._bus_step()
             self._bus_due = None if delay is None else now + delay
@@ -441,124 +323,23 @@ class Reporter(object):
             the back-off after a failed delivery, at most ``disk_retry``
             while the disk fails.
         """
-        if self._disk_trouble():
-            self._disk_step()
+        if self._box.trouble():
+            self._box.retry()
         delay = self._bus_step()
         self._bus_due = None
-        if self._disk_trouble():
+        if self._box.trouble():
             delay = (self.disk_retry if delay is None
                      else min(delay, self.disk_retry))
         return delay
-
-    def _disk_trouble(self):
-        return bool(self._held or self._acks or self._disk_failing)
 
     def _next_due(self, now):
         due = []
         if self._bus_due is not None:
             due.append(self._bus_due - now)
-        if self._disk_trouble():
-            due.append(self.disk_retry if self._disk_due is None
-                       else self._disk_due - now)
+        if self._box.trouble():
+            due.append(self.disk_retry if self._box.due is None
+                       else self._box.due - now)
         return max(0.0, min(due)) if due else None
-
-    def _disk_step(self):
-        """Delete what was delivered, write what is held in memory."""
-        # the next try, unless this one clears every condition
-        self._disk_due = self._clock() + self.disk_retry
-        failed = False
-        if "read" in self._disk_failing:
-            try:
-                self.outbox.peek(1, skip=self._acks)
-            except sqlite3.Error as exc:
-                failed = True
-                self._disk_error = "%s: %s" % (type(exc).__name__, exc)
-            else:
-                self._disk_failing.discard("read")
-        if self._acks:
-            rowids = sorted(self._acks)
-            try:
-                self.outbox.ack(rowids)
-            except sqlite3.Error as exc:
-                failed = True
-                self._disk_failed("delete", exc)
-            else:
-                self._acks.difference_update(rowids)
-                self._deleted += len(rowids)
-                self._disk_failing.discard("delete")
-        if self._held:
-            try:
-                self._save_held()
-            except sqlite3.Error as exc:
-                failed = True
-                self._disk_failed("write", exc)
-            else:
-                self._disk_failing.discard("write")
-        if not failed:
-            self._disk_recovered()
-
-    def _save_held(self):
-        """Write the held events to the outbox, oldest first, a chunk per
-        transaction; the I/O loop's submit waits for one chunk at most."""
-        while True:
-            with self._submit_lock:
-                chunk = list(itertools.islice(self._held, _SAVE_CHUNK))
-                if not chunk:
-                    return
-                self.outbox.put_many([(h.event, not h.delivered)
-                                      for h in chunk])
-                for _ in chunk:
-                    self._held.popleft()
-                self._held_waiting -= sum(1 for h in chunk
-                                          if not h.delivered)
-                self._saved += len(chunk)
-            # Let a waiting submit in: a lock is not fair, and this
-            # thread would take it back at once, chunk after chunk
-            # (measured: submits waited up to 270 ms for 10,000 events).
-            time.sleep(0.001)
-
-    def _disk_failed(self, what, exc):
-        self._disk_due = self._clock() + self.disk_retry
-        self._disk_error = "%s: %s" % (type(exc).__name__, exc)
-        if what in self._disk_failing:
-            return
-        self._disk_failing.add(what)
-        self._disk_failed_ops.add(what)
-        on_disk, in_memory = self._counts()
-        if what == "write":
-            LOG.error("reporter: cannot write the outbox %s: %s; %d event(s) "
-                      "held in memory (at most %d), delivered from there "
-                      "and written when the disk lets us (tried every "
-                      "%.0f s)", self.outbox.path, self._disk_error,
-                      in_memory, MAX_UNSAVED, self.disk_retry)
-        elif what == "delete":
-            LOG.error("reporter: cannot delete delivered events from the "
-                      "outbox %s: %s; %d delivered event(s) remembered in "
-                      "memory, not sent again, deleted when the disk lets "
-                      "us", self.outbox.path, self._disk_error,
-                      len(self._acks))
-        else:
-            LOG.error("reporter: cannot read the outbox %s: %s; %s event(s) "
-                      "on disk wait, and %d held in memory wait behind "
-                      "them (tried every %.0f s)", self.outbox.path,
-                      self._disk_error,
-                      "an unknown number of" if self.outbox.unknown
-                      else on_disk, in_memory, self.disk_retry)
-
-    def _disk_recovered(self):
-        if self._disk_failing or self._disk_error is None:
-            return
-        saved, deleted, dropped = (self._saved, self._deleted,
-                                   self._dropped_unlogged)
-        self._saved = self._deleted = self._dropped_unlogged = 0
-        self._disk_error = None
-        self._disk_due = None
-        ops, self._disk_failed_ops = self._disk_failed_ops, set()
-        LOG.info("reporter: outbox %s %s again: saved %d event(s) held in "
-                 "memory, deleted %d delivered event(s)%s", self.outbox.path,
-                 "readable" if ops == {"read"} else "writable", saved,
-                 deleted, "; %d event(s) were dropped meanwhile (more than "
-                 "%d in memory)" % (dropped, MAX_UNSAVED) if dropped else "")
 
     def _bus_step(self, timeout=None):
         """Deliver one batch: the oldest undelivered events on disk, then
@@ -566,33 +347,10 @@ class Reporter(object):
 
         :returns: as :meth:`deliver_once`, for the bus alone.
         """
-        try:
-            rows = self.outbox.peek(self.batch, skip=self._acks)
-        except sqlite3.Error as exc:
-            self._disk_failed("read", exc)
-            rows = None
-        else:
-            if "read" in self._disk_failing:
-                self._disk_failing.discard("read")
-                if not self._disk_failing:
-                    self._disk_recovered()
-        with self._submit_lock:
-            on_disk = len(self.outbox) - len(self._acks)
-            if rows is None:
-                if on_disk > 0 or self.outbox.unknown:
-                    # which events on disk wait is unknown: held ones
-                    # would overtake them
-                    return None
-                rows = []
-            held = []
-            if on_disk <= len(rows):
-                # every undelivered event on disk is in this batch: the
-                # held ones come next
-                held = list(itertools.islice(
-                    (h for h in self._held if not h.delivered),
-                    self.batch - len(rows)))
-        if not rows and not held:
+        batch = self._box.next_batch(self.batch)
+        if batch is None:
             return None
+        rows, held = batch
         events = [e for _, e in rows] + [h.event for h in held]
         self._in_flight_since = self._clock()
         try:
@@ -605,6 +363,7 @@ class Reporter(object):
 
         accepted = set(answer["accepted"])
         done_rows = []
+        done_held = []
         done = delivered = rejected = 0
         for rowid, h, event in ([(r, None, e) for r, e in rows]
                                 + [(None, h, h.event) for h in held]):
@@ -623,18 +382,8 @@ class Reporter(object):
             if h is None:
                 done_rows.append(rowid)
             else:
-                with self._submit_lock:
-                    if not h.delivered:
-                        h.delivered = True
-                        self._held_waiting -= 1
-        if done_rows:
-            try:
-                self.outbox.ack(done_rows)
-            except sqlite3.Error as exc:
-                # remembered here, so not sent again, and deleted when the
-                # disk lets us (the controller would ignore them anyway)
-                self._acks.update(done_rows)
-                self._disk_failed("delete", exc)
+                done_held.append(h)
+        self._box.done(done_rows, done_held)
         # counted once no longer pending: whoever sees the count sees the
         # events gone from the waiting ones (stats() is read elsewhere)
         self._delivered += delivered
@@ -649,36 +398,32 @@ class Reporter(object):
             self._retries += 1
             self._last_error = shortfall
             self._bus_recovered()
-            return self._jitter(self.backoff[0])
+            return self._backoff.jitter(self.backoff[0])
         self._bus_recovered()
         self._last_error = None
-        on_disk, in_memory = self._counts()
+        on_disk, in_memory = self._box.counts()
         return 0.0 if on_disk or in_memory else None
 
     def _bus_recovered(self):
-        if self._failures:
-            on_disk, in_memory = self._counts()
+        ended = self._backoff.succeeded()
+        if ended is not None:
+            on_disk, in_memory = self._box.counts()
             LOG.info("reporter: delivering again after %d failed "
                      "attempt(s) in %.0f s; %d event(s) waiting (%d on "
-                     "disk, %d in memory)", self._failures,
-                     self._clock() - self._failing_since,
+                     "disk, %d in memory)", ended[0], ended[1],
                      on_disk + in_memory, on_disk, in_memory)
-        self._failures = 0
-        self._failing_since = None
 
     def _bus_failed(self, error):
         """Count a failed attempt; the back-off before the next one."""
-        self._failures += 1
         self._retries += 1
         self._bus_hint_used = False
         why = _why(error)
         if isinstance(error, BaseException):
             error = "%s: %s" % (type(error).__name__, error)
         self._last_error = error
-        delay = self.backoff_delay(self._failures)
-        if self._failures == 1:
-            self._failing_since = self._clock()
-            on_disk, in_memory = self._counts()
+        delay = self._backoff.failed()
+        if self._backoff.failures == 1:
+            on_disk, in_memory = self._box.counts()
             LOG.warning("reporter: cannot deliver: %s, %d event(s) waiting "
                         "(%d on disk, %d in memory); retrying in %.1f s, "
                         "then less often, up to every %g s: %s", why,
@@ -686,60 +431,28 @@ class Reporter(object):
                         self.backoff[1], error)
         else:
             LOG.debug("reporter: attempt %d failed, retrying in %.1f s: %s",
-                      self._failures, delay, error)
+                      self._backoff.failures, delay, error)
         return delay
 
     def backoff_delay(self, failures):
         """The wait after ``failures`` consecutive failed attempts:
         ``first * 2**(failures-1)``, at most ``longest``, +-20% jitter."""
-        first, longest = self.backoff
-        return self._jitter(min(longest, first * 2.0 ** min(failures - 1,
-                                                            64)))
+        return self._backoff.delay(failures)
 
-    def _jitter(self, delay):
-        return delay * (0.8 + 0.4 * self._rng())
-
-    def _bus_is_back(self):
+    def _relay_went_through(self):
         """A relay cast went through while deliveries fail because the
         broker was unreachable: try now rather than at the end of the
         back-off (once per failed attempt)."""
-        if self._failures and not self._bus_hint_used:
+        if (self._backoff.failures and _unreachable(self._last_error)
+                and not self._bus_hint_used):
             self._bus_hint_used = True
             self._bus_due = self._clock()
             self._wake.set()
 
-    # -- relays ---------------------------------------------------------------
-
     def relay_pending(self):
         """Cast every queued relay (the relay thread's step; tests call
         it).  Failures are counted and logged, never raised."""
-        while not self._stopping.is_set():
-            with self._relay_lock:
-                if not self._relays:
-                    return
-                method, kwargs = self._relays.popleft()
-            try:
-                getattr(self.api, method)(**kwargs)
-            except rpc.TRANSIENT_ERRORS as exc:
-                self._relay_failed += 1
-                self._log_relay_failure(method, kwargs, exc)
-            else:
-                self._relay_sent += 1
-                if self._failures and _unreachable(self._last_error):
-                    self._bus_is_back()
-
-    def _log_relay_failure(self, method, kwargs, exc):
-        now = self._clock()
-        if (self._relay_logged_at is not None
-                and now - self._relay_logged_at < self._relay_log_interval):
-            self._relay_unlogged += 1
-            return
-        LOG.warning("instance %s: server-group %s not sent (%d more failed "
-                    "since the last such message): %s: %s",
-                    kwargs.get("instance", "-"), method,
-                    self._relay_unlogged, type(exc).__name__, exc)
-        self._relay_logged_at = now
-        self._relay_unlogged = 0
+        self._relays.cast_pending()
 
 
 def _why(error):
