@@ -4,18 +4,11 @@
 import pytest
 
 from guestha.agent.backoff import Backoff
-
-
-class FakeClock(object):
-    def __init__(self, now=100.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
+from tests.support.clock import ManualClock
 
 
 def test_waits_double_up_to_the_longest():
-    backoff = Backoff(0.5, 4.0, rng=lambda: 0.5, clock=FakeClock())
+    backoff = Backoff(0.5, 4.0, rng=lambda: 0.5, clock=ManualClock(100.0))
 
     waits = [backoff.failed() for _ in range(6)]
 
@@ -25,20 +18,20 @@ def test_waits_double_up_to_the_longest():
 
 @pytest.mark.parametrize("rng, factor", [(0.0, 0.8), (1.0, 1.2)])
 def test_jitter_is_twenty_percent_either_way(rng, factor):
-    backoff = Backoff(1.0, 30.0, rng=lambda: rng, clock=FakeClock())
+    backoff = Backoff(1.0, 30.0, rng=lambda: rng, clock=ManualClock(100.0))
 
     assert backoff.delay(3) == pytest.approx(4.0 * factor)
     assert backoff.jitter(10.0) == pytest.approx(10.0 * factor)
 
 
 def test_many_failures_do_not_overflow():
-    backoff = Backoff(0.5, 30.0, rng=lambda: 0.5, clock=FakeClock())
+    backoff = Backoff(0.5, 30.0, rng=lambda: 0.5, clock=ManualClock(100.0))
 
     assert backoff.delay(10000) == 30.0
 
 
 def test_success_ends_the_failures_and_says_how_long_they_lasted():
-    clock = FakeClock()
+    clock = ManualClock(100.0)
     backoff = Backoff(0.5, 30.0, rng=lambda: 0.5, clock=clock)
     assert backoff.succeeded() is None  # nothing failed
 
@@ -55,4 +48,4 @@ def test_success_ends_the_failures_and_says_how_long_they_lasted():
 @pytest.mark.parametrize("first, longest", [(0, 1), (-1, 1), (2, 1)])
 def test_a_schedule_that_cannot_work_is_refused(first, longest):
     with pytest.raises(ValueError, match="backoff"):
-        Backoff(first, longest, rng=lambda: 0.5, clock=FakeClock())
+        Backoff(first, longest, rng=lambda: 0.5, clock=ManualClock(100.0))

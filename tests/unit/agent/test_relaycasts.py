@@ -10,14 +10,7 @@ import pytest
 
 from guestha.agent import relaycasts
 from guestha.agent.relaycasts import RelayCaster
-
-
-class FakeClock(object):
-    def __init__(self, now=100.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
+from tests.support.clock import ManualClock
 
 
 class FakeAPI(object):
@@ -75,7 +68,7 @@ def test_a_full_queue_drops_the_oldest():
 
 
 def test_failures_are_counted_and_logged_once_per_interval(caplog):
-    clock = FakeClock()
+    clock = ManualClock(100.0)
     api = FakeAPI()
     api.error = oslo_messaging.MessageDeliveryFailure("broker down")
     sent = []

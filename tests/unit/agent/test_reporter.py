@@ -17,16 +17,9 @@ from guestha.agent import reporter as reporter_mod
 from guestha.agent.reporter import Reporter
 from guestha import records
 from guestha.rpc import api as rpc_api
+from tests.support.clock import ManualClock
 
 INSTANCE = "5b0e7d9e-3c1a-4b6f-8e2d-1f0a9c8b7d6e"
-
-
-class FakeClock(object):
-    def __init__(self, now=100.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
 
 
 class FakeAPI(object):
@@ -86,7 +79,7 @@ def outbox(tmp_path):
 
 
 def make(outbox, api, **kwargs):
-    kwargs.setdefault("clock", FakeClock())
+    kwargs.setdefault("clock", ManualClock(100.0))
     kwargs.setdefault("rng", lambda: 0.5)  # jitter factor exactly 1
     return Reporter(outbox, api, **kwargs)
 
@@ -322,7 +315,7 @@ def test_an_unwritable_outbox_keeps_events_in_memory_in_order(tmp_path):
 
 
 def test_in_flight_time_shows_a_hanging_call(outbox):
-    clock = FakeClock()
+    clock = ManualClock(100.0)
     api = FakeAPI()
     rep = make(outbox, api, clock=clock)
     seen = []
@@ -367,7 +360,7 @@ def test_unknown_relay_method_is_a_programming_error(outbox):
 
 def test_relay_failures_are_counted_and_logged_once_a_minute(
         outbox, caplog):
-    clock = FakeClock()
+    clock = ManualClock(100.0)
     api = FakeAPI()
     api.cast_error = oslo_messaging.MessageDeliveryFailure("down")
     rep = make(outbox, api, clock=clock, relay_log_interval=60.0)

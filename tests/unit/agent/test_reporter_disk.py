@@ -16,9 +16,9 @@ import pytest
 
 from guestha.agent.outbox import Outbox
 from guestha.agent import reporter as reporter_mod
+from tests.support.clock import ManualClock
 from tests.unit.agent.test_reporter import drain
 from tests.unit.agent.test_reporter import FakeAPI
-from tests.unit.agent.test_reporter import FakeClock
 from tests.unit.agent.test_reporter import fault
 from tests.unit.agent.test_reporter import make
 
@@ -171,7 +171,7 @@ def test_held_events_wait_while_the_disk_cannot_be_read(disk, caplog):
 
 
 def test_an_unreadable_disk_is_retried_every_second_not_in_a_spin(disk):
-    clock = FakeClock(0.0)
+    clock = ManualClock(0.0)
     api = FakeAPI([oslo_messaging.MessageDeliveryFailure("down")])
     rep = make(disk, api, clock=clock, backoff=(10.0, 10.0))
     rep.submit(fault(0))
@@ -192,7 +192,7 @@ def test_disk_errors_do_not_grow_the_backoff_and_recovery_is_prompt(disk):
     # On the timeline the disk stayed full 25 s and the back-off,
     # grown by disk errors, reached 30 s.  Here the bus is up throughout:
     # every event goes at once, and the disk is tried every second.
-    clock = FakeClock(0.0)
+    clock = ManualClock(0.0)
     api = FakeAPI()
     rep = make(disk, api, clock=clock, disk_retry=1.0)
     disk.full = True
@@ -210,7 +210,7 @@ def test_disk_errors_do_not_grow_the_backoff_and_recovery_is_prompt(disk):
 
 
 def test_a_submit_does_not_cut_a_backoff_short(disk):
-    clock = FakeClock(0.0)
+    clock = ManualClock(0.0)
     api = FakeAPI([oslo_messaging.MessagingTimeout("no answer")])
     rep = make(disk, api, clock=clock, backoff=(0.4, 0.4))
     rep.submit(fault(0))
@@ -227,7 +227,7 @@ def test_a_submit_does_not_cut_a_backoff_short(disk):
 def test_a_relay_through_the_broker_ends_a_backoff(disk):
     # the broker was unreachable; a server-group cast goes through: it is
     # back, so deliver now rather than at the end of a 30 s back-off
-    clock = FakeClock(0.0)
+    clock = ManualClock(0.0)
     api = FakeAPI([oslo_messaging.MessageDeliveryFailure("down")] * 7)
     rep = make(disk, api, clock=clock, backoff=(0.5, 30.0))
     rep.submit(fault(0))
