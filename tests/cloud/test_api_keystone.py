@@ -18,7 +18,6 @@ actions and nothing else; another project's instance or fault is 404.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -33,16 +32,13 @@ import pytest
 from guestha import records
 from guestha.server import actions as actions_mod
 from guestha.server.ledger import Ledger
+from tests.functional.child_processes import file_tail
+from tests.support.ports import free_port
+from tests.support.wait import wait_until
 from tools.cloud import harness
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _token(username, password, project_id):
@@ -120,7 +116,7 @@ def world(cloud, tmp_path_factory):
             "allows at most log", "ctl-cloud", now))
         ledger.close()
 
-        port = _free_port()
+        port = free_port()
         conf = workdir / "api.conf"
         conf.write_text(
             "[DEFAULT]\nlog_file = %s\nuse_stderr = false\ndebug = true\n"
@@ -141,16 +137,20 @@ def world(cloud, tmp_path_factory):
             stdout=subprocess.DEVNULL, stderr=open(workdir / "api.stderr",
                                                    "wb"))
         url = "http://127.0.0.1:%d" % port
-        deadline = time.monotonic() + 30
-        while True:
+
+        def answers():
+            if proc.poll() is not None:
+                raise AssertionError("guestha-api exited (%s):\n%s" % (
+                    proc.returncode, file_tail(workdir / "api.stderr", 3000)))
             try:
                 urllib.request.urlopen(url + "/", timeout=2).close()
-                break
             except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("guestha-api did not start: %s" % (
-                        (workdir / "api.stderr").read_text()[-3000:]))
-                time.sleep(0.2)
+                return False
+            return True
+
+        wait_until(answers, 30, "guestha-api to answer at %s" % url,
+                   interval=0.2, details=lambda: file_tail(
+                       workdir / "api.stderr", 3000))
         tokens = {
             "admin": _token("admin", harness.PASSWORD,
                             cloud.conn.identity.find_project("admin").id),

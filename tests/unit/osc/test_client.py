@@ -3,7 +3,6 @@
 the errors a person reads when the API is not there or says no."""
 
 import json
-import socket
 
 from keystoneauth1 import noauth
 from keystoneauth1 import session as ks_session
@@ -11,6 +10,7 @@ from osc_lib import exceptions
 import pytest
 
 from guestha.osc import client as osc_client
+from tests.support.ports import free_port
 from tests.unit.osc import conftest
 
 
@@ -26,17 +26,8 @@ def _recorder(status=200, body=None, content_type="application/json",
     return app
 
 
-def _free_port():
-    # a port nothing listens on: bound, then closed
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
-
-
 def test_connection_refused_names_the_url():
-    url = "http://127.0.0.1:%d/" % _free_port()
+    url = "http://127.0.0.1:%d/" % free_port()
     client = conftest.make_client(url)
     with pytest.raises(exceptions.CommandError) as exc:
         client.list("instances")
