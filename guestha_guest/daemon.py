@@ -211,19 +211,18 @@ class GuestDaemon(object):
 
     def _begin_stop(self, now):
         self._stop_deadline = now + STOP_WAIT
-        self.session.stopping = True
-        if self.port.fd is None:
-            return  # no host can hold a registration of ours
-        if self.session.says_exit() and self.conn.state != p.READY:
+        # (without a port, no host can hold a registration of ours)
+        outputs = self.session.exit(now, reachable=self.port.fd is not None)
+        if self.session.stop_state == sessions.EXIT_PENDING:
             LOG.info("stopping: synchronising to send exit")
-        self._apply(self.session.exit(now), now)
+        self._apply(outputs, now)
 
     def _stop_step(self, now):
         """One step of stopping; returns True when done."""
-        exit_sent = self.session.exit_sent
-        if self.port.fd is None or not (exit_sent
-                                        or self.heartbeat.says_exit()):
+        state = self.session.stop_state
+        if self.port.fd is None or state == sessions.STOPPED:
             return True
+        exit_sent = state == sessions.EXIT_SENT
         if exit_sent and not self.port.pending():
             return True
         if now >= self._stop_deadline:

@@ -43,6 +43,37 @@ when data arrives while its ``sync`` has waited ``sync_retry`` or more.
 How the host retries is the host's business (the compute agent has its
 own settings), so the host session only starts a synchronisation when
 asked to or when its heartbeat asks.
+
+Stopping on purpose (the guest's :meth:`GuestSession.exit`) is a table of
+its own, ``STOP_TRANSITIONS``: ``(stop state, input) -> (handler, next
+state)``, the one place that decides where the stop procedure goes (its
+handlers return outputs only).  The inputs are what :meth:`exit` makes of
+the request (``stop``: synchronised and the host may hold a registration
+of ours; ``stop_unsynced``: the same but the channel is synchronising;
+``stop_silent``: nothing to say, or nobody to say it to), ``synced`` (a
+``Synced``) and ``reset`` (:meth:`~GuestSession.connect` or
+:meth:`~GuestSession.disconnect`: a new peer holds no registration)::
+
+    state        | input         | next         | outputs
+    -------------+---------------+--------------+---------------------------
+    RUNNING      | stop          | EXIT_SENT    | exit
+    RUNNING      | stop_unsynced | EXIT_PENDING | a fresh sync
+    RUNNING      | stop_silent   | STOPPED      | none
+    RUNNING      | synced        | RUNNING      | the heartbeat's (init)
+    RUNNING      | reset         | RUNNING      | none
+    EXIT_PENDING | synced        | EXIT_SENT    | exit (not init)
+    EXIT_PENDING | reset         | STOPPED      | none
+    EXIT_PENDING | stop_unsynced | EXIT_PENDING | none (its sync is out)
+    EXIT_PENDING | stop_silent   | STOPPED      | none
+    EXIT_SENT    | synced, reset, stop_silent  | EXIT_SENT | none
+    STOPPED      | every input   | STOPPED      | none
+
+Once stopping (any state but RUNNING) the heartbeat neither ticks nor
+hears of a ``Synced``: it registers no more, and its silence watchdog does
+not resynchronise.  The sync retries go on, so an ``exit`` waiting for a
+lost ``sync_ack`` still gets out.  The pairs missing from the table cannot
+happen: EXIT_PENDING's channel is synchronising until its ``synced``, and
+after ``exit`` (EXIT_SENT) the heartbeat has nothing more to say.
 """
 
 from guestha_guest.protocol import connection as c
@@ -57,6 +88,40 @@ NEED_DATA = c.NEED_DATA
 #: again, doubling up to SYNC_RETRY_MAX.
 SYNC_RETRY = 1.0
 SYNC_RETRY_MAX = 30.0
+
+# -- the guest's stop procedure (see the module docstring) -------------------
+
+RUNNING = "RUNNING"            # not asked to stop
+EXIT_PENDING = "EXIT_PENDING"  # asked; exit goes after a fresh sync's ack
+EXIT_SENT = "EXIT_SENT"        # exit is out (handed to the caller)
+STOPPED = "STOPPED"            # asked, with nothing to say: no exit
+
+STOP_TRANSITIONS = {
+    (RUNNING, "stop"): ("_send_exit", EXIT_SENT),
+    (RUNNING, "stop_unsynced"): ("_sync_for_exit", EXIT_PENDING),
+    (RUNNING, "stop_silent"): ("_nothing", STOPPED),
+    (RUNNING, "synced"): ("_heartbeat_synced", RUNNING),
+    (RUNNING, "reset"): ("_nothing", RUNNING),
+
+    (EXIT_PENDING, "synced"): ("_send_exit", EXIT_SENT),
+    # a new channel: its peer holds no registration of ours
+    (EXIT_PENDING, "reset"): ("_nothing", STOPPED),
+    # asked again: the sync for the exit is on its way already
+    (EXIT_PENDING, "stop_unsynced"): ("_nothing", EXIT_PENDING),
+    (EXIT_PENDING, "stop_silent"): ("_nothing", STOPPED),
+
+    (EXIT_SENT, "synced"): ("_nothing", EXIT_SENT),
+    (EXIT_SENT, "reset"): ("_nothing", EXIT_SENT),
+    (EXIT_SENT, "stop_silent"): ("_nothing", EXIT_SENT),
+
+    # (stop and stop_unsynced: a stop asked for while no peer could read,
+    # asked again)
+    (STOPPED, "stop"): ("_nothing", STOPPED),
+    (STOPPED, "stop_unsynced"): ("_nothing", STOPPED),
+    (STOPPED, "stop_silent"): ("_nothing", STOPPED),
+    (STOPPED, "synced"): ("_nothing", STOPPED),
+    (STOPPED, "reset"): ("_nothing", STOPPED),
+}
 
 
 class Send(object):
@@ -306,7 +371,8 @@ class GuestSession(_Session):
     The heartbeat lives as long as the session (a new connection resets
     it: a reopened port is a new channel).  Stopping on purpose
     (:meth:`exit`) follows the specification: ``exit`` at once if
-    synchronised, else after the ``sync_ack`` of a fresh ``sync``.
+    synchronised, else after the ``sync_ack`` of a fresh ``sync``;
+    :attr:`stop_state` says how far it is (``STOP_TRANSITIONS``).
 
     :param init: the :class:`~guestha_guest.protocol.messages.Init` to
         register with.
@@ -329,8 +395,9 @@ class GuestSession(_Session):
         self.sync_at = None        # when to repeat an unanswered sync
         self.sync_sent_at = None
         self._pending = []         # outputs of receive_data, not yet read
-        self.stopping = False
-        self.exit_sent = False
+        #: the stop procedure's state: RUNNING, EXIT_PENDING, EXIT_SENT
+        #: or STOPPED
+        self.stop_state = RUNNING
 
     def connect(self, now, sync=True):
         """A new channel (the port opened or reopened, a host connected
@@ -341,6 +408,7 @@ class GuestSession(_Session):
         self.sync_retry = self._sync_retry_first
         self.sync_at = self.sync_sent_at = None
         del self._pending[:]
+        self._fire_stop("reset", now)
         return self.start_sync(now) if sync else []
 
     def peer_gone(self):
@@ -357,6 +425,7 @@ class GuestSession(_Session):
         self.heartbeat.reset()
         self.sync_at = self.sync_sent_at = None
         del self._pending[:]
+        self._fire_stop("reset", None)
 
     def start_sync(self, now, fresh=True):
         """Synchronise now; ``fresh``: with the retry delay back at its
@@ -391,11 +460,8 @@ class GuestSession(_Session):
     def _synced(self, event, now):
         self.sync_at = None
         self.sync_retry = self._sync_retry_first
-        if not self.stopping:
-            return super()._synced(event, now)
-        outputs = [event]
-        if not self.exit_sent and self.heartbeat.says_exit():
-            outputs += self._send_exit(now)  # not init: we are leaving
+        outputs = self._fire_stop("synced", now)
+        outputs.insert(0, event)
         return outputs
 
     def tick(self, now):
@@ -406,7 +472,7 @@ class GuestSession(_Session):
                 and self.conn.state == c.SYNCING):
             self.sync_retry = min(self.sync_retry * 2, self._sync_retry_max)
             outputs += self.start_sync(now, fresh=False)
-        if self.stopping:
+        if self.stop_state != RUNNING:
             return outputs  # no init retries or resyncs by the heartbeat
         more = self._heartbeat_outputs(self.heartbeat.tick(now), now)
         return outputs + more if outputs else more
@@ -414,29 +480,50 @@ class GuestSession(_Session):
     def next_timer(self):
         if self.conn is None:
             return None
-        hb_timer = None if self.stopping else self.heartbeat.next_timer()
+        hb_timer = (self.heartbeat.next_timer()
+                    if self.stop_state == RUNNING else None)
         timers = [t for t in (self.sync_at, hb_timer) if t is not None]
         return min(timers) if timers else None
 
-    def says_exit(self):
-        """Whether stopping would send ``exit``: the host may hold a
-        registration of ours."""
-        return (self.conn is not None and not self.exit_sent
-                and self.heartbeat.says_exit())
+    # -- stopping on purpose -----------------------------------------------
 
-    def exit(self, now):
-        """Stop on purpose: the outputs that get ``exit`` out (now, or
-        after a fresh sync's ``sync_ack``; see :attr:`exit_sent`).  From
-        now on the heartbeat neither ticks nor registers."""
-        self.stopping = True
-        if not self.says_exit():
-            return []
-        if self.conn.state == c.READY:
-            return self._send_exit(now)
-        # the sync in progress may be lost or far in its back-off: start
-        # a fresh one now, and send exit after its sync_ack
+    def says_exit(self):
+        """Whether the host may hold a registration of ours now (so a stop
+        would say ``exit``)."""
+        return self.conn is not None and self.heartbeat.says_exit()
+
+    def exit(self, now, reachable=True):
+        """Stop on purpose: the outputs that get ``exit`` out, now or after
+        a fresh sync's ``sync_ack`` (:attr:`stop_state` is then EXIT_SENT
+        or EXIT_PENDING), or none if there is nothing to say (STOPPED).
+        ``reachable`` false: no peer can read the channel now (no port, no
+        host connected), so nothing is said.  From now on the heartbeat
+        neither ticks nor registers."""
+        if not reachable or not self.says_exit():
+            kind = "stop_silent"
+        elif self.conn.state == c.READY:
+            kind = "stop"
+        else:
+            kind = "stop_unsynced"
+        return self._fire_stop(kind, now)
+
+    def _fire_stop(self, kind, now):
+        handler, next_state = STOP_TRANSITIONS[(self.stop_state, kind)]
+        outputs = getattr(self, handler)(now)
+        self.stop_state = next_state
+        return outputs
+
+    def _nothing(self, now):
+        return []
+
+    def _heartbeat_synced(self, now):
+        return self._heartbeat_outputs(self.heartbeat.synced(now), now)
+
+    def _sync_for_exit(self, now):
+        # the sync in progress may be lost or far in its back-off: a fresh
+        # one now, and exit after its sync_ack
         return self.start_sync(now)
 
     def _send_exit(self, now):
-        self.exit_sent = True
+        # (not init, even if the heartbeat would: we are leaving)
         return self._heartbeat_outputs(self.heartbeat.exit(now), now)

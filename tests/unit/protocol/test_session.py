@@ -147,7 +147,8 @@ def test_exit_ends_monitoring_without_a_fault():
     pair.advance(1.5)
     pair.deliver(pair.guest.exit(pair.now), to_host=True)
     pair.exchange()
-    assert pair.guest.exit_sent and not pair.guest.says_exit()
+    assert pair.guest.stop_state == s.EXIT_SENT
+    assert not pair.guest.says_exit()
     exited, = pair.host_saw(hb.Exited)
     assert exited.reason == "shutdown"
     assert pair.guest.next_timer() is None  # stopping: no heartbeat timer
@@ -162,10 +163,10 @@ def test_exit_while_synchronising_syncs_first_then_exits():
     out = pair.guest.exit(pair.now)
     # a fresh sync, no exit yet
     assert [o.sync for o in out if type(o) is s.Send] == [True]
-    assert not pair.guest.exit_sent
+    assert pair.guest.stop_state == s.EXIT_PENDING
     pair.deliver(out, to_host=True)
     pair.exchange()
-    assert pair.guest.exit_sent
+    assert pair.guest.stop_state == s.EXIT_SENT
     assert pair.host_saw(hb.Exited)
     # not init: it is leaving
     assert len(pair.host_saw(m.Init)) == 1
@@ -285,6 +286,7 @@ def test_no_connection_no_sending():
         session.send(m.StatusQuery())
     assert session.tick(5.0) == [] and session.next_timer() is None
     assert session.exit(5.0) == [] and session.state is None
+    assert session.stop_state == s.STOPPED
 
 
 # -- the host session without a heartbeat -------------------------------------
@@ -364,3 +366,124 @@ def test_guest_connect_forgets_the_registration():
     assert [o.sync for o in out] == [True]
     pair.guest.disconnect()
     assert pair.guest.conn is None and pair.guest.next_timer() is None
+
+
+# -- the guest's stop procedure: every transition of STOP_TRANSITIONS ---------
+
+def describe(outputs):
+    """Outputs as short comparable names: "sync" for a sync of ours, the
+    type of a message sent, the class of an event."""
+    out = []
+    for o in outputs:
+        if type(o) is s.Send:
+            out.append("sync" if o.sync else o.message.TYPE)
+        else:
+            out.append(type(o).__name__)
+    return out
+
+
+def stop_rig(state):
+    """A pair whose guest is synchronised, has sent init to a host without
+    a heartbeat (so it stays REGISTERING: the host may hold a
+    registration, and a Synced makes it send init again), and is in
+    ``state`` of its stop procedure."""
+    pair = Pair(host_heartbeat=False)
+    pair.exchange()
+    guest = pair.guest
+    assert guest.conn.state == c.READY
+    assert guest.heartbeat.state == hb.REGISTERING
+    if state == s.EXIT_PENDING:
+        guest.start_sync(pair.now)  # lost: not delivered
+        pair.deliver(guest.exit(pair.now), to_host=True)
+    elif state == s.EXIT_SENT:
+        guest.exit(pair.now)
+    elif state == s.STOPPED:
+        # asked while no peer could read: the registration is still there
+        guest.exit(pair.now, reachable=False)
+    assert guest.stop_state == state
+    return pair
+
+
+def _synced(pair):
+    if pair.guest.conn.state == c.READY:
+        pair.deliver(pair.guest.start_sync(pair.now), to_host=True)
+    # the host answers; the guest's outputs of the sync_ack are the result
+    pair.deliver(pair.host.receive(pair.to_host, pair.now), to_host=False)
+    pair.to_host = b""
+    out = pair.guest.receive(pair.to_guest, pair.now)
+    pair.to_guest = b""
+    return out
+
+
+def _stop_unsynced(pair):
+    pair.guest.start_sync(pair.now)
+    return pair.guest.exit(pair.now)
+
+
+STOP_INPUTS = {
+    "stop": lambda pair: pair.guest.exit(pair.now),
+    "stop_unsynced": _stop_unsynced,
+    "stop_silent": lambda pair: pair.guest.exit(pair.now, reachable=False),
+    "synced": _synced,
+    "reset": lambda pair: pair.guest.connect(pair.now),
+}
+
+R, P, X, S = s.RUNNING, s.EXIT_PENDING, s.EXIT_SENT, s.STOPPED
+
+# (state, input) -> (next state, outputs); a transition added to
+# session.STOP_TRANSITIONS without an entry here fails.
+STOP_EXPECTED = {
+    (R, "stop"): (X, ["exit"]),
+    (R, "stop_unsynced"): (P, ["sync"]),
+    (R, "stop_silent"): (S, []),
+    (R, "synced"): (R, ["Synced", "init"]),  # the heartbeat's
+    (R, "reset"): (R, ["sync"]),  # (connect's own sync)
+    (P, "synced"): (X, ["Synced", "exit"]),  # not init
+    (P, "reset"): (S, ["sync"]),
+    (P, "stop_unsynced"): (P, []),
+    (P, "stop_silent"): (S, []),
+    (X, "synced"): (X, ["Synced"]),
+    (X, "reset"): (X, ["sync"]),
+    (X, "stop_silent"): (X, []),
+    (S, "stop"): (S, []),
+    (S, "stop_unsynced"): (S, []),
+    (S, "stop_silent"): (S, []),
+    (S, "synced"): (S, ["Synced"]),
+    (S, "reset"): (S, ["sync"]),
+}
+
+
+def test_every_stop_transition_has_a_test():
+    assert set(STOP_EXPECTED) == set(s.STOP_TRANSITIONS)
+
+
+@pytest.mark.parametrize("key", sorted(s.STOP_TRANSITIONS),
+                         ids=lambda key: "%s-%s" % key)
+def test_stop_transition(key):
+    state, kind = key
+    next_state, expected = STOP_EXPECTED[key]
+    assert s.STOP_TRANSITIONS[key][1] == next_state
+    pair = stop_rig(state)
+    outputs = STOP_INPUTS[kind](pair)
+    assert describe(outputs) == expected
+    assert pair.guest.stop_state == next_state
+    # the exit reaches the host and ends monitoring there
+    exits = [o.message for o in outputs
+             if type(o) is s.Send and type(o.message) is m.Exit]
+    if exits:
+        pair.host_events = []
+        pair.deliver(outputs, to_host=True)
+        pair.exchange()
+        assert pair.host_saw(m.Exit) == exits
+
+
+@pytest.mark.parametrize("state", [P, X, S])
+def test_a_stopping_guest_neither_registers_nor_watches_the_host(state):
+    pair = stop_rig(state)
+    assert pair.guest.heartbeat.next_timer() is not None or state == X
+    # only the sync retry is left as a timer (none once synchronised)
+    timer = pair.guest.next_timer()
+    assert timer is None or timer == pair.guest.sync_at
+    pair.host_events = []
+    pair.advance(100.0, step=0.5)
+    assert pair.host_saw(m.Init) == []
