@@ -33,8 +33,8 @@ from guestha import records
 from guestha.server import actions as actions_mod
 from guestha.server.ledger import Ledger
 from tests.functional.child_processes import file_tail
+from tests.support.http import wait_answering
 from tests.support.ports import free_port
-from tests.support.wait import wait_until
 from tools.cloud import harness
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -137,20 +137,8 @@ def world(cloud, tmp_path_factory):
             stdout=subprocess.DEVNULL, stderr=open(workdir / "api.stderr",
                                                    "wb"))
         url = "http://127.0.0.1:%d" % port
-
-        def answers():
-            if proc.poll() is not None:
-                raise AssertionError("guestha-api exited (%s):\n%s" % (
-                    proc.returncode, file_tail(workdir / "api.stderr", 3000)))
-            try:
-                urllib.request.urlopen(url + "/", timeout=2).close()
-            except OSError:
-                return False
-            return True
-
-        wait_until(answers, 30, "guestha-api to answer at %s" % url,
-                   interval=0.2, details=lambda: file_tail(
-                       workdir / "api.stderr", 3000))
+        wait_answering(url + "/", proc, timeout=30, details=lambda: file_tail(
+            workdir / "api.stderr", 3000))
         tokens = {
             "admin": _token("admin", harness.PASSWORD,
                             cloud.conn.identity.find_project("admin").id),

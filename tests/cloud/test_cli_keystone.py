@@ -27,7 +27,8 @@ import uuid
 
 import pytest
 
-from tests.functional import test_cli as cli_functional
+from tests.functional.child_processes import file_tail
+from tests.support.http import wait_answering
 from tests.support.ports import free_port
 from tests.unit.osc import world
 from tools.cloud import harness
@@ -123,7 +124,7 @@ def api(keystone, projects, tmp_path_factory):
     url = "http://127.0.0.1:%d/" % port
     ident = keystone.ident
     try:
-        cli_functional._wait_up(url, process, log)
+        wait_answering(url, process, details=lambda: file_tail(log, 3000))
         region = keystone.keep(ident.delete_region, ident.create_region(
             id="guestha-cli-%s" % keystone.tag))
         service = keystone.keep(ident.delete_service, ident.create_service(

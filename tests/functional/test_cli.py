@@ -9,13 +9,11 @@ import json
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 
 import pytest
 
+from tests.support.http import wait_answering
 from tests.support.ports import free_port
-from tests.support.wait import wait_until
 from tests.unit.osc import world
 from tools import proc
 
@@ -25,21 +23,6 @@ BIN = os.path.dirname(sys.executable)
 OPENSTACK = os.path.join(BIN, "openstack")
 GUESTHA_API = os.path.join(BIN, "guestha-api")
 ALL = sorted(row[0] for row in world.INSTANCES)
-
-
-def _wait_up(url, process, log, timeout=60.0):
-    def answers():
-        if process.poll() is not None:
-            raise AssertionError("guestha-api exited (%s):\n%s"
-                                 % (process.returncode, _tail(log)))
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                return resp.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
-
-    wait_until(answers, timeout, "guestha-api to answer at %s" % url,
-               interval=0.1, details=lambda: _tail(log))
 
 
 def _tail(log):
@@ -64,7 +47,7 @@ def api_url(tmp_path_factory):
                              stdout=out, stderr=subprocess.STDOUT)
     url = "http://127.0.0.1:%d/" % port
     try:
-        _wait_up(url, process, log)
+        wait_answering(url, process, details=lambda: _tail(log))
         yield url
     finally:
         proc.stop(process)
