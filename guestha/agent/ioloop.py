@@ -6,10 +6,11 @@ Theory of operation
 :class:`IOLoop` waits in epoll (:class:`Poller`) on the sockets registered
 with it and on a wake-up socket, for at most the time to the earliest
 timer in a heap, and then calls back, in this order: each ready socket's
-callback, the handler of each record other threads :meth:`~IOLoop.post`\\ ed
-(the post writes a byte to the wake-up socket), and the ``tick`` of each
-timer owner that is due.  It knows nothing of instances: a timer owner is
-anything with a ``wake_at`` and a ``tick(now)``.
+callback, the handler of each record other threads posted
+(:meth:`~IOLoop.post` also writes a byte to the wake-up socket), and the
+``tick`` of each timer owner that is due.  It knows nothing of
+instances: a timer owner is anything with a ``wake_at`` and a
+``tick(now)``.
 
 The heap holds ``(when, n, owner)``; an owner keeps its own ``wake_at`` and
 entries that no longer match it are stale and skipped, so rescheduling is
