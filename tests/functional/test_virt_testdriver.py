@@ -6,9 +6,11 @@ belongs to the connection that opened it: another connection to the same
 URI gets its own copy, and no events from it
 (:func:`test_test_driver_state_is_per_connection`).  So the tests change
 domains through the watcher's own connection
-(:meth:`LibvirtWatcher.run_with_connection`), which delivers real libvirt
+(:meth:`CallingWatcher.run_with_connection`), which delivers real libvirt
 events to the watcher's callbacks through libvirt's event loop.
 """
+
+import concurrent.futures
 
 import libvirt
 import pytest
@@ -81,6 +83,43 @@ def node(tmp_path):
     return "test://%s" % path, paths
 
 
+class CallingWatcher(virt.LibvirtWatcher):
+    """The watcher, with a way in for the tests to its connection."""
+
+    def run_with_connection(self, func):
+        """Run ``func(conn)`` in the watcher thread with its connection;
+        returns a :class:`concurrent.futures.Future` of the result."""
+        future = concurrent.futures.Future()
+        if self._stopping:
+            future.set_exception(RuntimeError("watcher stopped"))
+        else:
+            self._ask(_Call(func, future))
+        return future
+
+
+class _Call(object):
+    """A request of the watcher's (see ``LibvirtWatcher._ask``)."""
+
+    def __init__(self, func, future):
+        self.func = func
+        self.future = future
+
+    def run(self, conn):
+        if self.future.set_running_or_notify_cancel():
+            try:
+                self.future.set_result(self.func(conn))
+            except Exception as exc:  # noqa: BLE001 - handed to the caller
+                self.future.set_exception(exc)
+        return False
+
+    def unconnected(self):
+        self.future.set_exception(RuntimeError("libvirt not connected"))
+        return False
+
+    def stopped(self):
+        self.future.set_exception(RuntimeError("watcher stopped"))
+
+
 @pytest.fixture
 def watch():
     """Starts watchers; stops them (and checks they stop) afterwards."""
@@ -90,7 +129,7 @@ def watch():
         loop = RecordingLoop()
         kwargs.setdefault("reconnect_interval", 0.2)
         kwargs.setdefault("reconcile_interval", 3600)
-        watcher = virt.LibvirtWatcher(uri, loop.post, **kwargs)
+        watcher = CallingWatcher(uri, loop.post, **kwargs)
         watcher.start()
         started.append(watcher)
         return watcher, loop
@@ -332,7 +371,7 @@ def test_connection_lost_and_reconnected_with_state_kept_by_libvirt(
 
     # what libvirt does when libvirtd goes away: the close callback fires
     # in the event loop (for real in test_virt_qemu)
-    call(watcher, lambda c: watcher._on_close(
+    call(watcher, lambda c: watcher._link.on_close(
         c, libvirt.VIR_CONNECT_CLOSE_REASON_EOF, None))
 
     _, down = loop.wait_for(lambda r: isinstance(r, ev.LibvirtStatus),
@@ -408,7 +447,7 @@ def test_reconcile_of_many_domains(tmp_path, watch, record_property):
 
 
 def test_stop_without_start_is_harmless():
-    watcher = virt.LibvirtWatcher("test:///default", RecordingLoop().post)
+    watcher = CallingWatcher("test:///default", RecordingLoop().post)
 
     watcher.stop()
     watcher.stop()
