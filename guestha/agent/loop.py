@@ -26,11 +26,12 @@ their own, each with one job:
   loop's thread;
 * :mod:`guestha.agent.deliveries`: the controller's server-group messages
   as records for the loop;
-* :mod:`guestha.agent.statusserver`: the status socket.
+* :mod:`guestha.agent.statusserver`: the status socket;
+* :mod:`guestha.agent.roundtrips`: the challenges' round trips, for the
+  status and the metrics.
 """
 
 import collections
-import itertools
 import logging
 import socket
 import threading
@@ -43,6 +44,7 @@ from guestha.agent import instance as inst_mod
 from guestha.agent import ioloop
 from guestha.agent import monitored as monitored_mod
 from guestha.agent import openfaults
+from guestha.agent import roundtrips
 from guestha.agent import statereport
 from guestha.agent import statusserver
 
@@ -112,17 +114,11 @@ class AgentLoop(inst_mod.Env):
         self._next_alive = None
         self.libvirt_connected = None
         self.started_at = None
-        # the latest challenge round trips, all instances together
-        self._rtts = collections.deque(maxlen=20000)
-        self.answers = 0
-        # for the metrics: faults reported by kind, the heartbeat counters
-        # of instances gone since the start, and the round-trip histogram
-        # (None until an exporter asks: the ring is folded into it in
-        # batches, never per answer)
+        self.round_trips = roundtrips.RoundTrips()
+        # for the metrics: faults reported by kind, and the heartbeat
+        # counters of instances gone since the start
         self.fault_kinds = collections.Counter()
         self._retired = collections.Counter()
-        self._rtt_hist = None
-        self._rtt_folded = 0
         # each instance's state to the controllers, for the REST API
         self.state_reports = (statereport.StateReporter(
             host, reporter.submit, wallclock) if state_reports else None)
@@ -168,10 +164,13 @@ class AgentLoop(inst_mod.Env):
     def _is_current(self, instance):
         return self.instances.get(instance.uuid) is instance
 
+    @property
+    def answers(self):
+        """Challenges answered since the start."""
+        return self.round_trips.answers
+
     def _housekeeping(self, now):
-        if (self._rtt_hist is not None
-                and self.answers - self._rtt_folded > 10000):
-            self._fold_rtts()  # before the ring (20,000) overwrites them
+        self.round_trips.fold_if_due()
         if self._monitored.dirty:
             self._monitored.save(self.instances)
         if self.state_reports is not None:
@@ -346,20 +345,7 @@ class AgentLoop(inst_mod.Env):
         return self._wallclock()
 
     def record_rtt(self, seconds):
-        self._rtts.append(seconds)
-        self.answers += 1
-
-    def rtt_summary(self):
-        """Percentiles (ms) of the latest challenge round trips."""
-        rtts = sorted(self._rtts)
-        if not rtts:
-            return None
-
-        def pct(q):
-            return round(1000.0 * rtts[min(len(rtts) - 1,
-                                           int(q * len(rtts)))], 3)
-        return {"samples": len(rtts), "p50": pct(0.50), "p99": pct(0.99),
-                "max": round(1000.0 * rtts[-1], 3)}
+        self.round_trips.record(seconds)
 
     # -- status ---------------------------------------------------------------
 
@@ -369,8 +355,8 @@ class AgentLoop(inst_mod.Env):
                 "uptime_s": round(now - (self.started_at or now), 1),
                 "libvirt_connected": self.libvirt_connected,
                 "reporter": self.reporter.stats(),
-                "answers": self.answers,
-                "rtt_ms": self.rtt_summary(),
+                "answers": self.round_trips.answers,
+                "rtt_ms": self.round_trips.summary(),
                 "instances": [i.status(now) for i in sorted(
                     self.instances.values(), key=lambda i: i.uuid)]}
 
@@ -391,12 +377,7 @@ class AgentLoop(inst_mod.Env):
     def metrics_snapshot(self, now):
         """What :class:`guestha.metrics.AgentCollector` exports (the
         loop's thread): plain values, no reference to live state."""
-        if self._rtt_hist is None:
-            from guestha import metrics
-            self._rtt_hist = metrics.RttHistogram()
-            # the round trips before the first scrape are not counted
-            self._rtt_folded = self.answers
-        self._fold_rtts()
+        hist = self.round_trips.histogram()
         instances = []
         for i in self.instances.values():
             nova = (i.info.nova if i.info is not None else None) or {}
@@ -405,7 +386,6 @@ class AgentLoop(inst_mod.Env):
                 i.uuid, nova.get("project"), i.state,
                 i.fault.get("kind") if i.fault else None,
                 tuple(c[name] for name in _HEARTBEAT_COUNTERS)))
-        hist = self._rtt_hist
         return {"instances": instances,
                 "retired": dict(self._retired),
                 "fault_kinds": dict(self.fault_kinds),
@@ -413,10 +393,3 @@ class AgentLoop(inst_mod.Env):
                 "reporter": self.reporter.stats(),
                 "libvirt_connected": self.libvirt_connected,
                 "uptime_s": now - (self.started_at or now)}
-
-    def _fold_rtts(self):
-        new = min(self.answers - self._rtt_folded, len(self._rtts))
-        self._rtt_folded = self.answers
-        if new > 0:
-            self._rtt_hist.add(list(itertools.islice(reversed(self._rtts),
-                                                     new)))

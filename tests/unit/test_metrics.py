@@ -138,7 +138,7 @@ def test_round_trips_folded_before_the_ring_overwrites_them(loop):
     for _ in range(10001):
         loop.record_rtt(0.001)
     loop._housekeeping(0)           # folds: more than 10,000 unfolded
-    assert loop._rtt_hist.count == 10001
+    assert loop.round_trips._hist.count == 10001
     for _ in range(15000):
         loop.record_rtt(0.001)
     snap = loop.metrics_snapshot(0)
