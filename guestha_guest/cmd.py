@@ -30,7 +30,7 @@ def build_daemon(cfg):
     daemon = GuestDaemon(g.port, init, hooks=hooks,
                          hook_period_ms=h.period_ms)
     if a.enabled:
-        daemon.apps = AppServer(a.socket, a.mode, a.max_apps, daemon)
+        daemon.apps = AppServer(a.socket, a.mode, a.max_apps, daemon.relay)
     return daemon
 
 

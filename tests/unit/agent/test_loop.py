@@ -117,7 +117,7 @@ def test_server_group_messages_reach_the_guest_and_back(setup):
         with rep.changed:
             seen.append(msg)
             rep.changed.notify_all()
-    guest._publish = publish
+    guest.relay._publish = publish
     loop.deliveries.on_deliver_broadcast(
         [UUID, "0" * 8 + "-0000-4000-8000-" + "0" * 12],
         PEER, base64.b64encode(b"hi").decode())
@@ -130,8 +130,8 @@ def test_server_group_messages_reach_the_guest_and_back(setup):
                        "state": "stopped",
                        "event": "instance.power_off.end"}
     # the guest's broadcast is relayed with the source the host knows
-    guest._send(p.Broadcast(payload=b"to peers",
-                            sender=PEER))  # a lie, ignored by the host
+    guest.channel.send(p.Broadcast(payload=b"to peers",
+                                   sender=PEER))  # a lie, ignored by the host
     assert rep.until(lambda: any(m == "relay_broadcast"
                                  for m, _ in rep.casts))
     relay = [k for m, k in rep.casts if m == "relay_broadcast"][0]
@@ -146,7 +146,7 @@ def test_a_gone_domain_leaves_and_open_faults_survive_a_restart(setup):
     loop.post(ev.DomainState(UUID, ev.RUNNING, "x", 0))  # no-op: no token
     # the guest turns unhealthy: a real fault opens (and stays open, since
     # every later answer is unhealthy too) and is saved for the next start
-    guest.heartbeat._health = lambda now: (False, "test says so", None)
+    guest.session.heartbeat._health = lambda now: (False, "test says so", None)
     assert rep.until(lambda: rep.events
                      and rep.events[-1]["type"] == "fault")
     fault_id = rep.events[-1]["id"]

@@ -107,8 +107,8 @@ def test_registers_and_answers_over_a_character_device(pty_port, bench):
     registered = host.of(hb.Registered)
     assert registered[0].init.name == "vm-test"
     assert registered[0].interval_ms == 150  # clamped to the host's bound
-    assert d.heartbeat.interval_ms == 150
-    assert d.heartbeat.instance == UUID
+    assert d.session.heartbeat.interval_ms == 150
+    assert d.session.heartbeat.instance == UUID
     answers = host.of(hb.Answered)
     assert all(a.healthy for a in answers)
     assert all(a.rtt == 0 for a in answers)  # at once, from cached health
@@ -149,7 +149,7 @@ def test_stale_backlog_in_the_port_is_discarded(pty_port, bench):
     stale_tokens = {"%032x" % i for i in range(30)}
     answered = {m.challenge for m in host.received(p.ChallengeResponse)}
     assert not answered & stale_tokens
-    assert d.conn.discarded >= 30
+    assert d.session.conn.discarded >= 30
 
 
 def test_new_host_on_the_same_port_gets_a_fresh_registration(pty_port,
@@ -164,7 +164,7 @@ def test_new_host_on_the_same_port_gets_a_fresh_registration(pty_port,
     bench.run_until(_answered(second, 2), 0.3)  # two intervals and a bit
     assert second.of(hb.Registered)
     assert second.of(hb.Missed) == []
-    assert d.stats["registrations"] == 2
+    assert d.channel.stats["registrations"] == 2
 
 
 def test_unix_listen_keeps_the_registration_across_host_reconnects(
@@ -178,17 +178,17 @@ def test_unix_listen_keeps_the_registration_across_host_reconnects(
                                              clock=bench.clock),
                         new_stream=True)
     bench.run_until(_answered(host, 2), 1.0)
-    conn = d.conn
+    conn = d.session.conn
     host.close()
     bench.detach()
-    assert d.heartbeat.state == hb.REGISTERED  # nothing says otherwise
+    assert d.session.heartbeat.state == hb.REGISTERED  # nothing says otherwise
     host = bench.attach(SimHost.connect_unix(sock, seed=7,
                                              clock=bench.clock),
                         new_stream=True)
     bench.run_until(_answered(host, 2), 0.3)
-    assert d.conn is conn  # the same channel, synchronised again
+    assert d.session.conn is conn  # the same channel, synchronised again
     assert host.of(hb.Missed) == []
-    assert d.stats["registrations"] == 2
+    assert d.channel.stats["registrations"] == 2
     host.close()
 
 
@@ -236,7 +236,7 @@ def test_junk_from_the_host_is_answered_with_an_error(pty_port, bench):
     assert host.received(p.Error)[2].ref == 5
     n = len(host.of(hb.Answered))
     bench.run_until(_answered(host, n + 2), 0.3)
-    assert d.stats["protocol_errors"] == 3
+    assert d.channel.stats["protocol_errors"] == 3
 
 
 def test_an_error_from_the_host_is_never_answered_valid_or_not(pty_port,
@@ -253,7 +253,8 @@ def test_an_error_from_the_host_is_never_answered_valid_or_not(pty_port,
                 b'"code":"invalid_json","message":"a valid one"}\n')
     bench.settle()
     assert host.received(p.Error) == []
-    assert d.stats["protocol_errors"] == 3  # counted and logged, though
+    # counted and logged, though
+    assert d.channel.stats["protocol_errors"] == 3
 
 
 def test_sigterm_sends_exit_and_the_process_ends(tmp_path):
@@ -303,10 +304,11 @@ def test_stop_while_resynchronising_syncs_then_sends_exit(pty_port, bench):
     # the guest starts a sync whose answer has not come when it is told
     # to stop (written while the host is not reading)
     host.auto_heartbeat = False
-    d._apply(d.session.start_sync(bench.clock(), fresh=False), bench.clock())
+    d.channel.apply(d.session.start_sync(bench.clock(), fresh=False),
+                    bench.clock())
     d.stop()
     d.tick(bench.clock())
-    assert d.running and d.conn.state == p.SYNCING
+    assert d.running and d.session.conn.state == p.SYNCING
     host.auto_heartbeat = True
     inits = len(host.received(p.Init))
     bench.run_until(lambda: not d.running, daemon_mod.STOP_WAIT)
@@ -323,7 +325,8 @@ def test_stop_gives_up_after_stop_wait_without_a_host(pty_port, bench,
     bench.run_until(_answered(host, 1), 1.0)
     host.close()
     bench.detach()  # nobody answers the sync any more
-    d._apply(d.session.start_sync(bench.clock(), fresh=False), bench.clock())
+    d.channel.apply(d.session.start_sync(bench.clock(), fresh=False),
+                    bench.clock())
     stopped_at = bench.clock()
     d.stop()
     with caplog.at_level(logging.WARNING, "guestha_guest.daemon"):
@@ -341,8 +344,8 @@ def test_stop_after_a_silence_timeout_still_sends_exit(pty_port, bench):
     bench.run_until(_answered(host, 1), 1.0)
     # the host stops challenging and answering syncs for a while
     host.auto_heartbeat = host.answer_syncs = False
-    bench.run_until(lambda: d.heartbeat.state == hb.UNREGISTERED, 2.0)
-    assert d.conn.state == p.SYNCING
+    bench.run_until(lambda: d.session.heartbeat.state == hb.UNREGISTERED, 2.0)
+    assert d.session.conn.state == p.SYNCING
     d.stop()
     d.tick(bench.clock())
     host.auto_heartbeat = host.answer_syncs = True
@@ -388,7 +391,7 @@ def test_traffic_after_a_long_backoff_resynchronises_at_once(
     # first data after 0-byte reads, or more data from a host already seen
     d.port.host_connected = seen_before
     host = _host(bench, master, seed=22)
-    bench.run_until(lambda: d.conn.state == p.READY, 0.001)
+    bench.run_until(lambda: d.session.conn.state == p.READY, 0.001)
     bench.run_until(_answered(host, 1), 1.0)
 
 
@@ -419,7 +422,7 @@ def test_error_replies_to_a_flooding_host_are_rate_limited(pty_port, bench):
     bench.write(b"junk\n" * 500)
     bench.settle()
     assert len(host.received(p.Error)) == 12  # then 2 a second
-    assert d.stats["protocol_errors"] == 1000
+    assert d.channel.stats["protocol_errors"] == 1000
     assert host.of(hb.Missed) == []
 
 
@@ -430,7 +433,7 @@ def _with_apps(bench, tmp_path, port, **kwargs):
     d = GuestDaemon(port, kwargs.pop("init", _init()), clock=bench.clock,
                     **kwargs)
     sock = str(tmp_path / "app.sock")
-    d.apps = AppServer(sock, 0o600, 8, d, clock=bench.clock)
+    d.apps = AppServer(sock, 0o600, 8, d.relay, clock=bench.clock)
     bench.start(d)
     return d, sock
 
