@@ -59,9 +59,12 @@ that accepted it, or the one that took it over from a dead one.
 
 Every decision other than "nothing recommended" becomes an action record
 (:func:`action_record`), logged with the instance uuid and delivered to
-the fault sinks like an event.  The worker runs in its own thread, because
-Nova is HTTP; :meth:`ActionWorker.run_once` takes the time as an argument
-so tests drive it with a fake clock.  A soft reboot waiting for its
+the fault sinks like an event.  :class:`CorrectiveActions` acts on one
+fault (or one soft reboot's follow-up) and returns the follow-up to run
+later; :class:`ActionWorker` is the thread that feeds it, in its own
+thread because Nova is HTTP, with the queue of faults and the timers of
+the follow-ups.  :meth:`ActionWorker.run_once` takes the time as an
+argument so tests drive it with a fake clock.  A soft reboot waiting for its
 recovery lives in memory only: after a restart no hard reboot follows.
 """
 
@@ -259,8 +262,248 @@ class NovaActions(nova_mod.NovaClient):
                                                            "error"))
 
 
+class FollowUp(object):
+    """A soft reboot's check, due at ``due``: recovered since ``since``,
+    or is a hard reboot needed?  ``deferrals``: how often it waited
+    already for Nova's own reboot to end."""
+
+    __slots__ = ("due", "fault", "since", "decision", "deferrals")
+
+    def __init__(self, due, fault, since, decision, deferrals):
+        self.due = due
+        self.fault = fault
+        self.since = since
+        self.decision = decision
+        self.deferrals = deferrals
+
+
+class CorrectiveActions(object):
+    """What the controller does about one fault, and about a soft
+    reboot's follow-up: decides, takes a slot of the cap, calls Nova and
+    records the outcome.  No thread and no timers: a soft reboot returns
+    the :class:`FollowUp` to run later, and the caller keeps it.
+
+    :param nova: :class:`NovaActions` (or a fake with ``guestha_features``,
+        ``reboot`` and ``stop``).
+    :param ledger: the :class:`~guestha.server.ledger.Ledger`.
+    :param report: called with each action record.
+    :param cap: the :class:`ActionCap`.
+    :param outcomes: a :class:`~guestha.metrics.Tally` of
+        ``(action, outcome)``.
+    """
+
+    def __init__(self, nova, ledger, report, server_id, cap, outcomes,
+                 allowed_max="log", soft_reboot_timeout=120.0,
+                 nova_mark="none"):
+        self.nova = nova
+        self.ledger = ledger
+        self.report = report
+        self.server_id = server_id
+        self.cap = cap
+        self.outcomes = outcomes
+        self.allowed_max = allowed_max
+        self.soft_reboot_timeout = soft_reboot_timeout
+        self.nova_mark = nova_mark
+
+    def _record(self, fault, action, outcome, reason, now, step=None,
+                decision=None, level=logging.WARNING):
+        LOG.log(level, "instance %s: fault %s: corrective action %s%s: %s "
+                "(%s)", fault["instance"], fault["id"], action,
+                " (%s)" % step if step else "", outcome, reason)
+        self.outcomes.add(action, outcome)
+        self.report(action_record(fault, action, outcome, reason,
+                                  self.server_id, now, step=step,
+                                  decision=decision))
+
+    def _done(self, fault):
+        self.ledger.mark_later(fault["id"], ledger_mod.ACTIONS,
+                               ledger_mod.DONE)
+
+    def act(self, fault, now):
+        """Act on a fault this controller owns.
+
+        :returns: the :class:`FollowUp` of a soft reboot, else None.
+        """
+        instance = fault["instance"]
+        recommended = fault.get("action") or "none"
+        if recommended == "none":
+            self._done(fault)
+            return None
+        if self.ledger.fault_recovered(fault):
+            self._record(fault, recommended, SKIPPED_RECOVERED,
+                         "the instance recovered from this fault before "
+                         "any action", now, level=logging.INFO)
+            self._done(fault)
+            return None
+        flavor_action = None
+        nova_error = None
+        if less_intrusive(recommended, self.allowed_max) not in ("none",
+                                                                 "log"):
+            try:
+                features = self.nova.guestha_features(instance)
+                flavor_action = features.get("corrective_action")
+            except nova_mod.NovaUnavailable as exc:
+                nova_error = str(exc)
+        decision = decide(recommended, self.allowed_max, flavor_action)
+        follow_up = None
+        if decision.action == "none":
+            self._record(fault, recommended, REFUSED_POLICY,
+                         decision.reason, now, decision=decision)
+        elif decision.action == "log":
+            self._record(fault, "log", LOGGED, decision.reason, now,
+                         decision=decision)
+            if self.nova_mark == "error":
+                self._mark_error(fault, decision, now)
+        elif nova_error is not None:
+            self._record(fault, decision.action,
+                         "%s: nova unavailable" % FAILED,
+                         "%s; %s" % (decision.reason, nova_error), now,
+                         decision=decision, level=logging.ERROR)
+        else:
+            follow_up = self._intrusive(fault, decision, now)
+        self._done(fault)
+        return follow_up
+
+    def _mark_error(self, fault, decision, now):
+        """``[actions] nova_mark = error``: the instance's Nova state to
+        ERROR, for the VNF manager; capped like a recovery (path
+        ``nova-mark``), at most once per fault."""
+        instance = fault["instance"]
+        granted, count = self.cap.take(instance, fault["id"],
+                                       path=MARK_PATH, now=now)
+        if granted is None:
+            self._record(fault, MARK_ACTION, SKIPPED_ACTED,
+                         "marked for this fault earlier", now,
+                         decision=decision, level=logging.INFO)
+        elif not granted:
+            self._record(fault, MARK_ACTION, REFUSED_CAP,
+                         "%d action(s) on this instance in the last %d s, "
+                         "at most %d allowed" % (count, self.cap.window,
+                                                 self.cap.max_actions),
+                         now, decision=decision)
+        else:
+            try:
+                self.nova.mark_error(instance)
+            except ActionFailed as exc:
+                self._record(fault, MARK_ACTION, FAILED, str(exc), now,
+                             decision=decision, level=logging.ERROR)
+            else:
+                self._record(fault, MARK_ACTION, APPLIED,
+                             "Nova state set to ERROR for the VNF manager",
+                             now, decision=decision)
+
+    def _intrusive(self, fault, decision, now):
+        instance = fault["instance"]
+        granted, count = self.cap.take(instance, fault["id"], now=now)
+        if granted is None:
+            self._record(fault, decision.action, SKIPPED_ACTED,
+                         "an action on this fault was started earlier",
+                         now, decision=decision, level=logging.INFO)
+            return None
+        if not granted:
+            self._record(fault, decision.action, REFUSED_CAP,
+                         "%s; %d action(s) on this instance in the last "
+                         "%d s, at most %d allowed" % (
+                             decision.reason, count, self.cap.window,
+                             self.cap.max_actions),
+                         now, decision=decision)
+            return None
+        step = None
+        if decision.action == "reboot":
+            step = ("hard" if fault.get("kind") in UNRESPONSIVE_KINDS
+                    else "soft")
+        try:
+            if decision.action == "reboot":
+                self.nova.reboot(instance, hard=step == "hard")
+            else:
+                self.nova.stop(instance)
+        except ActionFailed as exc:
+            self._record(fault, decision.action, "%s: %s" % (FAILED, exc),
+                         decision.reason, now, step=step, decision=decision,
+                         level=logging.ERROR)
+            return None
+        reason = decision.reason
+        if step == "hard":
+            reason = ("%s; the guest stopped answering (%s), so it would "
+                      "ignore a soft reboot" % (reason, fault.get("kind")))
+        self._record(fault, decision.action, APPLIED, reason, now,
+                     step=step, decision=decision)
+        if step == "soft":
+            return FollowUp(now + self.soft_reboot_timeout, fault, now,
+                            decision, 0)
+        return None
+
+    def nova_still_rebooting(self, instance):
+        """Nova's task state if it is one of a reboot under way, "gone"
+        if Nova no longer knows the instance, else None.
+
+        :raises guestha.nova.NovaUnavailable: Nova did not answer.
+        """
+        server_of = getattr(self.nova, "server", None)
+        if server_of is None:
+            return None
+        server = server_of(instance)
+        if server is None:
+            return "gone"
+        task_state = server.get("task_state")
+        return task_state if task_state in NOVA_REBOOT_TASK_STATES else None
+
+    def follow_up(self, due, now):
+        """A soft reboot's time is up: hard reboot unless recovered, or
+        unless Nova is still rebooting (its own fallback to hard).
+
+        :param due: the :class:`FollowUp`.
+        :returns: the next :class:`FollowUp` if Nova is still at it.
+        """
+        fault, since, decision, deferrals = (
+            due.fault, due.since, due.decision, due.deferrals)
+        instance = fault["instance"]
+        if self.ledger.recovered_since(instance, since):
+            LOG.info("instance %s: fault %s: recovered after the soft "
+                     "reboot", instance, fault["id"])
+            return None
+        try:
+            nova_state = self.nova_still_rebooting(instance)
+        except nova_mod.NovaUnavailable as exc:
+            nova_state = "unknown (%s)" % exc
+        if nova_state == "gone":
+            LOG.info("instance %s: fault %s: no hard reboot: Nova no "
+                     "longer knows the instance", instance, fault["id"])
+            return None
+        if nova_state is not None:
+            if deferrals < MAX_FOLLOW_UP_DEFERRALS:
+                LOG.info("instance %s: fault %s: Nova's reboot is still "
+                         "under way (task state %s); hard reboot "
+                         "deferred %.0f s", instance, fault["id"],
+                         nova_state, self.soft_reboot_timeout)
+                return FollowUp(now + self.soft_reboot_timeout, fault,
+                                since, decision, deferrals + 1)
+            self._record(fault, "reboot", "%s: nova still rebooting"
+                         % FAILED,
+                         "Nova's reboot did not end within %d follow-ups "
+                         "(task state %s); no hard reboot asked" % (
+                             deferrals + 1, nova_state),
+                         now, step="hard", decision=decision,
+                         level=logging.ERROR)
+            return None
+        reason = ("no recovery within %.0f s of the soft reboot, and "
+                  "Nova's reboot is over" % ((now - since)))
+        try:
+            self.nova.reboot(instance, hard=True)
+        except ActionFailed as exc:
+            self._record(fault, "reboot", "%s: %s" % (FAILED, exc), reason,
+                         now, step="hard", decision=decision,
+                         level=logging.ERROR)
+            return None
+        self._record(fault, "reboot", APPLIED, reason, now, step="hard",
+                     decision=decision)
+        return None
+
+
 class ActionWorker(object):
-    """Applies corrective actions in one thread.
+    """The corrective-action thread: a queue of the faults this controller
+    owns and the soft reboots' follow-ups, handed in turn to its
+    :class:`CorrectiveActions`.
 
     :param nova: :class:`NovaActions` (or a fake with ``guestha_features``,
         ``reboot`` and ``stop``).
@@ -273,19 +516,14 @@ class ActionWorker(object):
     def __init__(self, nova, ledger, report, server_id, allowed_max="log",
                  soft_reboot_timeout=120.0, max_actions=3, window=3600,
                  clock=time.time, nova_mark="none"):
-        self.nova = nova
-        self.ledger = ledger
-        self.report = report
-        self.server_id = server_id
-        self.allowed_max = allowed_max
-        self.soft_reboot_timeout = soft_reboot_timeout
-        self.max_actions = max_actions
-        self.window = window
-        self.nova_mark = nova_mark
         self._clock = clock
         self.cap = ActionCap(ledger, max_actions, window)
         # (action, outcome) of every record, for the metrics
         self.outcomes = metrics.Tally()
+        self.actions = CorrectiveActions(
+            nova, ledger, report, server_id, self.cap, self.outcomes,
+            allowed_max=allowed_max,
+            soft_reboot_timeout=soft_reboot_timeout, nova_mark=nova_mark)
         self._queue = collections.deque()
         self._timers = []
         self._seq = itertools.count()
@@ -353,199 +591,19 @@ class ActionWorker(object):
                 if self._stopping or not self._queue:
                     break
                 fault = self._queue.popleft()
-            self._fault(fault, now)
+            self._schedule(self.actions.act(fault, now))
         while True:
             with self._cond:
                 if not self._timers or self._timers[0][0] > now:
                     break
-                _, _, fault, since, decision, deferrals = heapq.heappop(
-                    self._timers)
-            self._follow_up(fault, since, decision, now, deferrals)
+                _, _, due = heapq.heappop(self._timers)
+            self._schedule(self.actions.follow_up(due, now))
         with self._cond:
             return (self._timers[0][0] - now) if self._timers else None
 
-    def _record(self, fault, action, outcome, reason, now, step=None,
-                decision=None, level=logging.WARNING):
-        LOG.log(level, "instance %s: fault %s: corrective action %s%s: %s "
-                "(%s)", fault["instance"], fault["id"], action,
-                " (%s)" % step if step else "", outcome, reason)
-        self.outcomes.add(action, outcome)
-        self.report(action_record(fault, action, outcome, reason,
-                                  self.server_id, now, step=step,
-                                  decision=decision))
-
-    def _done(self, fault):
-        self.ledger.mark_later(fault["id"], ledger_mod.ACTIONS,
-                               ledger_mod.DONE)
-
-    def _fault(self, fault, now):
-        instance = fault["instance"]
-        recommended = fault.get("action") or "none"
-        if recommended == "none":
-            self._done(fault)
+    def _schedule(self, follow_up):
+        if follow_up is None:
             return
-        if self.ledger.fault_recovered(fault):
-            self._record(fault, recommended, SKIPPED_RECOVERED,
-                         "the instance recovered from this fault before "
-                         "any action", now, level=logging.INFO)
-            self._done(fault)
-            return
-        flavor_action = None
-        nova_error = None
-        if less_intrusive(recommended, self.allowed_max) not in ("none",
-                                                                 "log"):
-            try:
-                features = self.nova.guestha_features(instance)
-                flavor_action = features.get("corrective_action")
-            except nova_mod.NovaUnavailable as exc:
-                nova_error = str(exc)
-        decision = decide(recommended, self.allowed_max, flavor_action)
-        if decision.action == "none":
-            self._record(fault, recommended, REFUSED_POLICY,
-                         decision.reason, now, decision=decision)
-        elif decision.action == "log":
-            self._record(fault, "log", LOGGED, decision.reason, now,
-                         decision=decision)
-            if self.nova_mark == "error":
-                self._mark_error(fault, decision, now)
-        elif nova_error is not None:
-            self._record(fault, decision.action,
-                         "%s: nova unavailable" % FAILED,
-                         "%s; %s" % (decision.reason, nova_error), now,
-                         decision=decision, level=logging.ERROR)
-        else:
-            self._intrusive(fault, decision, now)
-        self._done(fault)
-
-    def _mark_error(self, fault, decision, now):
-        """``[actions] nova_mark = error``: the instance's Nova state to
-        ERROR, for the VNF manager; capped like a recovery (path
-        ``nova-mark``), at most once per fault."""
-        instance = fault["instance"]
-        granted, count = self.cap.take(instance, fault["id"],
-                                       path=MARK_PATH, now=now)
-        if granted is None:
-            self._record(fault, MARK_ACTION, SKIPPED_ACTED,
-                         "marked for this fault earlier", now,
-                         decision=decision, level=logging.INFO)
-        elif not granted:
-            self._record(fault, MARK_ACTION, REFUSED_CAP,
-                         "%d action(s) on this instance in the last %d s, "
-                         "at most %d allowed" % (count, self.window,
-                                                 self.max_actions),
-                         now, decision=decision)
-        else:
-            try:
-                self.nova.mark_error(instance)
-            except ActionFailed as exc:
-                self._record(fault, MARK_ACTION, FAILED, str(exc), now,
-                             decision=decision, level=logging.ERROR)
-            else:
-                self._record(fault, MARK_ACTION, APPLIED,
-                             "Nova state set to ERROR for the VNF manager",
-                             now, decision=decision)
-
-    def _intrusive(self, fault, decision, now):
-        instance = fault["instance"]
-        granted, count = self.cap.take(instance, fault["id"], now=now)
-        if granted is None:
-            self._record(fault, decision.action, SKIPPED_ACTED,
-                         "an action on this fault was started earlier",
-                         now, decision=decision, level=logging.INFO)
-            return
-        if not granted:
-            self._record(fault, decision.action, REFUSED_CAP,
-                         "%s; %d action(s) on this instance in the last "
-                         "%d s, at most %d allowed" % (
-                             decision.reason, count, self.window,
-                             self.max_actions),
-                         now, decision=decision)
-            return
-        step = None
-        if decision.action == "reboot":
-            step = ("hard" if fault.get("kind") in UNRESPONSIVE_KINDS
-                    else "soft")
-        try:
-            if decision.action == "reboot":
-                self.nova.reboot(instance, hard=step == "hard")
-            else:
-                self.nova.stop(instance)
-        except ActionFailed as exc:
-            self._record(fault, decision.action, "%s: %s" % (FAILED, exc),
-                         decision.reason, now, step=step, decision=decision,
-                         level=logging.ERROR)
-            return
-        reason = decision.reason
-        if step == "hard":
-            reason = ("%s; the guest stopped answering (%s), so it would "
-                      "ignore a soft reboot" % (reason, fault.get("kind")))
-        self._record(fault, decision.action, APPLIED, reason, now,
-                     step=step, decision=decision)
-        if step == "soft":
-            self._schedule_follow_up(fault, now, decision, now, 0)
-
-    def _schedule_follow_up(self, fault, since, decision, now, deferrals):
         with self._cond:
             heapq.heappush(self._timers, (
-                now + self.soft_reboot_timeout, next(self._seq), fault,
-                since, decision, deferrals))
-
-    def _nova_still_rebooting(self, instance):
-        """Nova's task state if it is one of a reboot under way, "gone"
-        if Nova no longer knows the instance, else None.
-
-        :raises guestha.nova.NovaUnavailable: Nova did not answer.
-        """
-        server_of = getattr(self.nova, "server", None)
-        if server_of is None:
-            return None
-        server = server_of(instance)
-        if server is None:
-            return "gone"
-        task_state = server.get("task_state")
-        return task_state if task_state in NOVA_REBOOT_TASK_STATES else None
-
-    def _follow_up(self, fault, since, decision, now, deferrals=0):
-        """A soft reboot's time is up: hard reboot unless recovered, or
-        unless Nova is still rebooting (its own fallback to hard)."""
-        instance = fault["instance"]
-        if self.ledger.recovered_since(instance, since):
-            LOG.info("instance %s: fault %s: recovered after the soft "
-                     "reboot", instance, fault["id"])
-            return
-        try:
-            nova_state = self._nova_still_rebooting(instance)
-        except nova_mod.NovaUnavailable as exc:
-            nova_state = "unknown (%s)" % exc
-        if nova_state == "gone":
-            LOG.info("instance %s: fault %s: no hard reboot: Nova no "
-                     "longer knows the instance", instance, fault["id"])
-            return
-        if nova_state is not None:
-            if deferrals < MAX_FOLLOW_UP_DEFERRALS:
-                LOG.info("instance %s: fault %s: Nova's reboot is still "
-                         "under way (task state %s); hard reboot "
-                         "deferred %.0f s", instance, fault["id"],
-                         nova_state, self.soft_reboot_timeout)
-                self._schedule_follow_up(fault, since, decision, now,
-                                         deferrals + 1)
-                return
-            self._record(fault, "reboot", "%s: nova still rebooting"
-                         % FAILED,
-                         "Nova's reboot did not end within %d follow-ups "
-                         "(task state %s); no hard reboot asked" % (
-                             deferrals + 1, nova_state),
-                         now, step="hard", decision=decision,
-                         level=logging.ERROR)
-            return
-        reason = ("no recovery within %.0f s of the soft reboot, and "
-                  "Nova's reboot is over" % ((now - since)))
-        try:
-            self.nova.reboot(instance, hard=True)
-        except ActionFailed as exc:
-            self._record(fault, "reboot", "%s: %s" % (FAILED, exc), reason,
-                         now, step="hard", decision=decision,
-                         level=logging.ERROR)
-            return
-        self._record(fault, "reboot", APPLIED, reason, now, step="hard",
-                     decision=decision)
+                follow_up.due, next(self._seq), follow_up))

@@ -269,10 +269,10 @@ def test_the_follow_up_reads_novas_task_state_over_http(fake_nova):
     fake_nova.add_server(INSTANCE, task_state="rebooting")
     nova = actions.NovaActions.from_conf(nova_conf(fake_nova))
     worker = actions.ActionWorker(nova, None, Reports(), "ctl-a")
-    assert worker._nova_still_rebooting(INSTANCE) == "rebooting"
+    assert worker.actions.nova_still_rebooting(INSTANCE) == "rebooting"
     fake_nova.servers[INSTANCE]["task_state"] = None
-    assert worker._nova_still_rebooting(INSTANCE) is None
-    assert worker._nova_still_rebooting(OTHER) == "gone"
+    assert worker.actions.nova_still_rebooting(INSTANCE) is None
+    assert worker.actions.nova_still_rebooting(OTHER) == "gone"
 
 
 def test_stop(nova, ledger, clock):
@@ -465,3 +465,57 @@ def test_the_stand_in_hands_accepted_actions_to_its_hypervisor(fake_nova):
         nova.stop(INSTANCE)  # refused (409): not carried out
     assert done == [(INSTANCE, "reboot", {"type": "HARD"}),
                     (INSTANCE, "os-stop", None)]
+
+
+# -- the actions on their own: what a fault asks, returned, not scheduled -----
+
+def actions_for(nova, ledger, **kw):
+    reports = Reports()
+    worker = actions.ActionWorker(nova, ledger, reports, "ctl-a",
+                                  allowed_max="stop", **kw)
+    return worker.actions, reports
+
+
+def test_a_soft_reboot_returns_its_follow_up(nova, ledger, clock):
+    acting, reports = actions_for(nova, ledger, soft_reboot_timeout=60)
+    f = fault()
+    ledger.accept([f])
+
+    due = acting.act(f, clock.now)
+
+    assert nova.calls == [(INSTANCE, "soft")]
+    assert (due.due, due.since, due.deferrals) == (
+        clock.now + 60, clock.now, 0)
+    assert due.fault is f and due.decision.action == "reboot"
+
+
+@pytest.mark.parametrize("action, kind", [("stop", "unhealthy"),
+                                          ("reboot", "missed"),
+                                          ("log", "unhealthy")])
+def test_other_actions_return_no_follow_up(nova, ledger, clock, action,
+                                           kind):
+    acting, reports = actions_for(nova, ledger)
+    f = fault(action=action, kind=kind)
+    ledger.accept([f])
+
+    assert acting.act(f, clock.now) is None
+    assert len(reports) == 1
+
+
+def test_a_follow_up_while_nova_reboots_returns_the_next_one(
+        nova, ledger, clock):
+    acting, reports = actions_for(nova, ledger, soft_reboot_timeout=60)
+    f = fault()
+    ledger.accept([f])
+    first = acting.act(f, clock.now)
+    nova.task_states[INSTANCE] = ["rebooting"]
+
+    later = clock.now + 60
+    second = acting.follow_up(first, later)
+
+    assert (second.due, second.since, second.deferrals) == (
+        later + 60, first.since, 1)
+    assert nova.calls == [(INSTANCE, "soft")]      # no hard reboot yet
+    nova.task_states[INSTANCE] = [None]
+    assert acting.follow_up(second, later + 60) is None
+    assert nova.calls == [(INSTANCE, "soft"), (INSTANCE, "hard")]
