@@ -25,7 +25,7 @@ a relay cast that goes through after the broker was unreachable does
 
 The disk and the bus fail apart, and each is handled apart: the disk by
 :class:`~guestha.agent.fallbackoutbox.FallbackOutbox`, the bus here, with
-its back-off in :class:`~guestha.agent.backoff.Backoff`.  When the
+its back-off in :class:`~guestha.backoff.Backoff`.  When the
 outbox cannot be written (a full disk), ``submit`` holds the event in
 memory (at most :data:`MAX_UNSAVED`, oldest dropped first), and so does
 every later one, behind it, until the sender thread has written them all
@@ -85,9 +85,9 @@ import time
 
 import oslo_messaging
 
-from guestha.agent import backoff as backoff_mod
 from guestha.agent import fallbackoutbox
 from guestha.agent import relaycasts
+from guestha import backoff as backoff_mod
 from guestha import rpc
 from guestha.rpc import api as rpc_api
 
@@ -107,7 +107,7 @@ class Reporter(object):
 
     Its parts: the outbox with its fallback in memory
     (:class:`~guestha.agent.fallbackoutbox.FallbackOutbox`), the retry
-    schedule (:class:`~guestha.agent.backoff.Backoff`) and the relay casts
+    schedule (:class:`~guestha.backoff.Backoff`) and the relay casts
     (:class:`~guestha.agent.relaycasts.RelayCaster`, its own thread).
 
     :param clock: monotonic seconds, for the retry times, statistics and

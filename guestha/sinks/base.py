@@ -61,6 +61,8 @@ from keystoneauth1 import loading as ks_loading
 from keystoneauth1.loading import adapter as ks_adapter
 from stevedore import named
 
+from guestha import backoff
+
 LOG = logging.getLogger(__name__)
 
 #: The stevedore namespace of fault sinks (setup.cfg ``[entry_points]``).
@@ -504,7 +506,7 @@ class SinkDispatcher(object):
             raise ValueError("queue_size and max_attempts must be >= 1 and "
                              "give_up_after > 0")
         self.clock = clock
-        self._rng = rng
+        self._backoff = backoff.Backoff(retry_min, retry_max, rng, clock)
         self.queue_size = queue_size
         self.retry_min = retry_min
         self.retry_max = retry_max
@@ -580,9 +582,7 @@ class SinkDispatcher(object):
     def backoff_delay(self, failures):
         """The wait after ``failures`` consecutive failures:
         ``retry_min * 2**(failures-1)``, at most ``retry_max``, +-20%."""
-        delay = min(self.retry_max,
-                    self.retry_min * 2.0 ** min(failures - 1, 64))
-        return delay * (0.8 + 0.4 * self._rng())
+        return self._backoff.delay(failures)
 
     def step(self, name, now=None):
         """One delivery attempt of sink ``name`` (its thread's step; tests

@@ -1,10 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The reporter's retry schedule: how long to wait after failed attempts.
+"""A retry schedule: how long to wait after failed attempts.
 
-An exponential back-off with +-20% jitter, so that the agents of a whole
-region do not reconnect in step after a broker restart.  It counts the
-failures in a row and when they started; time and randomness are passed
-in, and it does no I/O.
+An exponential back-off with +-20% jitter, so that many clients do not
+retry in step (the agents of a whole region after a broker restart, the
+controllers after a sink's outage).  It counts the failures in a row and
+when they started; time and randomness are passed in, and it does no I/O.
+Used by the agent's reporter and the controller's sink dispatcher.
 """
 
 

@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The reporter's retry schedule, on a fake clock with pinned jitter."""
+"""The retry schedule of the reporter and the sink dispatcher, on a fake
+clock with pinned jitter."""
 
 import pytest
 
-from guestha.agent.backoff import Backoff
+from guestha.backoff import Backoff
 from tests.support.clock import ManualClock
 
 
