@@ -42,7 +42,13 @@ class Deliveries(object):
         self._post = post
 
     def on_deliver_broadcast(self, instances, sender, payload_b64):
-        payload = base64.b64decode(payload_b64)
+        try:
+            payload = base64.b64decode(payload_b64, validate=True)
+        except (binascii.Error, ValueError, TypeError) as exc:
+            LOG.warning("instances %s: dropped a broadcast from the "
+                        "controller: its payload is not base64: %s",
+                        ", ".join(instances), exc)
+            return
         for uuid in instances:
             self._deliver(uuid, lambda: p.Broadcast(payload=payload,
                                                     sender=sender))

@@ -200,7 +200,8 @@ class AgentAPI(object):
 # -- the agent's endpoint ----------------------------------------------------
 
 class AgentHandler(abc.ABC):
-    """What the agent's RPC endpoint forwards to (the I/O loop).
+    """What the agent's RPC endpoint forwards to
+    (:class:`guestha.agent.deliveries.Deliveries`, which posts to the loop).
 
     The methods run in oslo.messaging's worker threads: they must be
     thread-safe and quick (post to the loop and return).

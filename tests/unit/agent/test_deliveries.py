@@ -48,3 +48,15 @@ def test_what_the_protocol_refuses_never_reaches_the_loop():
                         GROUP)
     d.on_deliver_error(A, "seven", "no_group", "bad ref")
     assert posted == []
+
+
+def test_a_broadcast_whose_payload_is_not_base64_is_dropped(caplog):
+    d, posted = deliveries()
+    # raised in oslo.messaging's thread before: now a warning, nothing
+    # posted, and the next message still goes through
+    d.on_deliver_broadcast([A, B], B, "not base64!")
+    d.on_deliver_broadcast([A], B, "aGk")  # padding missing
+    assert posted == []
+    assert "not base64" in caplog.text
+    d.on_deliver_broadcast([A], B, base64.b64encode(b"ok").decode())
+    assert [r.message.payload for r in posted] == [b"ok"]
