@@ -8,7 +8,8 @@ What runs where
   Nova with nova-compute on ``qemu:///system``, Glance with the guest image
   (tools/cloud/image.py: the guest daemon installed, recommending a reboot,
   and Debian's qemu-ga), Masakari with a segment holding the compute host.
-* **The agent**: ``guestha-agent`` as a compute host runs it: on
+* **The agent**: ``guestha-agent`` as a compute host runs it
+  (:class:`tests.functional.agentctl.AgentProcess`): on
   ``qemu:///system``, ``[agent] host`` = the nova-compute host, hot-plug on,
   NO Nova credentials (it reads ``guestha:*`` extra specs from the domain
   XML Nova writes), the cloud's RabbitMQ vhost.
@@ -36,6 +37,7 @@ import time
 from tests.functional import agentctl
 from tests.functional import child_processes
 from tests.functional import serverctl
+from tests.support.wait import wait_until
 from tools.cloud import harness
 from tools import proc as procs
 
@@ -53,16 +55,11 @@ IMAGE = "guestha-guest"
 
 
 def wait_for(predicate, what, timeout=60.0, interval=0.2, diag=None):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            extra = ("\n" + diag()) if diag is not None else ""
-            raise AssertionError("timed out after %.0f s waiting for %s%s"
-                                 % (timeout, what, extra))
-        time.sleep(interval)
+    """:func:`tests.support.wait.wait_until` with the cloud's pace (a
+    poll of Nova's API every 0.2 s) and ``diag``, a callable returning the
+    rig's diagnostics (:meth:`GuestHA.diagnostics`), on failure."""
+    return wait_until(predicate, timeout, what, interval=interval,
+                      details=diag)
 
 
 # -- inside the guest ---------------------------------------------------------
@@ -82,33 +79,41 @@ def guest_sh(uuid, command, timeout=30.0):
     conn = libvirt.open(URI)
     try:
         dom = conn.lookupByUUIDString(uuid)
-        while True:
+        errors = []
+
+        def started():
             try:
-                reply = libvirt_qemu.qemuAgentCommand(dom, json.dumps({
+                return libvirt_qemu.qemuAgentCommand(dom, json.dumps({
                     "execute": "guest-exec", "arguments": {
                         "path": "/bin/sh", "arg": ["-c", command],
                         "capture-output": True}}), 10, 0)
-                break
             except libvirt.libvirtError as exc:
-                if time.monotonic() > deadline:
-                    raise GuestExecError("guest-exec in %s: %s"
-                                         % (uuid, exc))
-                time.sleep(0.5)
+                errors[:] = [exc]
+                return None
+
+        try:
+            reply = wait_until(started, timeout, "guest-exec in %s" % uuid,
+                               interval=0.5)
+        except AssertionError:
+            raise GuestExecError("guest-exec in %s: %s" % (uuid, errors[0]))
         pid = json.loads(reply)["return"]["pid"]
-        while True:
+
+        def exited():
             status = json.loads(libvirt_qemu.qemuAgentCommand(
                 dom, json.dumps({"execute": "guest-exec-status",
                                  "arguments": {"pid": pid}}), 10, 0))
-            status = status["return"]
-            if status.get("exited"):
-                out = base64.b64decode(status.get("out-data", "")) + \
-                    base64.b64decode(status.get("err-data", ""))
-                return status.get("exitcode"), out.decode("utf-8",
-                                                          "replace")
-            if time.monotonic() > deadline:
-                raise GuestExecError("%r still running in %s after %.0f s"
-                                     % (command, uuid, timeout))
-            time.sleep(0.1)
+            return status["return"] if status["return"].get("exited") else None
+
+        try:
+            status = wait_until(exited, max(0.0, deadline - time.monotonic()),
+                                "%r to end in %s" % (command, uuid),
+                                interval=0.1)
+        except AssertionError:
+            raise GuestExecError("%r still running in %s after %.0f s"
+                                 % (command, uuid, timeout))
+        out = (base64.b64decode(status.get("out-data", ""))
+               + base64.b64decode(status.get("err-data", "")))
+        return status.get("exitcode"), out.decode("utf-8", "replace")
     finally:
         conn.close()
 
@@ -137,88 +142,6 @@ def has_channel(uuid):
 
 
 # -- the guestha processes ----------------------------------------------------
-
-class Agent(object):
-    """``guestha-agent`` on qemu:///system for the compute host."""
-
-    def __init__(self, processes, workdir, url, host):
-        self.procs = processes
-        self.host = host
-        self.config = os.path.join(workdir, "agent.conf")
-        self.log = os.path.join(workdir, "agent.log")
-        self.status_socket = os.path.join(workdir, "agent.sock")
-        with open(self.config, "w") as f:
-            f.write(agentctl.agent_conf(
-                url, host, os.path.join(workdir, "agent-state"),
-                os.path.join(workdir, "ch"), self.status_socket,
-                uri=URI, log_file=self.log, debug="true",
-                agent={"hotplug": "true"}))
-        self.proc = None
-
-    def start(self, timeout=60.0):
-        self.proc = self.procs.spawn(
-            [child_processes.PYTHON, "-W", "ignore", "-m", "guestha.cmd.agent",
-             "--config-file", self.config], self.log + ".stderr")
-
-        def ready():
-            status = self.status()
-            return status is not None and status["libvirt_connected"]
-
-        wait_for(ready, "the agent to start", timeout=timeout,
-                 diag=self.tail)
-        return self
-
-    def stop(self):
-        """SIGTERM, its clean stop; returns the exit code."""
-        if self.proc is None:
-            return None
-        code = child_processes.terminate(self.proc, 20)
-        self.proc = None
-        return code
-
-    def status(self):
-        if self.proc is None or self.proc.poll() is not None:
-            raise AssertionError("the agent is not running (%s):\n%s" % (
-                self.proc and self.proc.returncode, self.tail()))
-        try:
-            from guestha.agent import status as agent_status
-            return agent_status.fetch(self.status_socket, timeout=10.0)
-        except (OSError, ValueError):
-            return None
-
-    def instance(self, uuid):
-        for inst in (self.status() or {}).get("instances", []):
-            if inst["instance"] == uuid:
-                return inst
-        return None
-
-    def count(self, pattern):
-        regex = re.compile(pattern)
-        try:
-            with open(self.log, errors="replace") as f:
-                return sum(1 for line in f if regex.search(line))
-        except OSError:
-            return 0
-
-    def hotplugs(self, uuid):
-        return self.count(r"instance %s: guestha channel hot-plugged"
-                          % re.escape(uuid))
-
-    def registrations(self, uuid):
-        return self.count(r"instance %s: guest .* registered"
-                          % re.escape(uuid))
-
-    def lines_of(self, uuid, chars=4000):
-        try:
-            with open(self.log, errors="replace") as f:
-                return "".join(line for line in f if uuid in line)[-chars:]
-        except OSError as exc:
-            return "(%s)" % exc
-
-    def tail(self, chars=3000):
-        return (child_processes.file_tail(self.log, chars)
-                + child_processes.file_tail(self.log + ".stderr", 1000))
-
 
 def os_auth(**extra):
     auth = {"auth_type": "password", "auth_url": harness.AUTH_URL,
@@ -277,7 +200,10 @@ class GuestHA(object):
         services = list(self.conn.compute.services(binary="nova-compute"))
         assert services, "no nova-compute in the cloud"
         self.host = services[0].host
-        self.agent = Agent(self.procs, self.workdir, self.url, self.host)
+        #: ``guestha-agent`` on qemu:///system for the compute host
+        self.agent = agentctl.AgentProcess(
+            self.procs, self.workdir, self.workdir, self.url,
+            host=self.host, uri=URI, agent={"hotplug": "true"})
         self.server = None
         self.servers = []
         self.groups = []
@@ -379,7 +305,7 @@ class GuestHA(object):
             try:
                 parts.append("--- agent status ---\n%s"
                              % self.agent.instance(uuid))
-            except AssertionError as exc:
+            except (AssertionError, OSError) as exc:
                 parts.append(str(exc))
             parts.append("--- agent log ---\n%s" % self.agent.lines_of(uuid))
             try:
@@ -389,7 +315,7 @@ class GuestHA(object):
             except Exception as exc:  # diagnostics only
                 parts.append("(no console: %s)" % exc)
         else:
-            parts.append("--- agent log ---\n%s" % self.agent.tail())
+            parts.append("--- agent log ---\n%s" % self.agent.log_tail(3000))
         if self.server is not None:
             parts.append("--- server ---\n%s" % self.server.tail(1500))
         return "\n".join(parts)

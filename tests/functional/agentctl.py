@@ -184,12 +184,14 @@ class AgentProcess(object):
     :param name: names its files in ``workdir`` and ``sockdir``, for
         several agents (one per simulated host) in one directory.
     :param debug: its debug logs (None: :func:`agent_conf`'s default).
+    :param groups: more options for :func:`agent_conf`, e.g.
+        ``agent={"hotplug": "true"}``.
     """
 
     def __init__(self, procs, workdir, sockdir, transport_url, host=None,
                  min_interval_ms=100, channel_lost_grace=3.0,
                  reconcile_interval=60.0, alive_interval=1.0, uri=None,
-                 name="agent", debug="true"):
+                 name="agent", debug="true", **groups):
         self.procs = procs
         self.host = host or "ghft-host-%s" % uuidlib.uuid4().hex[:8]
         self.state_dir = os.path.join(workdir, "%s-state" % name)
@@ -197,20 +199,23 @@ class AgentProcess(object):
         self.config = os.path.join(workdir, "%s.conf" % name)
         self.log = os.path.join(workdir, "%s.log" % name)
         channels = "channels" if name == "agent" else "%s-channels" % name
+        #: where its channel sockets go (hot-plugged ones too)
+        self.socket_dir = os.path.join(sockdir, channels)
         with open(self.config, "w") as f:
             f.write(agent_conf(
-                transport_url, self.host, self.state_dir,
-                os.path.join(sockdir, channels), self.status_socket,
-                uri=uri, min_interval_ms=min_interval_ms,
+                transport_url, self.host, self.state_dir, self.socket_dir,
+                self.status_socket, uri=uri, min_interval_ms=min_interval_ms,
                 channel_lost_grace=channel_lost_grace,
                 reconcile_interval=reconcile_interval,
-                alive_interval=alive_interval, debug=debug))
+                alive_interval=alive_interval, debug=debug, **groups))
         self.proc = None
         self.started_at = None  # time.time() of the latest start
+        #: time.monotonic() when the latest start was seen ready
+        self.ready_at = None
 
     def start(self, timeout=60.0):
         """Start the agent and wait until it answers on its status socket
-        with libvirt connected."""
+        with libvirt connected (:attr:`ready_at`)."""
         self._log_offset = (os.path.getsize(self.log)
                             if os.path.exists(self.log) else 0)
         self.started_at = time.time()
@@ -225,7 +230,9 @@ class AgentProcess(object):
             status = self.try_status()
             return status is not None and status["libvirt_connected"]
 
-        wait_until(ready, timeout, "the agent to start", interval=0.05)
+        wait_until(ready, timeout, "the agent to start", interval=0.05,
+                   details=self.log_tail)
+        self.ready_at = time.monotonic()
         return self
 
     def stop(self, timeout=15.0):
@@ -236,7 +243,20 @@ class AgentProcess(object):
         self.proc = None
         return code
 
+    def kill(self):
+        """SIGKILL: no goodbye (:attr:`proc` stays, to be looked at)."""
+        if self.proc is not None:
+            procs.kill(self.proc)
+
     def status(self):
+        """What ``guestha-agent --status --json`` prints.
+
+        :raises AssertionError: if it exited.
+        :raises OSError: if its status socket does not answer.
+        """
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError("the agent of %s exited (%s):\n%s" % (
+                self.host, self.proc.returncode, self.log_tail()))
         from guestha.agent import status
         return status.fetch(self.status_socket, timeout=10.0)
 
@@ -252,9 +272,6 @@ class AgentProcess(object):
 
         :raises AssertionError: if it exited.
         """
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError("the agent of %s exited (%s):\n%s" % (
-                self.host, self.proc.returncode, self.log_tail()))
         status = self.try_status()
         if status is None:
             return {}
@@ -321,6 +338,33 @@ class AgentProcess(object):
 
     def log_tail(self, chars=6000):
         return file_tail(self.log, chars)
+
+    def log_count(self, pattern):
+        """How many lines of its log (every run) match ``pattern``."""
+        regex = re.compile(pattern)
+        try:
+            with open(self.log, errors="replace") as f:
+                return sum(1 for line in f if regex.search(line))
+        except OSError:
+            return 0
+
+    def registrations(self, uuid):
+        """How often the guest of ``uuid`` registered (every run)."""
+        return self.log_count(r"instance %s: guest .* registered"
+                              % re.escape(uuid))
+
+    def hotplugs(self, uuid):
+        """How often it hot-plugged the channel of ``uuid`` (every run)."""
+        return self.log_count(r"instance %s: guestha channel hot-plugged "
+                              r"at \S+ in \d+ ms" % re.escape(uuid))
+
+    def lines_of(self, uuid, chars=4000):
+        """The end of its log lines about ``uuid``."""
+        try:
+            with open(self.log, errors="replace") as f:
+                return "".join(line for line in f if uuid in line)[-chars:]
+        except OSError as exc:
+            return "(%s)" % exc
 
 
 # -- guest daemons ------------------------------------------------------------

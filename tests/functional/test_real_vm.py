@@ -31,7 +31,6 @@ except in CI (``CI`` set), where that is a failure.
 """
 
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -85,86 +84,21 @@ def require_qemu():
         import libvirt  # noqa: F401
     except ImportError:
         _skip_or_fail("libvirt-python is not installed")
-    last = None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    last = []
+
+    def answers():
         try:
             vmlib.connect(URI).close()
-            return
+            return True
         except Exception as exc:  # noqa: BLE001 - libvirtError
-            last = exc
-            time.sleep(1)
-    _skip_or_fail("libvirtd does not answer on %s (%s): run "
-                  "tools/libvirt-setup.sh as root" % (URI, last))
+            last[:] = [exc]
+            return False
 
-
-# -- the agent ----------------------------------------------------------------
-
-class Agent(object):
-    """``guestha-agent`` on qemu:///system, in a child process."""
-
-    def __init__(self, procs, workdir, url, host):
-        self.procs = procs
-        self.host = host
-        self.config = os.path.join(workdir, "agent.conf")
-        self.log = os.path.join(workdir, "agent.log")
-        self.status_socket = os.path.join(workdir, "agent.sock")
-        with open(self.config, "w") as f:
-            f.write(agentctl.agent_conf(
-                url, host, os.path.join(workdir, "agent-state"),
-                os.path.join(workdir, "agent-channels"), self.status_socket,
-                uri=URI, log_file=self.log))
-        self.proc = None
-
-    def start(self, timeout=60.0):
-        """Start it and wait until its status says libvirt is connected;
-        returns the time.monotonic() of that moment."""
-        self.proc = self.procs.spawn(
-            [child_processes.PYTHON, "-W", "ignore", "-m", "guestha.cmd.agent",
-             "--config-file", self.config], self.log + ".stderr")
-
-        def ready():
-            status = self.status()
-            return status is not None and status["libvirt_connected"]
-
-        wait_for(ready, "the agent to start", timeout=timeout, rig=None)
-        return time.monotonic()
-
-    def kill(self):
-        """SIGKILL: no goodbye."""
-        procs.kill(self.proc)
-
-    def status(self):
-        if self.proc.poll() is not None:
-            raise AssertionError("the agent exited (%s):\n%s" % (
-                self.proc.returncode, self.tail()))
-        try:
-            from guestha.agent import status as agent_status
-            return agent_status.fetch(self.status_socket, timeout=10.0)
-        except (OSError, ValueError):
-            return None
-
-    def instance(self, uuid):
-        status = self.status()
-        for inst in (status or {}).get("instances", []):
-            if inst["instance"] == uuid:
-                return inst
-        return None
-
-    def registrations(self, uuid):
-        """How often the guest of ``uuid`` registered, by the agent's log
-        (all its runs)."""
-        pattern = re.compile(r"instance %s: guest .* registered"
-                             % re.escape(uuid))
-        try:
-            with open(self.log, errors="replace") as f:
-                return sum(1 for line in f if pattern.search(line))
-        except OSError:
-            return 0
-
-    def tail(self, chars=3000):
-        return "".join(child_processes.file_tail(path, chars) for path in (
-            self.log, self.log + ".stderr"))
+    try:
+        wait_until(answers, 30, "libvirtd on %s" % URI, interval=1)
+    except AssertionError:
+        _skip_or_fail("libvirtd does not answer on %s (%s): run "
+                      "tools/libvirt-setup.sh as root" % (URI, last[0]))
 
 
 # -- the rig ------------------------------------------------------------------
@@ -201,7 +135,9 @@ class Rig(object):
         self.server = novaless.ServerProcess(
             self.workdir, self.url, "ghrv-ctl", **self.server_groups)
         self.server.start()
-        self.agent = Agent(self.procs, self.workdir, self.url, "ghrv-host")
+        self.agent = agentctl.AgentProcess(
+            self.procs, self.workdir, self.workdir, self.url,
+            host="ghrv-host", uri=URI, debug=None)
         self.agent.start()
         booted = self.vm.wait_booted(BOOT_TIMEOUT)
         self.figures["boot to control answer s"] = booted["waited"]
@@ -263,9 +199,9 @@ class Rig(object):
             try:
                 parts.append("--- agent status ---\n%s" % (
                     self.agent.instance(self.uuid),))
-            except AssertionError as exc:
+            except (AssertionError, OSError) as exc:
                 parts.append(str(exc))
-            parts.append("--- agent log ---\n%s" % self.agent.tail(2500))
+            parts.append("--- agent log ---\n%s" % self.agent.log_tail(2500))
         if self.server is not None:
             parts.append("--- server ---\n%s" % self.server.tail(1500))
         if self.vm is not None:
@@ -505,7 +441,7 @@ def test_agent_killed_and_restarted_resumes_without_fault(ready):
     since = time.time()
     rig.agent.kill()
     time.sleep(INTERVAL)  # the guest notices nothing but silence
-    ready_at = rig.agent.start()
+    ready_at = rig.agent.start().ready_at
     rig.wait_monitored(timeout=ARRIVAL)
     resumed = time.monotonic() - ready_at
     rig.figures["agent ready -> MONITORED again s"] = resumed

@@ -34,6 +34,7 @@ import time
 
 import pytest
 
+from tests.functional import agentctl
 from tests.functional import child_processes
 from tests.functional import novaless
 from tests.functional import test_real_vm as real
@@ -74,30 +75,12 @@ class NovaFlavorVM(vmlib.GuestVM):
                            EXTRA_SPECS.strip("\n") + "\n      </nova:flavor>")
 
 
-class CloudAgent(real.Agent):
+class CloudAgent(agentctl.AgentProcess):
     """test_real_vm's agent, with hot-plug on (and no Nova)."""
 
     def __init__(self, procs, workdir, url, host):
-        super().__init__(procs, workdir, url, host)
-        with open(self.config) as f:
-            text = f.read()
-        assert "hotplug = false\n" in text and "[nova]" not in text
-        text = text.replace("hotplug = false\n", "hotplug = true\n")
-        with open(self.config, "w") as f:
-            f.write(text)
-        self.socket_dir = os.path.join(workdir, "agent-channels")
-
-    def log_count(self, pattern):
-        regex = re.compile(pattern)
-        try:
-            with open(self.log, errors="replace") as f:
-                return sum(1 for line in f if regex.search(line))
-        except OSError:
-            return 0
-
-    def hotplugs(self, uuid):
-        return self.log_count(r"instance %s: guestha channel hot-plugged "
-                              r"at \S+ in \d+ ms" % re.escape(uuid))
+        super().__init__(procs, workdir, workdir, url, host=host, uri=URI,
+                         debug=None, agent={"hotplug": "true"})
 
     def plug_to_register_s(self, uuid):
         """Seconds from the last hot-plug of the channel to the guest's
@@ -119,14 +102,6 @@ class CloudAgent(real.Agent):
                 if match and at is not None and took is None:
                     took = _seconds(match.group(1)) - _seconds(at)
         return took
-
-    def lines_of(self, uuid):
-        """The agent's log lines about an instance."""
-        try:
-            with open(self.log, errors="replace") as f:
-                return "".join(line for line in f if uuid in line)
-        except OSError as exc:
-            return "(%s)" % exc
 
 
 def _seconds(stamp):
@@ -178,7 +153,7 @@ class Cloud(object):
                  timeout=BOOT_TIMEOUT, cloud=self)
 
         self.agent = CloudAgent(self.procs, self.workdir, self.url, HOST)
-        self.agent_ready_at = self.agent.start()
+        self.agent_ready_at = self.agent.start().ready_at
         for label in self.vms:
             self.wait_monitored(label, timeout=BOOT_TIMEOUT)
         self.figures["agent ready -> MONITORED s"] = (
@@ -238,9 +213,9 @@ class Cloud(object):
                 try:
                     parts.append("--- agent status of %s ---\n%s" % (
                         label, self.instance(label)))
-                except AssertionError as exc:
+                except (AssertionError, OSError) as exc:
                     parts.append(str(exc))
-            parts.append("--- agent log ---\n%s" % self.agent.tail(3000))
+            parts.append("--- agent log ---\n%s" % self.agent.log_tail(3000))
         if self.server is not None:
             parts.append("--- server ---\n%s" % self.server.tail(2000))
         for label in labels:

@@ -100,7 +100,7 @@ def test_guest_hung_during_agent_restart_is_missed(ready, silent, sig):
     stop_agent(vmrig, sig)
     vmrig.vm.control("signal", sig="STOP")
     try:
-        ready_at = vmrig.agent.start()
+        ready_at = vmrig.agent.start().ready_at
         fault = rv.wait_for(lambda: vmrig.faults(since),
                             "a missed fault after the agent's start",
                             rig=vmrig)[0]
@@ -148,7 +148,7 @@ def test_domain_started_again_while_the_agent_was_down_is_no_fault(ready):
     vmrig.vm.wait_booted(rv.BOOT_TIMEOUT)
     vmrig.vm.control("signal", sig="STOP")
     try:
-        ready_at = vmrig.agent.start()
+        ready_at = vmrig.agent.start().ready_at
         rv.wait_for(lambda: vmrig.state() == "SYNCING",
                     "the agent to sync the restarted VM", rig=vmrig)
         inst = vmrig.agent.instance(vmrig.uuid)
