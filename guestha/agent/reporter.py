@@ -139,7 +139,8 @@ class Reporter(object):
         self._clock = clock
         self._box = fallbackoutbox.FallbackOutbox(
             outbox, MAX_UNSAVED, retry_interval=disk_retry, clock=clock)
-        self._relays = relaycasts.RelayCaster(
+        #: the server-group casts, with their own thread
+        self.relays = relaycasts.RelayCaster(
             api, queue=relay_queue, log_interval=relay_log_interval,
             clock=clock, on_sent=self._relay_went_through)
 
@@ -171,7 +172,7 @@ class Reporter(object):
 
         :raises ValueError: for an unknown method (a programming error).
         """
-        self._relays.cast(method, **kwargs)
+        self.relays.cast(method, **kwargs)
 
     def stats(self):
         """Counters for the agent's status output."""
@@ -189,9 +190,9 @@ class Reporter(object):
             "dropped": self._box.dropped,
             "in_flight_s": (None if in_flight is None
                             else round(self._clock() - in_flight, 3)),
-            "relay_sent": self._relays.sent,
-            "relay_failed": self._relays.failed,
-            "relay_dropped": self._relays.dropped,
+            "relay_sent": self.relays.sent,
+            "relay_failed": self.relays.failed,
+            "relay_dropped": self.relays.dropped,
         }
 
     # -- threads --------------------------------------------------------------
@@ -206,7 +207,7 @@ class Reporter(object):
         self._sender = threading.Thread(
             target=self._run_sender, name="guestha-reporter", daemon=True)
         self._sender.start()
-        self._relays.start()
+        self.relays.start()
 
     def stop(self, timeout=None):
         """Stop both threads; wait at most ``timeout`` seconds in all.
@@ -221,10 +222,10 @@ class Reporter(object):
         """
         self._stopping.set()
         self._wake.set()
-        self._relays.signal_stop()
+        self.relays.signal_stop()
         deadline = None if timeout is None else time.monotonic() + timeout
         ended = True
-        for thread in (self._sender, self._relays.thread):
+        for thread in (self._sender, self.relays.thread):
             if thread is None:
                 continue
             thread.join(None if deadline is None
@@ -448,11 +449,6 @@ class Reporter(object):
             self._bus_hint_used = True
             self._bus_due = self._clock()
             self._wake.set()
-
-    def relay_pending(self):
-        """Cast every queued relay (the relay thread's step; tests call
-        it).  Failures are counted and logged, never raised."""
-        self._relays.cast_pending()
 
 
 def _why(error):

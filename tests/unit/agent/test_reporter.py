@@ -342,7 +342,7 @@ def test_relays_are_cast_in_order_from_the_queue(outbox):
     rep.cast_relay("agent_alive", instances=[])
     assert api.casts == []        # nothing on the caller's thread
 
-    rep.relay_pending()
+    rep.relays.cast_pending()
     assert api.casts == [
         ("relay_broadcast", {"instance": INSTANCE, "payload_b64": "aGk=",
                              "seq": 1}),
@@ -369,7 +369,7 @@ def test_relay_failures_are_counted_and_logged_once_a_minute(
         for step in (0, 10, 20, 61):
             clock.now += step
             rep.cast_relay("query_status", instance=INSTANCE, seq=step)
-            rep.relay_pending()
+            rep.relays.cast_pending()
 
     assert rep.stats()["relay_failed"] == 4
     messages = [r.getMessage() for r in caplog.records]
@@ -383,7 +383,7 @@ def test_a_full_relay_queue_drops_the_oldest(outbox):
     rep = make(outbox, api, relay_queue=3)
     for seq in range(5):
         rep.cast_relay("query_status", instance=INSTANCE, seq=seq)
-    rep.relay_pending()
+    rep.relays.cast_pending()
     assert [kw["seq"] for _, kw in api.casts] == [2, 3, 4]
     assert rep.stats()["relay_dropped"] == 2
 

@@ -238,7 +238,7 @@ def test_a_relay_through_the_broker_ends_a_backoff(disk):
     assert rep.step() == pytest.approx(29.0)  # not due: no call
     assert len(api.calls) == 7
     rep.cast_relay("agent_alive", instances=[])
-    rep.relay_pending()
+    rep.relays.cast_pending()
     assert rep.step() is None
     assert rep.stats()["delivered"] == 1
     assert len(api.calls) == 8
