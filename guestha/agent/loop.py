@@ -115,6 +115,10 @@ class AgentLoop(inst_mod.Env):
         self.libvirt_connected = None
         self.started_at = None
         self.round_trips = roundtrips.RoundTrips()
+        # Env's two calls of every round (schedule, record_rtt), bound
+        # here: the instance calls the IOLoop's and the ring's directly
+        self.schedule = self.io.schedule
+        self.record_rtt = self.round_trips.record
         # for the metrics: faults reported by kind, and the heartbeat
         # counters of instances gone since the start
         self.fault_kinds = collections.Counter()

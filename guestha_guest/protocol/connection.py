@@ -197,19 +197,30 @@ class Connection(object):
                 "unexpected_message",
                 "receive buffer full: call next_event() until NEED_DATA "
                 "before feeding more")
+        if type(data) is not bytes:
+            data = bytes(data)  # (a line is queued as bytes)
         start = 0
+        partial = self._partial
         while True:
             nl = data.find(b"\n", start)
             if nl < 0:
                 break
             if self._skipping:
                 self._skipping = False
-            elif len(self._partial) + nl - start >= m.MAX_LINE:
-                self._queue(_TOO_LONG)
+                del partial[:]
+            elif len(partial) + nl - start >= m.MAX_LINE:
+                self._lines.append(_TOO_LONG)
+                del partial[:]
+            elif partial:
+                partial += data[start:nl]
+                self._lines.append(bytes(partial))
+                self._queued += len(partial)
+                del partial[:]
             else:
-                self._partial += data[start:nl]
-                self._queue(bytes(self._partial))
-            del self._partial[:]
+                # (the usual case: the line is all in this chunk; as
+                # _queue, without the call or the copy to the bytearray)
+                self._lines.append(data[start:nl])
+                self._queued += nl - start
             start = nl + 1
         if not self._skipping and start < len(data):
             if len(self._partial) + len(data) - start >= m.MAX_LINE:
@@ -394,8 +405,10 @@ class Connection(object):
         if isinstance(msg, m.Status) and len(
                 msg.members) > m.STATUS_MEMBERS_PER_PART:
             return self._send_status_parts(msg)
-        msg.seq = self._next_seq()
-        return m.encode(msg, msg.seq, self.version)
+        # (as _next_seq, without the call: a challenge every round)
+        msg.seq = seq = self._seq
+        self._seq = (seq + 1) & m.MAX_SEQ
+        return m.encode(msg, seq, self.version)
 
     def _send_status_parts(self, msg):
         per = m.STATUS_MEMBERS_PER_PART
