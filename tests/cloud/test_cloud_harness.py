@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 from tests.cloud import conftest
+from tests.support.wait import wait_until
 from tools.cloud import harness
 
 BOOT_TIMEOUT_S = 120
@@ -81,31 +82,27 @@ def test_nova_publishes_versioned_notifications(cloud):
     flavor = cloud.conn.compute.create_flavor(name=name, ram=64, vcpus=1,
                                               disk=0)
     cloud.conn.compute.delete_flavor(flavor)
-    deadline = time.monotonic() + 30
     queues = []
-    while time.monotonic() < deadline:
+
+    def queue_there():
         out = subprocess.run(
             ["rabbitmqctl", "-q", "list_queues", "-p", harness.VHOST,
              "name"], capture_output=True, text=True, timeout=60).stdout
-        queues = out.split()
-        if "guestha_notifications.info" in queues:
-            return
-        time.sleep(1)
-    pytest.fail("no guestha_notifications.info queue in %s: %s"
-                % (harness.VHOST, queues))
+        queues[:] = out.split()
+        return "guestha_notifications.info" in queues
+
+    wait_until(queue_there, 30, "the guestha_notifications.info queue in %s"
+               % harness.VHOST, interval=1, details=lambda: str(queues))
 
 
 def _wait_server(conn, server, status, timeout):
-    deadline = time.monotonic() + timeout
-    while True:
-        server = conn.compute.get_server(server)
-        if server.status == status:
-            return server
-        assert server.status != "ERROR", server.fault
-        assert time.monotonic() < deadline, (
-            "server %s is %s after %d s"
-            % (server.id, server.status, timeout))
-        time.sleep(1)
+    def reached():
+        found = conn.compute.get_server(server)
+        assert found.status != "ERROR", found.fault
+        return found if found.status == status else None
+
+    return wait_until(reached, timeout, "server %s %s" % (server.id, status),
+                      interval=1)
 
 
 def test_server_boots_with_the_extra_spec_in_its_domain(cloud):
@@ -141,13 +138,17 @@ def test_server_boots_with_the_extra_spec_in_its_domain(cloud):
         assert "org.qemu.guest_agent.0" in xml
         # the daemon installed in the image starts (its log goes to the
         # serial console, which Nova keeps)
-        deadline = time.monotonic() + DAEMON_TIMEOUT_S
-        console = ""
-        while "guestha_guest: guestha-guest" not in console:
-            assert time.monotonic() < deadline, console[-2000:]
-            time.sleep(2)
-            console = conn.compute.get_server_console_output(
-                server)["output"]
+        console = []
+
+        def daemon_started():
+            console[:] = [conn.compute.get_server_console_output(
+                server)["output"]]
+            return "guestha_guest: guestha-guest" in console[0]
+
+        wait_until(daemon_started, DAEMON_TIMEOUT_S,
+                   "the guest daemon to start (console)", interval=2,
+                   details=lambda: console[0][-2000:])
+        console = console[0]
         assert "started: port /dev/virtio-ports/org.openstack.guestha.0" \
             in console
         print("server ACTIVE after %.1f s" % active_s)
