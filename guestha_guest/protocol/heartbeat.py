@@ -265,11 +265,9 @@ class HostHeartbeat(_Machine):
 
     def receive(self, msg, now):
         """Feed a heartbeat message from the guest."""
-        if isinstance(msg, m.Init):
-            kind = "init"
-        elif isinstance(msg, m.ChallengeResponse):
-            # (inline, not a method: every answer of every instance
-            # passes here)
+        if isinstance(msg, m.ChallengeResponse):
+            # (first, and inline, not a method: every answer of every
+            # instance passes here)
             out, copy = self._outstanding, self._copy
             if not ((out is not None and msg.ref == out.seq)
                     or (copy is not None and msg.ref == copy.seq)):
@@ -278,6 +276,8 @@ class HostHeartbeat(_Machine):
                 kind = "wrong_echo"
             else:
                 kind = "response"
+        elif isinstance(msg, m.Init):
+            kind = "init"
         elif isinstance(msg, m.Exit):
             kind = "exit"
         else:

@@ -735,6 +735,9 @@ def _round_challenge_line(msg, seq, version):
     return None
 
 
+_ACTION_OR_NONE = ACTIONS + (None,)  # (a tuple made once, not per answer)
+
+
 def _round_response(obj):
     # a challenge_response in the plain shape, checked as ChallengeResponse
     # .FIELDS check it; anything else (valid or not) returns None
@@ -747,7 +750,7 @@ def _round_response(obj):
             or type(obj.get("healthy")) is not bool
             or type(token) is not str or not 0 < len(token) <= 64
             or not _TOKEN_RE.fullmatch(token)
-            or obj.get("action") not in ACTIONS + (None,)):
+            or obj.get("action") not in _ACTION_OR_NONE):
         return None
     if reason is not None:
         try:
