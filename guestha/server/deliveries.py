@@ -65,6 +65,11 @@ class Deliveries(object):
         the worker).  The one way in to the worker."""
         if targets is None:
             self.received.add(event.get("type"), event.get("kind"))
+            if self.ledger.handed_over(event["id"]):
+                # it follows earlier events of its instance that another
+                # controller owes (or that this one has not queued yet):
+                # their owner dispatches it after them (Ledger.take_handed)
+                return
             self.dispatcher.submit(event)
             if event.get("type") == "fault":
                 self.actions.submit(event)

@@ -2,12 +2,15 @@
 """The ledger keeper: the controller's periodic ledger work, in one thread.
 
 Every :data:`FLUSH_INTERVAL` it writes the delivery outcomes queued in
-batches and settles failed commits; it renews this controller's lease and
-takes over the work of dead controllers (after a database failure, only
-once the others had a lease's time to renew); it elects the relay of
-Nova's state changes (:mod:`guestha.server.coordination`) and prunes old
-events.  What it dispatches again goes through
-:class:`~guestha.server.deliveries.Deliveries`.
+batches, settles failed commits and dispatches the events other
+controllers handed to this one (they follow earlier events of their
+instance that this one owes: :meth:`Ledger.take_handed`); it renews
+this controller's lease and takes over the work of dead controllers
+(after a database failure, only once the others had a lease's time to
+renew); it elects the relay of Nova's state changes
+(:mod:`guestha.server.coordination`) and prunes old events.  What it
+dispatches again goes through :class:`~guestha.server.deliveries.
+Deliveries`.
 """
 
 import logging
@@ -98,8 +101,23 @@ class LedgerKeeper(object):
             if now < self._quiet_until:
                 return 0
             self._quiet_until = None
-        return self.deliveries.redispatch(
-            self.coordination.takeover(self.ledger.claim_orphans))
+
+        def claim():
+            # queued before any commit of accept may dispatch the next
+            # events of their instances (Ledger.order_lock)
+            with self.ledger.order_lock:
+                work = self.ledger.claim_orphans()
+                self.deliveries.redispatch(work)
+            return work
+
+        return len(self.coordination.takeover(claim))
+
+    def take_handed(self):
+        """Dispatch the events other controllers handed to this one,
+        after the earlier events of their instances that it owes
+        (:meth:`Ledger.take_handed`)."""
+        with self.ledger.order_lock:
+            return self.deliveries.redispatch(self.ledger.take_handed())
 
     def is_relay(self):
         return self.relay
@@ -120,7 +138,8 @@ class LedgerKeeper(object):
         would."""
         if not self.ledger.uncertain:
             return 0
-        return self.deliveries.redispatch(self.ledger.settle_uncertain())
+        # handed to this controller: take_handed, next, queues them
+        return len(self.ledger.settle_uncertain())
 
     def upkeep(self, now):
         """One round of the keeper's work (every :data:`FLUSH_INTERVAL`);
@@ -128,6 +147,7 @@ class LedgerKeeper(object):
         self.watch_failures(now)
         self.ledger.flush()
         self.settle_uncertain()
+        self.take_handed()
         if self._resubmit_actions:
             self.resubmit_actions()
         now = self._clock()

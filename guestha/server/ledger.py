@@ -60,6 +60,19 @@ carries its id), and sends what was only ``pending`` as it is.  So at
 most one batch per sink per killed controller may reach its sink twice,
 flagged.  See doc/source/server.rst, "Delivery to the sinks".
 
+Order per instance across controllers: an agent's consecutive calls may
+reach different controllers, whose sinks write at their own pace.  So
+an instance's undelivered events follow the controller that owes the
+earliest of them: :meth:`Ledger.accept` looks, in the same transaction,
+for owed sink deliveries of earlier events of the new events'
+instances, and hands the new events of such an instance over to the
+owner of the earliest one (owner changed, deliveries :data:`HANDED`),
+unless that is this controller and it has queued them all already.
+The owner's keeper takes what it was handed (:meth:`Ledger.take_handed`)
+within a look and queues it after the earlier ones; a dead owner's
+events, in flight, pending and handed, are taken over together, in
+ledger order.  See doc/source/server.rst, "Order".
+
 A commit can fail for this process although the database made it (the
 connection broke before the answer): :meth:`Ledger.settle_uncertain`.
 """
@@ -98,8 +111,16 @@ PENDING, DONE, DROPPED = "pending", "done", "dropped"
 #: Handed to the sink, not yet known to be done (see :meth:`Ledger.
 #: begin_sending`): after its controller died, in doubt.
 INFLIGHT = "inflight"
+#: Accepted by another controller (or settled late by this one) and
+#: handed to this delivery's owner, which has not yet taken it for
+#: dispatch (see :meth:`Ledger.take_handed`): it goes after the earlier
+#: deliveries of its instance.
+HANDED = "handed"
 #: The states of a delivery still owed.
-OWED = (PENDING, INFLIGHT)
+OWED = (PENDING, INFLIGHT, HANDED)
+#: The states of an owed delivery its owner has taken for dispatch (in
+#: its sinks' queues, or in flight).
+TAKEN = (PENDING, INFLIGHT)
 #: The key a re-sent in-doubt event carries, true, to its sink.
 REDELIVERED = "redelivered"
 #: The key naming, in a re-sent in-doubt event, the controller that had
@@ -154,8 +175,8 @@ class Accepted(object):
 class _Request(object):
     """One caller's share of a group commit."""
 
-    __slots__ = ("valid", "now", "new", "duplicates", "reclaimed", "error",
-                 "done")
+    __slots__ = ("valid", "now", "new", "duplicates", "reclaimed", "handed",
+                 "error", "done")
 
     def __init__(self, valid, now):
         self.valid = valid
@@ -163,6 +184,7 @@ class _Request(object):
         self.new = []
         self.duplicates = []
         self.reclaimed = []
+        self.handed = {}   # id -> the controller it was handed to
         self.error = None
         self.done = False
 
@@ -258,6 +280,16 @@ class Ledger(object):
         # starts above the last run's (nanoseconds since the epoch)
         self._seq = time.time_ns()
         self._seq_lock = threading.Lock()
+        # held while a commit decides which new events this controller
+        # dispatches itself, and while this controller takes owed rows
+        # and hands them to its sinks (see order_lock)
+        self._order_lock = threading.Lock()
+        # new events handed to another controller (or to this one's next
+        # take_handed), not to be dispatched by the caller of accept
+        self._handed = set()
+        self._taking = set()   # see take_handed (the keeper's thread)
+        #: new events handed over so far (for status and tests)
+        self.handed_count = 0
         try:
             self._engine = db_api.create_engine(connection, conf=conf)
         except DB_ERRORS as exc:
@@ -280,6 +312,15 @@ class Ledger(object):
 
     def close(self):
         self._engine.dispose()
+
+    @property
+    def order_lock(self):
+        """Hold it while taking owed deliveries (:meth:`take_handed`,
+        :meth:`claim_orphans`) and handing them to the sinks' queues: a
+        commit of :meth:`accept` meanwhile waits, so it never finds a
+        delivery this controller took but has not queued yet, and
+        dispatches an instance's next event before it."""
+        return self._order_lock
 
     # -- transactions ----------------------------------------------------
 
@@ -366,16 +407,17 @@ class Ledger(object):
         one, but for :meth:`_store`'s check.  Nobody else ever dispatches
         them either (their owner lives), so the keeper calls this as soon
         as the database answers again (:class:`~guestha.server.keeper.
-        LedgerKeeper`): what the database holds is dispatched now, what it
-        does not hold is forgotten (the agent sends it again).  It runs
-        as the group commit's leader, so that no commit of this process
-        settles the same events meanwhile.
+        LedgerKeeper`): what the database holds is handed to this
+        controller's next :meth:`take_handed` (which queues it in ledger
+        order with whatever else it was handed), what it does not hold is
+        forgotten (the agent sends it again).  It runs as the group
+        commit's leader, so that no commit of this process settles the
+        same events meanwhile.
 
-        :returns: the work to dispatch, as :meth:`pending` lists it.
+        :returns: the ids handed to :meth:`take_handed`.
         """
         if not self._uncertain:
             return []
-        now = self._clock()
         with self._leading():
             with self._uncertain_lock:
                 ids = list(self._uncertain)
@@ -383,16 +425,16 @@ class Ledger(object):
             def work(conn):
                 owners = self._owners(conn, ids)
                 mine = [i for i in ids if owners.get(i) == self.server_id]
-                rows = []
                 for chunk in _chunks(mine):
-                    found = self._pending_rows(conn, sa.and_(
-                        events_t.c.server == self.server_id,
-                        events_t.c.id.in_(chunk)))
-                    self._count_attempts(conn, found, now)
-                    rows.extend(found)
-                return mine, rows
+                    # never queued here (take_handed forgets the ones it
+                    # queued): pending -> handed; handed stays
+                    conn.execute(deliveries.update().where(
+                        deliveries.c.event_id.in_(chunk),
+                        deliveries.c.state == PENDING).values(
+                            state=HANDED))
+                return mine
 
-            mine, rows = self._run(work)
+            mine = self._run(work)
             with self._uncertain_lock:
                 for event_id in ids:
                     self._uncertain.pop(event_id, None)
@@ -400,7 +442,7 @@ class Ledger(object):
             LOG.warning("dispatching %d event(s) whose commit failed for "
                         "this controller but happened (their resend was "
                         "answered without them)", len(mine))
-        return _group_work(rows, lambda _: self.server_id)
+        return mine
 
     # -- events ----------------------------------------------------------
 
@@ -454,8 +496,10 @@ class Ledger(object):
                 batch = None
         if batch is not None:
             try:
-                self._run(lambda conn: self._store(conn, batch))
+                with self._order_lock:
+                    self._run(lambda conn: self._store(conn, batch))
                 self._settle_reclaimed(batch)
+                self._note_handed(batch)
             except BaseException as exc:
                 for req in batch:
                     req.error = exc
@@ -484,6 +528,75 @@ class Ledger(object):
                 req.new = [e for e in req.new if e["id"] not in lost]
                 req.duplicates.extend(lost)
 
+    def _note_handed(self, batch):
+        """After the commit: the new events handed over, which the
+        caller of :meth:`accept` must not dispatch (:meth:`handed_over`).
+        """
+        to = collections.Counter()
+        for req in batch:
+            to.update(req.handed.values())
+        if not to:
+            return
+        with self._uncertain_lock:
+            self._handed.update(i for req in batch for i in req.handed)
+            self.handed_count += sum(to.values())
+        for owner, count in sorted(to.items()):
+            LOG.info("handed %d new event(s) to %s, which owes earlier "
+                     "events of their instance(s)", count,
+                     "itself (its next look)" if owner == self.server_id
+                     else owner)
+
+    def handed_over(self, event_id):
+        """Whether :meth:`accept` handed the new event ``event_id`` over
+        (to the controller that owes earlier events of its instance, or
+        to this one's :meth:`take_handed`), so that its caller must not
+        dispatch it; answers True once."""
+        with self._uncertain_lock:
+            if event_id in self._handed:
+                self._handed.discard(event_id)
+                return True
+            return False
+
+    def _follow(self, conn, instances):
+        """``{instance: (owner, latest)}`` for the instances whose new
+        events must follow earlier ones still owed to a sink: ``owner``
+        owns the earliest of those (in ledger order) and ``latest`` is the
+        newest ``received`` of them.  An instance is not there when
+        nothing is owed, or only deliveries this controller already took
+        for dispatch (its sinks' queues keep the order)."""
+        def owed(states):
+            return sa.exists().where(
+                deliveries.c.event_id == events_t.c.id,
+                deliveries.c.state.in_(states),
+                deliveries.c.sink != ACTIONS)
+
+        # driven by the instances (events_by_instance), each event's
+        # deliveries found by their key: not by every owed delivery
+        found = []
+        for chunk in _chunks(sorted(instances)):
+            found.extend(conn.execute(
+                sa.select(events_t.c.instance, events_t.c.id,
+                          events_t.c.server,
+                          owed([HANDED]).label("handed"),
+                          events_t.c.received, events_t.c.seq)
+                .where(events_t.c.instance.in_(chunk),
+                       owed(OWED))).all())
+        earliest = {}
+        latest = {}
+        waiting = set()
+        for instance, event_id, server, handed, received, seq in found:
+            if (instance not in earliest
+                    or (received, seq) < earliest[instance][:2]):
+                earliest[instance] = (received, seq, server)
+            latest[instance] = max(received, latest.get(instance, received))
+            if server == self.server_id and (
+                    handed or self._is_uncertain(event_id)):
+                # owed here but not in this controller's queues yet
+                waiting.add(instance)
+        return {instance: (server, latest[instance])
+                for instance, (_, _, server) in earliest.items()
+                if server != self.server_id or instance in waiting}
+
     def _store(self, conn, batch):
         ids = [e["id"] for req in batch for e, _ in req.valid]
         stored = self._owners(conn, ids)
@@ -492,6 +605,7 @@ class Ledger(object):
         fresh = []  # (event, received) for the API's tables
         for req in batch:
             req.new, req.duplicates, req.reclaimed = [], [], []
+            req.handed = {}
             for event, body in req.valid:
                 owner = stored.get(event["id"])
                 if owner is not None:
@@ -519,10 +633,37 @@ class Ledger(object):
                              "seq": self._next_seq()})
                 targets.extend(self._delivery_rows(event, req.now))
                 fresh.append((event, req.now))
+        follow = {}
+        if rows and self.sinks:
+            follow = self._follow(conn, {row["instance"] for row in rows})
+        if follow:
+            self._hand_over(batch, rows, targets, follow)
         if rows:
             conn.execute(events_t.insert(), rows)
             conn.execute(deliveries.insert(), targets)
             views.record(conn, fresh, self.server_id)
+
+    def _hand_over(self, batch, rows, targets, follow):
+        """The new events of the instances in ``follow`` (see
+        :meth:`_follow`) go to the owner of their instance's earliest
+        owed delivery, after it: owned by it, their deliveries
+        :data:`HANDED` (that owner takes them at its next
+        :meth:`take_handed`), and ``received`` after the owed ones' (the
+        ledger order, whatever the clocks of the hosts)."""
+        handed = {}
+        for row in rows:
+            if row["instance"] in follow:
+                owner, latest = follow[row["instance"]]
+                row["server"] = owner
+                row["received"] = max(row["received"], latest + 1e-6)
+                handed[row["id"]] = owner
+        for target in targets:
+            if target["event_id"] in handed:
+                target["state"] = HANDED
+        for req in batch:
+            for event in req.new:
+                if event["id"] in handed:
+                    req.handed[event["id"]] = handed[event["id"]]
 
     def record(self, event, now=None):
         """Store an event this controller made itself (an action record)
@@ -667,7 +808,7 @@ class Ledger(object):
                         events_t, events_t.c.id == deliveries.c.event_id))
                     .where(deliveries.c.event_id.in_(chunk),
                            deliveries.c.sink == sink,
-                           deliveries.c.state.in_(OWED),
+                           deliveries.c.state.in_(TAKEN),
                            events_t.c.server == self.server_id)
                     .with_for_update()).scalars().all()
                 if owed:
@@ -719,7 +860,10 @@ class Ledger(object):
             conn.execute(deliveries.update().where(
                 deliveries.c.event_id == sa.bindparam("b_id"),
                 deliveries.c.sink == sa.bindparam("b_sink")).values(
-                    attempts=deliveries.c.attempts + 1, updated=now),
+                    attempts=deliveries.c.attempts + 1, updated=now,
+                    # taken for dispatch now: no longer only handed
+                    state=sa.case((deliveries.c.state == HANDED, PENDING),
+                                  else_=deliveries.c.state)),
                 [{"b_id": event_id, "b_sink": sink}
                  for event_id, _, sink, _ in rows])
 
@@ -743,6 +887,58 @@ class Ledger(object):
             return rows
 
         return _group_work(self._run(work), lambda _: self.server_id)
+
+    def take_handed(self):
+        """The events handed to this controller (by another one's
+        :meth:`accept`, or by its own when earlier events of the instance
+        were not in its queues yet), to dispatch now, in ledger order:
+        after the earlier events of their instances, which this
+        controller has taken already.  The keeper calls it at each look
+        (every :data:`~guestha.server.keeper.FLUSH_INTERVAL`), holding
+        :attr:`order_lock` until the work is queued.
+
+        :returns: the work, as :meth:`pending` lists it.
+        """
+        handed = sa.and_(events_t.c.server == self.server_id,
+                         deliveries.c.state == HANDED)
+        joined = deliveries.join(events_t,
+                                 events_t.c.id == deliveries.c.event_id)
+        # a read, not a write, when nothing was handed (the usual case)
+        found = self._read(lambda conn: conn.execute(
+            sa.select(deliveries.c.event_id).distinct().select_from(joined)
+            .where(handed)).scalars().all())
+        # the events of a look whose commit failed for this controller:
+        # taken (pending) if the database made it, never queued
+        retry = sorted(self._taking)
+        if not found and not retry:
+            return []
+        mine = handed
+        if retry:
+            mine = sa.or_(handed, sa.and_(
+                events_t.c.server == self.server_id,
+                deliveries.c.state == PENDING,
+                events_t.c.id.in_(retry)))
+        now = self._clock()
+
+        taking = set(found)
+
+        def work(conn):
+            rows = self._pending_rows(conn, mine)
+            taking.update(row[0] for row in rows)
+            self._count_attempts(conn, rows, now)
+            return rows
+
+        try:
+            rows = self._run(work)
+        except DB_ERRORS:
+            self._taking.update(taking)
+            raise
+        self._taking.clear()
+        with self._uncertain_lock:
+            # queued now: not settle_uncertain's to hand on again
+            for event_id in taking:
+                self._uncertain.pop(event_id, None)
+        return _group_work(rows, lambda _: self.server_id)
 
     def counts(self):
         """``{state: rows}`` of the delivery rows (for status and tests).

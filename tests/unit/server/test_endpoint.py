@@ -250,7 +250,10 @@ def test_keeper_thread_flushes_and_takes_over(tmp_path):
     dead.unregister()
     live = Ledger(path, "ctl-b", sinks=("log",))
     live.register()
-    mine = fault(action=None)
+    # another instance: one of the orphan's would follow it (handed over)
+    mine = records.make_fault("2a6e1c44-93d1-4b0e-a0a8-5f7c2d9e1b30",
+                              "compute-1", "missed", "no answer", None,
+                              1_700_000_000.0, 1000, 1)
     live.accept([mine])
     live.mark_later(mine["id"], "log", ledger_mod.DONE)
     redispatched = Recorder()

@@ -3,6 +3,8 @@
 the relay dies, a state change goes untold at most ``[coordination]
 lock_timeout`` + 1 s (issue 11, doc/source/server.rst)."""
 
+import threading
+
 from guestha.server import keeper as keeper_mod
 from tests.support.clock import ManualClock
 
@@ -26,12 +28,16 @@ class Ledger(object):
     server_id = "ctl-a"
     failures = 0
     uncertain = 0
+    order_lock = threading.Lock()
 
     def __init__(self):
         self.renewals = 0
 
     def flush(self):
         return 0
+
+    def take_handed(self):
+        return []
 
     def renew(self):
         self.renewals += 1

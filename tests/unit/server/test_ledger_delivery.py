@@ -10,6 +10,7 @@ from guestha.server import ledger as ledger_mod
 from guestha.server.ledger import Ledger
 from tests.support.clock import ManualClock
 from tests.unit.server.test_ledger import fault
+from tests.unit.server.test_ledger import OTHER
 from tests.unit.server.test_ledger import state
 
 
@@ -308,7 +309,8 @@ def test_a_controller_taken_for_dead_does_not_send_what_it_lost(
     so they are not sent twice unflagged."""
     mine = make(path, wall, "ctl-a")
     taker = make(path, wall, "ctl-b")
-    lost, kept = state(), state()
+    # two instances: one of lost's would follow it (handed over to ctl-b)
+    lost, kept = state(), state(OTHER)
     mine.accept([lost])
     dead(mine, wall)
     taker.renew()
