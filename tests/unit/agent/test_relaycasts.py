@@ -11,26 +11,7 @@ import pytest
 from guestha.agent import relaycasts
 from guestha.agent.relaycasts import RelayCaster
 from tests.support.clock import ManualClock
-
-
-class FakeAPI(object):
-    def __init__(self):
-        self.casts = []
-        self.error = None
-
-    def _cast(self, method, kwargs):
-        if self.error is not None:
-            raise self.error
-        self.casts.append((method, kwargs))
-
-    def relay_broadcast(self, **kwargs):
-        self._cast("relay_broadcast", kwargs)
-
-    def query_status(self, **kwargs):
-        self._cast("query_status", kwargs)
-
-    def agent_alive(self, **kwargs):
-        self._cast("agent_alive", kwargs)
+from tests.unit.agent.castrecorder import CastRecorder as FakeAPI
 
 
 def test_casts_in_order_and_tells_each_one_sent():
@@ -70,7 +51,7 @@ def test_a_full_queue_drops_the_oldest():
 def test_failures_are_counted_and_logged_once_per_interval(caplog):
     clock = ManualClock(100.0)
     api = FakeAPI()
-    api.error = oslo_messaging.MessageDeliveryFailure("broker down")
+    api.cast_error = oslo_messaging.MessageDeliveryFailure("broker down")
     sent = []
     relays = RelayCaster(api, log_interval=60.0, clock=clock,
                          on_sent=lambda: sent.append(1))

@@ -18,22 +18,22 @@ from guestha.agent.reporter import Reporter
 from guestha import records
 from guestha.rpc import api as rpc_api
 from tests.support.clock import ManualClock
+from tests.unit.agent.castrecorder import CastRecorder
 
 INSTANCE = "5b0e7d9e-3c1a-4b6f-8e2d-1f0a9c8b7d6e"
 
 
-class FakeAPI(object):
+class FakeAPI(CastRecorder):
     """Answers report_events from a script: each entry is an exception to
     raise, a callable ``f(ids) -> answer``, or None (accept all); when the
     script is used up, accepts all."""
 
     def __init__(self, script=()):
+        super().__init__()
         self.script = list(script)
         self.calls = []        # the ids of every report_events call
         self.timeouts = []
         self.accepted = []     # ids, in the order accepted
-        self.casts = []
-        self.cast_error = None
         self.during_call = None
 
     def report_events(self, events, timeout=None):
@@ -48,20 +48,6 @@ class FakeAPI(object):
         answer = step(ids) if step else {"accepted": ids, "rejected": {}}
         self.accepted.extend(answer["accepted"])
         return answer
-
-    def _cast(self, method, kwargs):
-        if self.cast_error is not None:
-            raise self.cast_error
-        self.casts.append((method, kwargs))
-
-    def relay_broadcast(self, **kwargs):
-        self._cast("relay_broadcast", kwargs)
-
-    def query_status(self, **kwargs):
-        self._cast("query_status", kwargs)
-
-    def agent_alive(self, **kwargs):
-        self._cast("agent_alive", kwargs)
 
 
 def fault(n):
