@@ -28,10 +28,7 @@ GUESTHA_CLOUD_COMPUTE=0).
 """
 
 import collections
-import os
 import re
-import subprocess
-import sys
 import time
 import uuid as uuidlib
 
@@ -41,7 +38,6 @@ from guestha.db import migration
 from tests.cloud import rig as riglib
 from tests.functional import serverctl
 from tests.functional.serverctl import read_jsonl
-from tests.functional.serverctl import ROOT
 from tools import proc as procs
 
 MARIADB = ("127.0.0.1", 3306)
@@ -79,15 +75,8 @@ class SharedStore(object):
 
     def create(self):
         _mariadb("CREATE DATABASE %s CHARACTER SET utf8mb4" % self.database)
-        conf = os.path.join(self.workdir, "manage-cap.conf")
-        with open(conf, "w") as f:
-            f.write("[database]\nconnection = %s\n" % self.url)
-        done = subprocess.run(
-            [sys.executable, "-W", "ignore", "-m", "guestha.cmd.manage",
-             "--config-file", conf, "db", "sync"], cwd=ROOT,
-            capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert "at revision %s" % migration.head() in done.stdout
+        out = serverctl.manage(self.url, self.workdir, "db", "sync")
+        assert "at revision %s" % migration.head() in out
         return self
 
     def groups(self):

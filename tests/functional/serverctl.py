@@ -152,6 +152,22 @@ class ServerProcess(object):
         return read_jsonl(self.sink_log)
 
 
+def manage(url, workdir, *args):
+    """Run ``guestha-manage`` on the database at ``url``, as an operator
+    does (``db sync`` before the controllers start, ``db import-ledger
+    PATH``); its config file is written in ``workdir``.  The command must
+    succeed; returns what it printed."""
+    conf = os.path.join(workdir, "manage.conf")
+    with open(conf, "w") as f:
+        f.write("[database]\nconnection = %s\n" % url)
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-m", "guestha.cmd.manage",
+         "--config-file", conf] + list(args), cwd=ROOT,
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
 def read_jsonl(path):
     if not os.path.exists(path):
         return []

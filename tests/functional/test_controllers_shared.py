@@ -36,8 +36,6 @@ import collections
 import contextlib
 import os
 import re
-import subprocess
-import sys
 import time
 import uuid
 
@@ -51,10 +49,10 @@ from guestha import rpc
 from guestha.rpc import api
 from guestha.sinks.log import LogSink
 from tests.fakes.nova import FakeNova
+from tests.functional import serverctl
 from tests.functional.serverctl import FakeAgents
 from tests.functional.serverctl import NovaNotifier
 from tests.functional.serverctl import read_jsonl
-from tests.functional.serverctl import ROOT
 from tests.functional import sharedctl
 from tests.support.wait import wait_until as wait_for
 
@@ -116,15 +114,8 @@ class Store(object):
     def sync(self):
         """``guestha-manage db sync``, as an operator runs it before the
         controllers start."""
-        conf = os.path.join(self.workdir, "manage.conf")
-        with open(conf, "w") as f:
-            f.write("[database]\nconnection = %s\n" % self.url)
-        done = subprocess.run(
-            [sys.executable, "-W", "ignore", "-m", "guestha.cmd.manage",
-             "--config-file", conf, "db", "sync"], cwd=ROOT,
-            capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert "at revision %s" % migration.head() in done.stdout
+        out = serverctl.manage(self.url, self.workdir, "db", "sync")
+        assert "at revision %s" % migration.head() in out
 
     def engine(self):
         return sa.create_engine(self.url)
@@ -475,13 +466,9 @@ def test_a_single_hosts_ledger_moves_into_mariadb(tmp_path):
         old = str(tmp_path / "server-ledger.sqlite")
         events = v1.faults(4)
         v1.write_v1(old, events, done={events[0]["id"]})
-        conf = os.path.join(store.workdir, "manage.conf")
-        done = subprocess.run(
-            [sys.executable, "-W", "ignore", "-m", "guestha.cmd.manage",
-             "--config-file", conf, "db", "import-ledger", old], cwd=ROOT,
-            capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert "4 events, 8 deliveries" in done.stdout
+        out = serverctl.manage(store.url, store.workdir, "db",
+                               "import-ledger", old)
+        assert "4 events, 8 deliveries" in out
         ledger = Ledger(store.url, "ctl-new", sinks=("log",))
         try:
             ledger.register()
