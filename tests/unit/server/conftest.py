@@ -15,6 +15,18 @@ def clock():
 
 
 @pytest.fixture
+def wall():
+    """The clock of the ledgers a test makes itself (:func:`path`)."""
+    return ManualClock()
+
+
+@pytest.fixture
+def path(tmp_path):
+    """Where a test's own ledgers (several controllers on one file) live."""
+    return str(tmp_path / "ledger.sqlite")
+
+
+@pytest.fixture
 def ledger_sinks():
     return ("log",)
 

@@ -40,11 +40,6 @@ def state(instance=INSTANCE):
 
 
 @pytest.fixture
-def path(tmp_path):
-    return str(tmp_path / "ledger.sqlite")
-
-
-@pytest.fixture
 def clock():
     return ManualClock()
 

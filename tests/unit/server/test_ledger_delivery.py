@@ -8,7 +8,6 @@ import pytest
 from guestha.server import keeper as keeper_mod
 from guestha.server import ledger as ledger_mod
 from guestha.server.ledger import Ledger
-from tests.support.clock import ManualClock
 from tests.unit.server.test_ledger import fault
 from tests.unit.server.test_ledger import OTHER
 from tests.unit.server.test_ledger import state
@@ -21,16 +20,6 @@ class Deliveries(object):
     def redispatch(self, work):
         self.work.extend(work)
         return len(work)
-
-
-@pytest.fixture
-def wall():
-    return ManualClock()
-
-
-@pytest.fixture
-def path(tmp_path):
-    return str(tmp_path / "ledger.sqlite")
 
 
 def make(path, wall, server_id, hostname=None, sinks=("log",)):

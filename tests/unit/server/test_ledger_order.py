@@ -23,16 +23,6 @@ from tests.unit.server.test_ledger_delivery import dead
 from tests.unit.server.test_ledger_delivery import make
 
 
-@pytest.fixture
-def wall():
-    return ManualClock()
-
-
-@pytest.fixture
-def path(tmp_path):
-    return str(tmp_path / "ledger.sqlite")
-
-
 def dispatched(ledger, events):
     """Accept ``events``; the ids this controller dispatches itself."""
     accepted = ledger.accept(events)

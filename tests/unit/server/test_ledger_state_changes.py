@@ -28,11 +28,6 @@ def wall():
     return ManualClock(T0)
 
 
-@pytest.fixture
-def path(tmp_path):
-    return str(tmp_path / "ledger.sqlite")
-
-
 class Controller(object):
     """One controller's ledger and directory; ``relay`` says whether it
     holds the relay now."""
