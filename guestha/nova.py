@@ -28,6 +28,7 @@ specs needs Nova's ``os_compute_api:servers:show:flavor-extra-specs``
 policy (admin by default).
 """
 
+import datetime
 import logging
 import threading
 import time
@@ -56,6 +57,14 @@ SERVER_GROUPS_MICROVERSION = "2.71"
 #: Server groups asked for per request: Nova's default ``[api]
 #: max_limit``, the most it answers in one page anyway.
 GROUP_PAGE_SIZE = 1000
+
+#: The instance action of a reboot, soft or hard
+#: (nova.compute.instance_actions.REBOOT), and the event of its compute
+#: manager (``wrap_instance_event(prefix='compute')`` on
+#: ``reboot_instance``): the event finishes once the driver's reboot has
+#: returned, a soft one's fallback to hard included.
+REBOOT_ACTION = "reboot"
+REBOOT_EVENT = "compute_reboot_instance"
 
 NO_FEATURES = {"heartbeat": False, "server_group_messaging": False,
                "corrective_action": None}
@@ -288,6 +297,68 @@ class NovaClient(object):
                 "vm_state": info.get("OS-EXT-STS:vm_state"),
                 "task_state": info.get("OS-EXT-STS:task_state"),
                 "project_id": info.get("tenant_id")}
+
+    def reboot_finished(self, instance_uuid, started_after):
+        """When Nova's latest successful reboot of an instance finished,
+        among the reboots asked at or after ``started_after``.
+
+        Reads Nova's instance actions: ``GET /servers/{id}/os-instance-
+        actions`` (newest first), then ``GET .../os-instance-actions/
+        {request_id}`` for each ``reboot`` action started at or after
+        ``started_after``, and takes the ``finish_time`` of its
+        ``compute_reboot_instance`` event with result ``Success``.  Nova
+        records a soft reboot and its own fallback to hard (libvirt,
+        after ``[libvirt] wait_soft_reboot_seconds``) as ONE action whose
+        event finishes when the guest has been started anew, so the time
+        is when the guest's new boot began.  Events are shown to admins,
+        and from microversion 2.51 to the server's owner too.
+
+        :param started_after: wall-clock seconds (epoch).
+        :returns: the finish time in epoch seconds, or None (no such
+            reboot, none finished yet, or Nova shows no events).
+        :raises NovaUnavailable: Nova did not answer.
+        """
+        latest = None
+        try:
+            listed = self._client.instance_action.list(instance_uuid)
+            for summary in listed:
+                if getattr(summary, "action", None) != REBOOT_ACTION:
+                    continue
+                started = _epoch(getattr(summary, "start_time", None))
+                if started is None or started < started_after:
+                    break       # newest first: the rest are older
+                action = self._client.instance_action.get(
+                    instance_uuid, summary.request_id)
+                for event in getattr(action, "events", None) or ():
+                    if (event.get("event") != REBOOT_EVENT
+                            or event.get("result") != "Success"):
+                        continue
+                    finished = _epoch(event.get("finish_time"))
+                    if finished is not None and (latest is None
+                                                 or finished > latest):
+                        latest = finished
+        except nova_exc.NotFound:
+            return None
+        except (nova_exc.ClientException, ks_exc.ClientException) as exc:
+            raise NovaUnavailable("instance %s: cannot read its actions "
+                                  "from Nova: %s" % (instance_uuid,
+                                                     _describe(exc)))
+        return latest
+
+
+def _epoch(text):
+    """Epoch seconds of one of Nova's timestamps (ISO 8601, UTC when it
+    names no zone), or None."""
+    if not text:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(str(text).replace("Z",
+                                                                 "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return when.timestamp()
 
 
 def _group_dict(group):

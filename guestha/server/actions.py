@@ -43,6 +43,24 @@ and the follow-up first asks Nova for the server: while its
 and it reboots hard only once Nova has finished and the guest has still
 not recovered.
 
+Nova's reboot being over is not enough: if Nova's fallback (or the soft
+reboot itself) has just finished when the follow-up is due, the guest is
+booting and has not registered yet, and a hard reboot would start its boot
+over.  So the follow-up also asks Nova's instance actions
+(:meth:`guestha.nova.NovaClient.reboot_finished`) when Nova last rebooted
+the instance.  Nova records a soft reboot, its fallback to hard included,
+as ONE ``reboot`` action (the one guestha asked for) with one
+``compute_reboot_instance`` event; the compute manager finishes that event
+after the driver's reboot returned, that is once the guest was started
+anew (after ACPI, or after ``_hard_reboot``).  That event's
+``finish_time`` is thus when the guest's new boot began; a hard reboot
+someone else asked meanwhile is a ``reboot`` action of its own and counts
+the same.  If such a reboot, asked since the soft reboot, finished less
+than ``soft_reboot_timeout`` ago, the follow-up waits until
+``soft_reboot_timeout`` after it (a deferral counted with the others);
+after the last deferral, or if Nova cannot tell (no answer, events hidden
+by its policy), a guest still not recovered is rebooted hard as before.
+
 Reboots and stops are capped at ``[actions] max_actions`` per instance per
 ``window`` seconds, counted in the ledger (so across controllers and
 restarts); one soft reboot with its hard follow-up counts once.  A refused
@@ -112,6 +130,10 @@ NOVA_REBOOT_TASK_STATES = frozenset((
 #: How many times a follow-up waits for Nova's reboot to end before it
 #: gives up (nova-compute may have died with the task state set).
 MAX_FOLLOW_UP_DEFERRALS = 3
+#: Seconds by which Nova's clock may lag the controller's: a reboot action
+#: Nova records as started up to this long before the soft reboot was
+#: asked still counts as the soft reboot's.
+CLOCK_SLACK = 30.0
 
 
 class Decision(object):
@@ -448,9 +470,27 @@ class CorrectiveActions(object):
         task_state = server.get("task_state")
         return task_state if task_state in NOVA_REBOOT_TASK_STATES else None
 
+    def nova_reboot_finished(self, instance, since):
+        """When Nova's latest reboot of the instance asked since the soft
+        reboot (``since``, less :data:`CLOCK_SLACK`) finished, in epoch
+        seconds; None if none did, or if Nova cannot tell (then the
+        follow-up goes on as without this check).
+        """
+        finished_of = getattr(self.nova, "reboot_finished", None)
+        if finished_of is None:
+            return None
+        try:
+            return finished_of(instance, since - CLOCK_SLACK)
+        except nova_mod.NovaUnavailable as exc:
+            LOG.warning("instance %s: cannot tell whether Nova rebooted "
+                        "it since the soft reboot: %s", instance, exc)
+            return None
+
     def follow_up(self, due, now):
-        """A soft reboot's time is up: hard reboot unless recovered, or
-        unless Nova is still rebooting (its own fallback to hard).
+        """A soft reboot's time is up: hard reboot unless recovered,
+        unless Nova is still rebooting (its own fallback to hard), or
+        unless Nova's reboot finished less than ``soft_reboot_timeout``
+        ago (the guest is booting).
 
         :param due: the :class:`FollowUp`.
         :returns: the next :class:`FollowUp` if Nova is still at it.
@@ -486,6 +526,16 @@ class CorrectiveActions(object):
                          now, step="hard", decision=decision,
                          level=logging.ERROR)
             return None
+        if deferrals < MAX_FOLLOW_UP_DEFERRALS:
+            booted = self.nova_reboot_finished(instance, since)
+            if (booted is not None
+                    and now - booted < self.soft_reboot_timeout):
+                LOG.info("instance %s: fault %s: Nova's reboot finished "
+                         "%.0f s ago, so the guest is booting anew; hard "
+                         "reboot deferred %.0f s", instance, fault["id"],
+                         now - booted, self.soft_reboot_timeout)
+                return FollowUp(min(booted, now) + self.soft_reboot_timeout,
+                                fault, since, decision, deferrals + 1)
         reason = ("no recovery within %.0f s of the soft reboot, and "
                   "Nova's reboot is over" % ((now - since)))
         try:

@@ -88,6 +88,8 @@ class FakeNova(object):
         self.servers = {}
         self.server_groups = {}
         self.actions = []
+        #: instance uuid -> its instance actions, newest first
+        self.instance_actions = {}
         #: ``callable(uuid, action, args)``: carries out accepted actions
         self.on_action = None
         self.requests = []
@@ -125,6 +127,20 @@ class FakeNova(object):
         with self._lock:
             self.server_groups[uuid] = group
         return group
+
+    def add_instance_action(self, uuid, action, request_id, start_time,
+                            events=()):
+        """Record an instance action (newest first, as Nova lists them);
+        ``events``: dicts of ``event``, ``start_time``, ``finish_time``,
+        ``result``."""
+        record = {"action": action, "instance_uuid": uuid,
+                  "request_id": request_id, "start_time": start_time,
+                  "message": None, "project_id": DEFAULT_PROJECT,
+                  "user_id": DEFAULT_USER}
+        with self._lock:
+            self.instance_actions.setdefault(uuid, []).insert(
+                0, (record, [dict(e) for e in events]))
+        return record
 
     def fail(self, status, count=1, message="Nova is having a bad day"):
         """Answer the next ``count`` requests with ``status``."""
@@ -211,6 +227,10 @@ class FakeNova(object):
         if match and method == "POST":
             self._action(match.group(1), body)
             return 202, None
+        match = re.fullmatch(
+            r"/v2\.1/servers/([^/]+)/os-instance-actions(?:/([^/]+))?", path)
+        if match and method == "GET":
+            return 200, self._instance_actions(*match.groups())
         if path == "/v2.1/os-server-groups" and method == "GET":
             return 200, {"server_groups": self._groups_view(query,
                                                             version)}
@@ -310,6 +330,16 @@ class FakeNova(object):
             view.update(project_id=group["project_id"],
                         user_id=DEFAULT_USER)
         return view
+
+    def _instance_actions(self, uuid, request_id):
+        self._server(uuid)
+        listed = self.instance_actions.get(uuid, [])
+        if request_id is None:
+            return {"instanceActions": [dict(r) for r, _ in listed]}
+        for record, events in listed:
+            if record["request_id"] == request_id:
+                return {"instanceAction": dict(record, events=events)}
+        raise _NovaError(404, "Action %s not found" % request_id)
 
     def _action(self, uuid, body):
         server = self._server(uuid)

@@ -320,6 +320,83 @@ def test_server_not_found(fake):
     assert client_for(fake).server(UUID) is None
 
 
+# -- reboot_finished: Nova's instance actions -------------------------------
+
+SOFT_ASKED = 1_764_849_600.0     # 2025-12-04T12:00:00Z
+
+
+def reboot_event(finish_time, result="Success"):
+    return {"event": "compute_reboot_instance",
+            "start_time": "2025-12-04T12:00:00.120000",
+            "finish_time": finish_time, "result": result}
+
+
+def test_reboot_finished_is_the_end_of_novas_reboot_event(fake):
+    # a soft reboot that Nova's libvirt driver carried on hard by itself is
+    # one "reboot" action; its compute event finishes at the new boot
+    fake.add_server(UUID)
+    fake.add_instance_action(UUID, "create", "req-create",
+                             "2025-12-04T11:00:00.000000")
+    fake.add_instance_action(UUID, "reboot", "req-soft",
+                             "2025-12-04T12:00:00.100000",
+                             [reboot_event("2025-12-04T12:02:01.500000")])
+
+    finished = client_for(fake).reboot_finished(UUID, SOFT_ASKED)
+
+    assert finished == pytest.approx(SOFT_ASKED + 121.5)
+    paths = [r["path"] for r in fake.requests if r["method"] == "GET"]
+    assert "/v2.1/servers/%s/os-instance-actions" % UUID in paths
+    assert "/v2.1/servers/%s/os-instance-actions/req-soft" % UUID in paths
+    assert not any(p.endswith("req-create") for p in paths)
+
+
+def test_reboot_finished_takes_the_latest_and_skips_failed(fake):
+    fake.add_server(UUID)
+    fake.add_instance_action(UUID, "reboot", "req-1",
+                             "2025-12-04T12:00:00Z",
+                             [reboot_event("2025-12-04T12:00:30Z")])
+    fake.add_instance_action(UUID, "stop", "req-2", "2025-12-04T12:01:00Z")
+    fake.add_instance_action(UUID, "reboot", "req-3",
+                             "2025-12-04T12:02:00Z",
+                             [reboot_event("2025-12-04T12:02:40Z",
+                                           result="Error")])
+
+    assert client_for(fake).reboot_finished(UUID, SOFT_ASKED) == (
+        pytest.approx(SOFT_ASKED + 30))
+
+
+def test_reboot_finished_none_before_nova_has_finished(fake):
+    fake.add_server(UUID)
+    fake.add_instance_action(UUID, "reboot", "req-soft",
+                             "2025-12-04T12:00:00.100000",
+                             [reboot_event(None)])
+
+    assert client_for(fake).reboot_finished(UUID, SOFT_ASKED) is None
+
+
+def test_reboot_finished_ignores_reboots_asked_before(fake):
+    fake.add_server(UUID)
+    fake.add_instance_action(UUID, "reboot", "req-old",
+                             "2025-12-04T11:00:00.000000",
+                             [reboot_event("2025-12-04T11:01:00.000000")])
+
+    assert client_for(fake).reboot_finished(UUID, SOFT_ASKED) is None
+    assert not any(r["path"].endswith("req-old") for r in fake.requests)
+
+
+def test_reboot_finished_of_an_unknown_instance(fake):
+    assert client_for(fake).reboot_finished(UUID, SOFT_ASKED) is None
+
+
+def test_reboot_finished_when_nova_is_down(fake):
+    fake.add_server(UUID)
+    client = client_for(fake)
+    fake.fail(503)
+
+    with pytest.raises(nova.NovaUnavailable):
+        client.reboot_finished(UUID, SOFT_ASKED)
+
+
 # -- the stand-in itself ------------------------------------------------------
 
 def raw_get(fake, path, **headers):

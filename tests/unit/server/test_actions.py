@@ -31,6 +31,10 @@ class FakeNovaActions(object):
         self.task_states = {}
         self.deleted = set()
         self.server_reads = []
+        # instance -> when Nova's last reboot finished (epoch seconds), a
+        # callable of the time asked, or an exception to raise
+        self.reboots_finished = {}
+        self.reboot_asks = []
 
     def guestha_features(self, instance):
         if self.unavailable:
@@ -50,6 +54,14 @@ class FakeNovaActions(object):
         self.server_reads.append((instance, task_state))
         return {"id": instance, "status": "ACTIVE", "host": HOST,
                 "vm_state": "active", "task_state": task_state}
+
+    def reboot_finished(self, instance, started_after):
+        # as NovaClient.reboot_finished: Nova's instance actions
+        self.reboot_asks.append((instance, started_after))
+        finished = self.reboots_finished.get(instance)
+        if isinstance(finished, Exception):
+            raise finished
+        return finished(started_after) if callable(finished) else finished
 
     def reboot(self, instance, hard=False):
         self._call(instance, "hard" if hard else "soft")
@@ -255,6 +267,98 @@ def test_a_reboot_nova_never_finishes_is_given_up(nova, ledger, clock):
     assert pending_follow_ups(worker) == 0
 
 
+def test_no_hard_reboot_of_a_guest_booting_after_novas_fallback(
+        nova, ledger, clock):
+    # the race: Nova's own hard reboot (after [libvirt]
+    # wait_soft_reboot_seconds) finished 2 s before the follow-up, the
+    # task state is back to None and the guest is booting, not registered
+    # yet.  A hard reboot now would be a second one.
+    worker, reports = worker_for(nova, ledger, clock,
+                                 soft_reboot_timeout=60)
+    f = fault()
+    act(worker, ledger, clock, f)
+    asked = clock.now
+    nova.reboots_finished[INSTANCE] = asked + 58
+    clock.now += 60
+    wait = worker.run_once(clock.now)
+    assert wait == pytest.approx(58)        # 60 s after Nova's boot
+    assert nova.calls == [(INSTANCE, "soft")]
+    assert nova.reboot_asks == [(INSTANCE, asked - actions.CLOCK_SLACK)]
+    clock.now += 30
+    ledger.accept([records.make_recovery(INSTANCE, HOST, f["id"],
+                                         clock.now)])
+    clock.now += 28
+    assert worker.run_once(clock.now) is None
+    assert nova.calls == [(INSTANCE, "soft")]
+    assert reports.outcomes() == [("reboot", "soft", "applied")]
+
+
+def test_a_guest_still_down_after_its_boot_time_is_rebooted_hard(
+        nova, ledger, clock, caplog):
+    worker, reports = worker_for(nova, ledger, clock,
+                                 soft_reboot_timeout=60)
+    act(worker, ledger, clock, fault())
+    nova.reboots_finished[INSTANCE] = clock.now + 58
+    clock.now += 60
+    with caplog.at_level(logging.INFO, logger="guestha.server.actions"):
+        worker.run_once(clock.now)
+    assert "booting anew" in caplog.text
+    clock.now += 58                               # 60 s after Nova's boot
+    assert worker.run_once(clock.now) is None
+    assert nova.calls == [(INSTANCE, "soft"), (INSTANCE, "hard")]
+    assert reports.outcomes() == [("reboot", "soft", "applied"),
+                                  ("reboot", "hard", "applied")]
+
+
+def test_novas_reboot_finished_long_ago_means_hard_reboot(nova, ledger,
+                                                          clock):
+    # Nova still rebooting at the first follow-up, done soon after; at the
+    # second one its reboot finished more than soft_reboot_timeout ago
+    nova.task_states[INSTANCE] = ["rebooting", None]
+    worker, reports = worker_for(nova, ledger, clock,
+                                 soft_reboot_timeout=60)
+    act(worker, ledger, clock, fault())
+    nova.reboots_finished[INSTANCE] = clock.now + 55
+    clock.now += 60
+    assert worker.run_once(clock.now) == 60       # task state deferral
+    clock.now += 60
+    assert worker.run_once(clock.now) is None
+    assert nova.calls == [(INSTANCE, "soft"), (INSTANCE, "hard")]
+
+
+def test_a_follow_up_when_nova_cannot_tell_its_reboots(nova, ledger, clock,
+                                                       caplog):
+    # the server reads fine, the instance actions do not: as before the
+    # check, a hard reboot
+    worker, reports = worker_for(nova, ledger, clock,
+                                 soft_reboot_timeout=60)
+    act(worker, ledger, clock, fault())
+    nova.reboots_finished[INSTANCE] = NovaUnavailable("Nova is down")
+    clock.now += 60
+    with caplog.at_level(logging.WARNING, logger="guestha.server.actions"):
+        assert worker.run_once(clock.now) is None
+    assert nova.calls == [(INSTANCE, "soft"), (INSTANCE, "hard")]
+    assert "cannot tell whether Nova rebooted" in caplog.text
+
+
+def test_reboots_that_keep_finishing_use_up_the_deferrals(nova, ledger,
+                                                          clock):
+    # a guest Nova keeps rebooting (or a clock gone wrong): the follow-up
+    # gives up waiting after MAX_FOLLOW_UP_DEFERRALS and reboots hard
+    worker, reports = worker_for(nova, ledger, clock,
+                                 soft_reboot_timeout=60)
+    act(worker, ledger, clock, fault())
+    nova.reboots_finished[INSTANCE] = lambda _: clock.now - 1
+    clock.now += 60
+    for _ in range(actions.MAX_FOLLOW_UP_DEFERRALS):
+        assert worker.run_once(clock.now) == pytest.approx(59)
+        clock.now += 59
+    assert nova.calls == [(INSTANCE, "soft")]
+    assert worker.run_once(clock.now) is None
+    assert nova.calls == [(INSTANCE, "soft"), (INSTANCE, "hard")]
+    assert len(nova.reboot_asks) == actions.MAX_FOLLOW_UP_DEFERRALS
+
+
 def test_no_hard_reboot_of_an_instance_nova_deleted(nova, ledger, clock):
     worker, reports = worker_for(nova, ledger, clock,
                                  soft_reboot_timeout=60)
@@ -273,6 +377,26 @@ def test_the_follow_up_reads_novas_task_state_over_http(fake_nova):
     fake_nova.servers[INSTANCE]["task_state"] = None
     assert worker.actions.nova_still_rebooting(INSTANCE) is None
     assert worker.actions.nova_still_rebooting(OTHER) == "gone"
+
+
+def test_the_follow_up_reads_novas_reboot_over_http(fake_nova):
+    # 2023-11-14T22:13:20Z: the soft reboot asked; Nova's one "reboot"
+    # action finishes with its fallback to hard, 121.5 s later
+    fake_nova.add_server(INSTANCE)
+    asked = 1_700_000_000.0
+    nova = actions.NovaActions.from_conf(nova_conf(fake_nova))
+    worker = actions.ActionWorker(nova, None, Reports(), "ctl-a")
+    assert worker.actions.nova_reboot_finished(INSTANCE, asked) is None
+    fake_nova.add_instance_action(
+        INSTANCE, "reboot", "req-soft", "2023-11-14T22:13:20.200000",
+        [{"event": "compute_reboot_instance",
+          "start_time": "2023-11-14T22:13:20.300000",
+          "finish_time": "2023-11-14T22:15:21.500000",
+          "result": "Success"}])
+    assert worker.actions.nova_reboot_finished(INSTANCE, asked) == (
+        pytest.approx(asked + 121.5))
+    fake_nova.fail(500)
+    assert worker.actions.nova_reboot_finished(INSTANCE, asked) is None
 
 
 def test_stop(nova, ledger, clock):
