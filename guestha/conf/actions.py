@@ -42,7 +42,10 @@ OPTS = [
                       "Nova's own reboot (which falls back to hard after "
                       "nova.conf's [libvirt] wait_soft_reboot_seconds) is "
                       "over: while Nova's task state is a reboot one, it "
-                      "waits this long again, at most 3 times."),
+                      "waits this long again, and after a reboot of "
+                      "Nova's that ended less than this long ago (the "
+                      "guest is booting) it waits until this long after "
+                      "that end; at most 3 waits in all."),
     cfg.IntOpt("max_actions", default=3, min=0,
                help="Recoveries one instance may get within window "
                     "seconds, counted over every controller that shares "
