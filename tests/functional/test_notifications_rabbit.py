@@ -34,7 +34,8 @@ class Groups(object):
         self._lock = threading.Lock()
 
     def on_instance_change(self, instance, state, event, host=None,
-                           old_state=None):
+                           old_state=None, change_id=None, at=None):
+        assert change_id, "a change goes with the notification's id"
         with self._lock:
             self.changes.append((event, instance, state, host))
 
