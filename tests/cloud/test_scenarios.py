@@ -326,6 +326,15 @@ def _unhealthy_scenario(gha, server):
                  if r.get("fault_id") == fault["id"]],
         "the recovery of the fault", timeout=30, diag=gha.diagnostics)
     recovered_s = time.monotonic() - failed_at
+    # Nova's reboot as the follow-up reads it (NovaClient.reboot_finished,
+    # Nova's instance actions): the soft reboot's one "reboot" action,
+    # finished (its fallback to hard included) after the fault
+    nova = riglib.nova_client()
+    finished = riglib.wait_for(
+        lambda: nova.reboot_finished(server.id, since - 30),
+        "the end of Nova's reboot in its instance actions", timeout=30,
+        interval=1)
+    assert since < finished <= time.time() + MARGIN, (since, finished)
     assert recovered_s < FOLLOW_UP, (
         "recovered %.0f s after the hook failed: guestha's follow-up "
         "would have rebooted hard too" % recovered_s)
