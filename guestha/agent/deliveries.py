@@ -4,8 +4,8 @@
 The controller's RPC calls (``deliver_broadcast``, ``deliver_notification``,
 ``deliver_status``, ``deliver_error``; see
 :class:`guestha.rpc.api.AgentEndpoint`) arrive in oslo.messaging's threads.
-:class:`Deliveries` turns each into the protocol message the guest gets
-and posts it to the loop as a :class:`Deliver` record, one per local
+:class:`GroupDeliveries` turns each into the protocol message the guest
+gets and posts it to the loop as a :class:`Deliver` record, one per local
 instance; the loop hands it to the instance, which sends it if its channel
 is ready.  A message the protocol refuses (a bad payload, a field out of
 bounds) is dropped here, with a warning, and never reaches the loop.
@@ -31,9 +31,10 @@ class Deliver(object):
         self.message = message
 
 
-class Deliveries(object):
-    """The agent's RPC handler (``on_deliver_*``, called in
-    oslo.messaging's threads).
+class GroupDeliveries(object):
+    """The controller's server-group deliveries, as records for the loop:
+    the agent's RPC handler (``on_deliver_*``, called in oslo.messaging's
+    threads).
 
     :param post: hands a record to the loop (any thread).
     """

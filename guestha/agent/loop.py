@@ -104,7 +104,7 @@ class AgentLoop(inst_mod.Env):
                                 clock=clock, batch_delay=batch_delay,
                                 sleep=sleep)
         self.sel = self.io.poller
-        self.deliveries = deliveries_mod.Deliveries(self.io.post)
+        self.deliveries = deliveries_mod.GroupDeliveries(self.io.post)
         self._workers = hotplugworkers.HotplugWorkers(
             hotplug_policy, self.io.post, clock)
         self._status = (statusserver.StatusServer(status_socket, self.status)

@@ -201,7 +201,8 @@ class AgentAPI(object):
 
 class AgentHandler(abc.ABC):
     """What the agent's RPC endpoint forwards to
-    (:class:`guestha.agent.deliveries.Deliveries`, which posts to the loop).
+    (:class:`guestha.agent.deliveries.GroupDeliveries`, which posts to the
+    loop).
 
     The methods run in oslo.messaging's worker threads: they must be
     thread-safe and quick (post to the loop and return).

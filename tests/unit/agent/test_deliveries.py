@@ -6,7 +6,7 @@ protocol refuses is dropped before it reaches the loop."""
 import base64
 
 from guestha.agent.deliveries import Deliver
-from guestha.agent.deliveries import Deliveries
+from guestha.agent.deliveries import GroupDeliveries
 from guestha_guest import protocol as p
 
 A = "7d1f0a5e-2b3c-4d4e-8f60-718293a4b5c6"
@@ -16,7 +16,7 @@ GROUP = "9f3b2c70-4d5e-4f60-8a71-93a4b5c6d7e8"
 
 def deliveries():
     posted = []
-    return Deliveries(posted.append), posted
+    return GroupDeliveries(posted.append), posted
 
 
 def test_a_broadcast_is_one_record_per_local_instance():
