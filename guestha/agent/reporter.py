@@ -302,7 +302,8 @@ class Reporter(object):
 
     def step(self):
         """The sender thread's step: retries the disk and delivers, each
-        when it is due.
+        when it is due.  The thread calls it, then waits what it returns
+        (or for a submit); so does a test, on a manual clock.
 
         :returns: seconds until something is due, or None if nothing is
             (wait for a submit).
@@ -315,23 +316,6 @@ class Reporter(object):
             delay = self._bus_step()
             self._bus_due = None if delay is None else now + delay
         return self._next_due(self._clock())
-
-    def deliver_once(self):
-        """One attempt at both, whatever is due (tests call it).
-
-        :returns: seconds to wait before the next attempt: 0 if more
-            events are pending, None if nothing is (wait for a submit),
-            the back-off after a failed delivery, at most ``disk_retry``
-            while the disk fails.
-        """
-        if self._box.trouble():
-            self._box.retry()
-        delay = self._bus_step()
-        self._bus_due = None
-        if self._box.trouble():
-            delay = (self.disk_retry if delay is None
-                     else min(delay, self.disk_retry))
-        return delay
 
     def _next_due(self, now):
         due = []
@@ -346,7 +330,9 @@ class Reporter(object):
         """Deliver one batch: the oldest undelivered events on disk, then
         (once none is left on disk) those held in memory.
 
-        :returns: as :meth:`deliver_once`, for the bus alone.
+        :returns: seconds to wait before the next attempt: 0 if more
+            events are pending, None if nothing is (wait for a submit),
+            the back-off after a failed delivery.
         """
         batch = self._box.next_batch(self.batch)
         if batch is None:
@@ -434,11 +420,6 @@ class Reporter(object):
             LOG.debug("reporter: attempt %d failed, retrying in %.1f s: %s",
                       self._backoff.failures, delay, error)
         return delay
-
-    def backoff_delay(self, failures):
-        """The wait after ``failures`` consecutive failed attempts:
-        ``first * 2**(failures-1)``, at most ``longest``, +-20% jitter."""
-        return self._backoff.delay(failures)
 
     def _relay_went_through(self):
         """A relay cast went through while deliveries fail because the

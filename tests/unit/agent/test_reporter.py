@@ -70,10 +70,28 @@ def make(outbox, api, **kwargs):
     return Reporter(outbox, api, **kwargs)
 
 
-def drain(reporter, limit=100):
+#: Longer than any wait of these tests (the longest back-off with its
+#: jitter, the disk's retry).
+LATER = 3600.0
+
+
+def due_step(reporter, clock):
+    """The sender thread's :meth:`~Reporter.step` once everything it waits
+    for is due: it retries the disk if that fails, and makes a delivery
+    attempt.
+
+    :returns: what the step returns: 0 if more events are pending, None if
+        nothing is (wait for a submit), the back-off after a failed
+        delivery, at most ``disk_retry`` while the disk fails.
+    """
+    clock.advance(LATER)
+    return reporter.step()
+
+
+def drain(reporter, clock, limit=100):
     delays = []
     for _ in range(limit):
-        delay = reporter.deliver_once()
+        delay = due_step(reporter, clock)
         delays.append(delay)
         if delay is None:
             return delays
@@ -81,13 +99,14 @@ def drain(reporter, limit=100):
 
 
 def test_delivers_in_order_in_batches(outbox):
+    clock = ManualClock(100.0)
     api = FakeAPI()
-    rep = make(outbox, api, batch=100, timeout=7)
+    rep = make(outbox, api, clock=clock, batch=100, timeout=7)
     events = [fault(n) for n in range(250)]
     for e in events:
         rep.submit(e)
 
-    assert drain(rep) == [0.0, 0.0, None]
+    assert drain(rep, clock) == [0.0, 0.0, None]
     assert [len(c) for c in api.calls] == [100, 100, 50]
     assert api.accepted == [e["id"] for e in events]
     assert api.timeouts == [7, 7, 7]
@@ -98,64 +117,69 @@ def test_delivers_in_order_in_batches(outbox):
 
 
 def test_nothing_to_send_means_no_call(outbox):
+    clock = ManualClock(100.0)
     api = FakeAPI()
-    rep = make(outbox, api)
-    assert rep.deliver_once() is None
+    rep = make(outbox, api, clock=clock)
+    assert due_step(rep, clock) is None
     assert api.calls == []
 
 
 def test_partial_acceptance_acks_exactly_the_accepted(outbox):
+    clock = ManualClock(100.0)
     api = FakeAPI([lambda ids: {"accepted": ids[:30], "rejected": {}}])
-    rep = make(outbox, api, batch=100, backoff=(0.5, 30.0))
+    rep = make(outbox, api, clock=clock, batch=100, backoff=(0.5, 30.0))
     events = [fault(n) for n in range(100)]
     for e in events:
         rep.submit(e)
 
     # progress, so a short pause, not a growing back-off
-    assert rep.deliver_once() == 0.5
+    assert due_step(rep, clock) == 0.5
     assert len(outbox) == 70
     assert rep.stats()["last_error"] == "the controller accepted 30 of 100 " \
                                         "events"
-    assert drain(rep) == [None]
+    assert drain(rep, clock) == [None]
     assert api.calls[1] == [e["id"] for e in events[30:]]
     assert api.accepted == [e["id"] for e in events]
     assert rep.stats()["delivered"] == 100
 
 
 def test_accepted_ids_outside_the_batch_are_ignored(outbox):
+    clock = ManualClock(100.0)
     api = FakeAPI([lambda ids: {"accepted": [str(uuid.uuid4()), ids[1]],
                                 "rejected": {}}])
-    rep = make(outbox, api)
+    rep = make(outbox, api, clock=clock)
     events = [fault(n) for n in range(3)]
     for e in events:
         rep.submit(e)
 
-    rep.deliver_once()
+    due_step(rep, clock)
     assert [e["id"] for _, e in outbox.peek(10)] == [events[0]["id"],
                                                      events[2]["id"]]
     assert rep.stats()["delivered"] == 1
 
 
 def test_nothing_accepted_backs_off_like_a_failure(outbox):
+    clock = ManualClock(100.0)
     api = FakeAPI([lambda ids: {"accepted": [], "rejected": {}}] * 2)
-    rep = make(outbox, api, backoff=(0.5, 30.0))
+    rep = make(outbox, api, clock=clock, backoff=(0.5, 30.0))
     rep.submit(fault(0))
-    assert rep.deliver_once() == 0.5
-    assert rep.deliver_once() == 1.0
-    assert rep.deliver_once() is None
+    assert due_step(rep, clock) == 0.5
+    assert due_step(rep, clock) == 1.0
+    assert due_step(rep, clock) is None
     assert rep.stats()["retries"] == 2
 
 
 def test_rejected_events_are_dropped_and_logged(outbox, caplog):
+    clock = ManualClock(100.0)
     events = [fault(n) for n in range(3)]
     api = FakeAPI([lambda ids: {"accepted": [ids[0], ids[2]],
                                 "rejected": {ids[1]: "unknown version"}}])
-    rep = make(outbox, api)
+    rep = make(outbox, api, clock=clock)
     for e in events:
         rep.submit(e)
 
     with caplog.at_level(logging.ERROR, logger=reporter_mod.__name__):
-        assert rep.deliver_once() is None
+        assert due_step(rep, clock) is None
     assert len(outbox) == 0
     stats = rep.stats()
     assert (stats["delivered"], stats["rejected"]) == (2, 1)
@@ -172,56 +196,65 @@ def test_rejected_events_are_dropped_and_logged(outbox, caplog):
     rpc_api.InvalidAnswer("no accepted list"),
 ])
 def test_transport_errors_are_retried(outbox, error):
+    clock = ManualClock(100.0)
     api = FakeAPI([error])
-    rep = make(outbox, api)
+    rep = make(outbox, api, clock=clock)
     e = fault(0)
     rep.submit(e)
 
-    assert rep.deliver_once() == 0.5
+    assert due_step(rep, clock) == 0.5
     assert len(outbox) == 1
     assert rep.stats()["last_error"].startswith(type(error).__name__)
-    assert rep.deliver_once() is None
+    assert due_step(rep, clock) is None
     assert api.calls == [[e["id"]], [e["id"]]]
     assert rep.stats()["last_error"] is None
 
 
 def test_backoff_doubles_to_its_cap_and_resets_after_a_success(outbox):
+    clock = ManualClock(100.0)
     timeout = oslo_messaging.MessagingTimeout("no answer")
     api = FakeAPI([timeout] * 8 + [None, timeout])
-    rep = make(outbox, api, backoff=(0.5, 30.0))
+    rep = make(outbox, api, clock=clock, backoff=(0.5, 30.0))
     rep.submit(fault(0))
 
-    delays = [rep.deliver_once() for _ in range(8)]
+    delays = [due_step(rep, clock) for _ in range(8)]
     assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
     assert rep.stats()["retries"] == 8
-    assert rep.deliver_once() is None       # delivered
+    assert due_step(rep, clock) is None     # delivered
 
     rep.submit(fault(1))
-    assert rep.deliver_once() == 0.5        # back to the first step
+    assert due_step(rep, clock) == 0.5      # back to the first step
     assert rep.stats()["retries"] == 9
 
 
 @pytest.mark.parametrize("rng, factor", [(0.0, 0.8), (1.0, 1.2)])
 def test_backoff_jitter_is_twenty_percent_either_way(outbox, rng, factor):
-    rep = make(outbox, FakeAPI(), backoff=(0.5, 30.0), rng=lambda: rng)
-    assert [rep.backoff_delay(n) for n in (1, 3, 10)] == pytest.approx(
+    clock = ManualClock(100.0)
+    api = FakeAPI([oslo_messaging.MessagingTimeout("no answer")] * 10)
+    rep = make(outbox, api, clock=clock, backoff=(0.5, 30.0),
+               rng=lambda: rng)
+    rep.submit(fault(0))
+    delays = [due_step(rep, clock) for _ in range(10)]
+    # the waits after 1, 3 and 10 failed attempts
+    assert [delays[0], delays[2], delays[9]] == pytest.approx(
         [0.5 * factor, 2.0 * factor, 30.0 * factor])
 
 
 def test_order_holds_across_failures(outbox):
+    clock = ManualClock(100.0)
     events = [fault(n) for n in range(12)]
     api = FakeAPI([None,
                    oslo_messaging.MessagingTimeout("lost"),
                    lambda ids: {"accepted": ids[:2], "rejected": {}},
                    oslo_messaging.MessageDeliveryFailure("down")])
-    rep = make(outbox, api, batch=5)
+    rep = make(outbox, api, clock=clock, batch=5)
     for e in events[:8]:
         rep.submit(e)
-    rep.deliver_once()            # 0-4 delivered
-    rep.deliver_once()            # 5-7 lost
+    due_step(rep, clock)      # 0-4 delivered
+    due_step(rep, clock)      # 5-7 lost
     for e in events[8:]:
         rep.submit(e)
-    drain(rep)
+    drain(rep, clock)
 
     assert api.accepted == [e["id"] for e in events]
     # every call started at the oldest undelivered event
@@ -230,23 +263,24 @@ def test_order_holds_across_failures(outbox):
 
 
 def test_restart_with_pending_events_delivers_them_once(tmp_path):
+    clock = ManualClock(100.0)
     path = str(tmp_path / "outbox.sqlite")
     events = [fault(n) for n in range(150)]
     box = Outbox(path, 1000)
     down = FakeAPI([oslo_messaging.MessagingTimeout("no controller")])
-    rep = make(box, down)
+    rep = make(box, down, clock=clock)
     for e in events[:120]:
         rep.submit(e)
-    rep.deliver_once()
+    due_step(rep, clock)
     box.close()                   # the agent stops
 
     box = Outbox(path, 1000)      # and starts again
     up = FakeAPI()
-    rep = make(box, up, batch=100)
+    rep = make(box, up, clock=clock, batch=100)
     assert rep.stats()["pending"] == 120
     for e in events[120:]:
         rep.submit(e)
-    drain(rep)
+    drain(rep, clock)
 
     assert up.accepted == [e["id"] for e in events]
     assert len(box) == 0
@@ -254,18 +288,19 @@ def test_restart_with_pending_events_delivers_them_once(tmp_path):
 
 
 def test_a_full_outbox_keeps_the_newest(tmp_path):
+    clock = ManualClock(100.0)
     box = Outbox(str(tmp_path / "outbox.sqlite"), 100)
     api = FakeAPI([oslo_messaging.MessageDeliveryFailure("down")])
-    rep = make(box, api)
+    rep = make(box, api, clock=clock)
     events = [fault(n) for n in range(150)]
     rep.submit(events[0])
-    rep.deliver_once()
+    due_step(rep, clock)
     for e in events[1:]:
         rep.submit(e)
 
     stats = rep.stats()
     assert (stats["pending"], stats["dropped"]) == (100, 50)
-    drain(rep)
+    drain(rep, clock)
     assert api.accepted == [e["id"] for e in events[50:]]
 
 
@@ -279,22 +314,23 @@ class FlakyOutbox(Outbox):
 
 
 def test_an_unwritable_outbox_keeps_events_in_memory_in_order(tmp_path):
+    clock = ManualClock(100.0)
     box = FlakyOutbox(str(tmp_path / "outbox.sqlite"), 1000)
     api = FakeAPI([oslo_messaging.MessageDeliveryFailure("down")])
-    rep = make(box, api)
+    rep = make(box, api, clock=clock)
     events = [fault(n) for n in range(6)]
     rep.submit(events[0])
     box.broken = True
     for e in events[1:4]:
         rep.submit(e)
     assert rep.stats()["pending"] == 4
-    assert rep.deliver_once() == 0.5          # the bus is down
+    assert due_step(rep, clock) == 0.5        # the bus is down
 
     box.broken = False
     rep.submit(events[4])         # queues behind the held ones
     rep.submit(events[5])
     assert (rep.stats()["on_disk"], rep.stats()["in_memory"]) == (1, 5)
-    drain(rep)
+    drain(rep, clock)
     assert api.accepted == [e["id"] for e in events]
     assert len(box) == 0
     box.close()
@@ -311,7 +347,7 @@ def test_in_flight_time_shows_a_hanging_call(outbox):
         seen.append(rep.stats()["in_flight_s"])
     api.during_call = during
     rep.submit(fault(0))
-    rep.deliver_once()
+    due_step(rep, clock)
 
     assert seen == [42.0]
     assert rep.stats()["in_flight_s"] is None

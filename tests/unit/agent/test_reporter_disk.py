@@ -18,6 +18,7 @@ from guestha.agent.outbox import Outbox
 from guestha.agent import reporter as reporter_mod
 from tests.support.clock import ManualClock
 from tests.unit.agent.test_reporter import drain
+from tests.unit.agent.test_reporter import due_step
 from tests.unit.agent.test_reporter import FakeAPI
 from tests.unit.agent.test_reporter import fault
 from tests.unit.agent.test_reporter import make
@@ -86,19 +87,20 @@ def ids(events):
 def test_a_full_disk_delivers_the_events_on_disk_and_in_memory(disk):
     # the case: the disk fills while the bus is down, with some
     # events already on disk; then the bus returns, the disk still full
+    clock = ManualClock(100.0)
     api = FakeAPI([oslo_messaging.MessageDeliveryFailure("down")])
-    rep = make(disk, api)
+    rep = make(disk, api, clock=clock)
     events = [fault(n) for n in range(12)]
     for e in events[:5]:
         rep.submit(e)
-    rep.deliver_once()                       # the bus is down
+    due_step(rep, clock)                   # the bus is down
     disk.full = True
     for e in events[5:]:
         rep.submit(e)
     assert rep.stats()["on_disk"] == 5 and rep.stats()["in_memory"] == 7
 
     # the bus is back: everything goes, on-disk ones first, in one call
-    assert rep.deliver_once() == rep.disk_retry
+    assert due_step(rep, clock) == rep.disk_retry
     assert api.calls[1] == ids(events)
     assert api.accepted == ids(events)
     stats = rep.stats()
@@ -106,29 +108,30 @@ def test_a_full_disk_delivers_the_events_on_disk_and_in_memory(disk):
     assert stats["disk_error"].startswith("OperationalError")
 
     # the 5 delivered ones could not be deleted: remembered, not re-sent
-    assert rep.deliver_once() == rep.disk_retry
+    assert due_step(rep, clock) == rep.disk_retry
     assert len(api.calls) == 2
     assert len(disk) == 5
 
     # the disk returns: they are deleted, the held ones are not written
     # as pending (they were delivered), and nothing is sent again
     disk.full = False
-    assert rep.deliver_once() is None
+    assert due_step(rep, clock) is None
     assert len(disk) == 0
     assert len(api.calls) == 2
     assert rep.stats()["disk_error"] is None
 
 
 def test_held_events_delivered_keep_their_open_fault_record(disk):
+    clock = ManualClock(100.0)
     api = FakeAPI()
-    rep = make(disk, api)
+    rep = make(disk, api, clock=clock)
     disk.full = True
     opened = fault(0)
     rep.submit(opened)
-    rep.deliver_once()
+    due_step(rep, clock)
     assert api.accepted == [opened["id"]]
     disk.full = False
-    rep.deliver_once()
+    due_step(rep, clock)
     # written for the open-fault table only, not as an event to send
     assert len(disk) == 0
     assert disk.open_faults() == {opened["instance"]: {
@@ -136,8 +139,9 @@ def test_held_events_delivered_keep_their_open_fault_record(disk):
 
 
 def test_on_disk_events_go_before_held_ones_batch_by_batch(disk):
+    clock = ManualClock(100.0)
     api = FakeAPI()
-    rep = make(disk, api, batch=3)
+    rep = make(disk, api, batch=3, clock=clock)
     events = [fault(n) for n in range(9)]
     for e in events[:5]:
         rep.submit(e)
@@ -145,7 +149,7 @@ def test_on_disk_events_go_before_held_ones_batch_by_batch(disk):
     for e in events[5:]:
         rep.submit(e)
     for _ in range(3):
-        rep.deliver_once()
+        due_step(rep, clock)
     assert api.calls == [ids(events[0:3]), ids(events[3:6]),
                          ids(events[6:9])]
 
@@ -153,20 +157,21 @@ def test_on_disk_events_go_before_held_ones_batch_by_batch(disk):
 def test_held_events_wait_while_the_disk_cannot_be_read(disk, caplog):
     # which events on disk still wait is unknown: sending the held ones
     # would let them overtake
+    clock = ManualClock(100.0)
     api = FakeAPI()
-    rep = make(disk, api)
+    rep = make(disk, api, clock=clock)
     rep.submit(fault(0))
     disk.full = disk.unreadable = True
     rep.submit(fault(1))
     with caplog.at_level(logging.ERROR, logger=reporter_mod.__name__):
-        assert rep.deliver_once() == rep.disk_retry
-        rep.deliver_once()
+        assert due_step(rep, clock) == rep.disk_retry
+        due_step(rep, clock)
     assert api.calls == []
     [read] = [r.getMessage() for r in caplog.records
               if "cannot read" in r.getMessage()]
     assert "1 event(s) on disk wait, and 1 held in memory" in read
     disk.full = disk.unreadable = False
-    rep.deliver_once()
+    due_step(rep, clock)
     assert len(api.calls) == 1 and len(api.accepted) == 2
 
 
@@ -246,8 +251,9 @@ def test_a_relay_through_the_broker_ends_a_backoff(disk):
 
 def test_each_condition_is_logged_once_saying_what_is_kept_where(
         disk, caplog):
+    clock = ManualClock(100.0)
     api = FakeAPI([oslo_messaging.MessageDeliveryFailure("down")] * 10)
-    rep = make(disk, api)
+    rep = make(disk, api, clock=clock)
     with caplog.at_level(logging.INFO, logger=reporter_mod.__name__):
         for n in range(3):
             rep.submit(fault(n))
@@ -255,9 +261,9 @@ def test_each_condition_is_logged_once_saying_what_is_kept_where(
         for n in range(3, 73):
             rep.submit(fault(n))
         for _ in range(10):
-            rep.deliver_once()              # bus down, disk full
+            due_step(rep, clock)          # bus down, disk full
         disk.full = False
-        rep.deliver_once()                  # both back
+        due_step(rep, clock)              # both back
     messages = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert len(messages) == 4, messages
     level, text = messages[0]
@@ -278,23 +284,24 @@ def test_each_condition_is_logged_once_saying_what_is_kept_where(
 
 def test_the_memory_bound_drops_the_oldest_and_says_how_many(
         disk, caplog, monkeypatch):
+    clock = ManualClock(100.0)
     monkeypatch.setattr(reporter_mod, "MAX_UNSAVED", 5)
     api = FakeAPI([oslo_messaging.MessageDeliveryFailure("down")])
-    rep = make(disk, api)
+    rep = make(disk, api, clock=clock)
     disk.full = True
     events = [fault(n) for n in range(8)]
     with caplog.at_level(logging.INFO, logger=reporter_mod.__name__):
         for e in events:
             rep.submit(e)
         disk.full = False
-        rep.deliver_once()
+        due_step(rep, clock)
     assert rep.stats()["dropped"] == 3
     drops = [r.getMessage() for r in caplog.records if "dropping" in
              r.getMessage()]
     assert len(drops) == 1 and events[0]["id"] in drops[0]
     assert any("3 event(s) were dropped meanwhile" in r.getMessage()
                for r in caplog.records)
-    rep.deliver_once()
+    due_step(rep, clock)
     assert api.accepted == ids(events[3:])
 
 
@@ -400,6 +407,7 @@ class Unopenable(object):
 
 def test_an_agent_started_on_a_full_disk_runs_and_catches_up(
         tmp_path, monkeypatch, caplog):
+    clock = ManualClock(100.0)
     path = str(tmp_path / "outbox.sqlite")
     before = Outbox(path, 1000)             # the last run left 2 events
     old = [fault(n) for n in range(2)]
@@ -411,19 +419,19 @@ def test_an_agent_started_on_a_full_disk_runs_and_catches_up(
     box = Outbox(path, 1000)                # no exception: the agent runs
     assert box.unknown
     api = FakeAPI()
-    rep = make(box, api)
+    rep = make(box, api, clock=clock)
     new = [fault(n) for n in range(2, 5)]
     with caplog.at_level(logging.ERROR, logger=reporter_mod.__name__):
         for e in new:
             rep.submit(e)
-        assert rep.deliver_once() == rep.disk_retry
+        assert due_step(rep, clock) == rep.disk_retry
     # the held events must not overtake the ones on disk, unseen yet
     assert api.calls == []
     assert any("an unknown number of event(s) on disk wait, and 3 held"
                in r.getMessage() for r in caplog.records)
 
     disk.full = False
-    drain(rep)
+    drain(rep, clock)
     assert api.accepted == ids(old + new)
     assert len(box) == 0 and not box.unknown
     box.close()
@@ -451,8 +459,9 @@ def test_open_faults_are_read_from_a_file_that_cannot_be_opened(
 def test_an_event_counts_as_delivered_only_once_it_no_longer_waits(disk):
     # stats() is read from other threads (the status socket, tests): once
     # "delivered" counts an event, "pending" must not count it any more
+    clock = ManualClock(100.0)
     seen = []
-    reporter = make(disk, FakeAPI())
+    reporter = make(disk, FakeAPI(), clock=clock)
     real_ack = disk.ack
 
     def ack(rowids):
@@ -462,7 +471,7 @@ def test_an_event_counts_as_delivered_only_once_it_no_longer_waits(disk):
     disk.ack = ack
     for n in range(5):
         reporter.submit(fault(n))
-    drain(reporter)
+    drain(reporter, clock)
     assert seen and all(s["delivered"] + s["pending"] == 5 for s in seen)
     stats = reporter.stats()
     assert (stats["delivered"], stats["pending"]) == (5, 0)
