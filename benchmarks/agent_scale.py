@@ -7,7 +7,7 @@ A benchmark, not a test: it starts the real ``guestha-agent`` process
 against real RabbitMQ and libvirtd and measures it.
 
 1. A fresh RabbitMQ vhost (deleted at the end), and the functional tests'
-   controller stub (``tests/functional/controller_stub.py``) on it, which
+   controller stub (``guestha/testing/controller_stub.py``) on it, which
    records every fault the agent reports.
 2. ``--instances`` domains named ``ghbench-<i>`` on libvirt's test driver
    served by libvirtd (``test+unix:///default``: one state shared by every
@@ -72,7 +72,7 @@ from benchmarks.support import cpu_seconds  # noqa: E402
 from benchmarks.support import memory_kib  # noqa: E402
 from benchmarks.support import rabbitmqctl  # noqa: E402
 from guestha.agent import status as agent_status  # noqa: E402
-from tools import proc as procs  # noqa: E402
+from guestha.testing import processes as procs  # noqa: E402
 
 LIBVIRT_URI = "test+unix:///default"
 PREFIX = "ghbench-"
@@ -150,9 +150,9 @@ def log(fmt, *args):
 # -- processes ---------------------------------------------------------------
 
 def spawn(argv, stdout, stderr, env=None):
-    # tools/proc.py: our own session, so that a Ctrl-C reaches the
-    # benchmark only and it stops the children in order; and the child
-    # dies with the benchmark however that ends
+    # guestha/testing/processes.py: our own session, so that a Ctrl-C reaches
+    # the benchmark only and it stops the children in order; and the child dies
+    # with the benchmark however that ends
     return procs.spawn(argv, cwd=REPO, stdout=stdout, stderr=stderr,
                        env=env)
 
@@ -345,9 +345,8 @@ class Bench(object):
         url = "rabbit://%s:%s@%s/%s" % (BROKER_USER, BROKER_PASSWORD,
                                         BROKER, self.vhost)
         self.events_path = os.path.join(self.dir, "events.jsonl")
-        self.stub = spawn([sys.executable,
-                           os.path.join(REPO, "tests", "functional",
-                                        "controller_stub.py"),
+        self.stub = spawn([sys.executable, "-m",
+                           "guestha.testing.controller_stub",
                            "--url", url, "--out", self.events_path],
                           subprocess.PIPE, self.open_log("stub.log"))
         wait_ready(self.stub, "the controller stub", 60)

@@ -20,7 +20,7 @@ SIGTERM (the child processes are stopped, then killed).
 One ``guestha-server`` (``python -m guestha.cmd.server``, started afresh
 for each batch size: new ledger, new sink file) with the log sink (the
 default: JSON lines, fsync per batch), its ledger (SQLite, WAL,
-synchronous=FULL) and the Nova stand-in (tests/fakes/nova.py; faults
+synchronous=FULL) and the Nova stand-in (guestha/testing/fake_nova.py; faults
 recommending no action never ask it anything).  ``--clients`` client
 processes (this script, ``client`` subcommand) stand for compute agents:
 each has its own transport and :class:`guestha.rpc.api.ControllerAPI`
@@ -47,15 +47,15 @@ accepted event is a line in the log sink's file and prints:
   whatever else uses it).
 
 On a shared database (``--store mariadb``): a ``mariadbd`` of the
-benchmark's own (tests/functional/sharedctl.py: its data directory in the
-temporary directory, a free port; the MariaDB other people use is not
+benchmark's own (guestha/testing/shared_controllers.py: its data directory in
+the temporary directory, a free port; the MariaDB other people use is not
 touched), a fresh database per run migrated to the newest revision, and a
-``redis-server`` of its own as the tooz backend; ``--controllers 1,3``
-runs each batch size with one, then three ``guestha-server`` processes on
-that database (the clients' calls spread over them by RabbitMQ).  With
-three, the events/s are those of the three together, the CPU their sum.
-``--store sqlite`` (the default) with several controllers: one SQLite
-file, shared, as on one host.
+``redis-server`` of its own as the tooz backend; ``--controllers 1,3`` runs
+each batch size with one, then three ``guestha-server`` processes on that
+database (the clients' calls spread over them by RabbitMQ).  With three, the
+events/s are those of the three together, the CPU their sum. ``--store sqlite``
+(the default) with several controllers: one SQLite file, shared, as on one
+host.
 
 2. Broadcast latency (``--only broadcast``)
 -------------------------------------------
@@ -185,10 +185,10 @@ class Environment(object):
     removes them all."""
 
     def __init__(self, keep=False):
-        from tests.functional import agentctl
-        from tests.functional import child_processes
-        from tests.functional import libvirt_domains
-        self.agentctl = agentctl
+        from guestha.testing import agent_harness
+        from guestha.testing import child_processes
+        from guestha.testing import libvirt_domains
+        self.agent_harness = agent_harness
         self.child_processes = child_processes
         self.libvirt_domains = libvirt_domains
         self.keep = keep
@@ -212,7 +212,7 @@ class Environment(object):
         return result
 
     def start(self):
-        from tests.fakes.nova import FakeNova
+        from guestha.testing.fake_nova import FakeNova
         self.vhost = "%sbench-%s" % (PREFIX, uuid.uuid4().hex[:12])
         self.rabbitmqctl("add_vhost", self.vhost)
         self.rabbitmqctl("set_permissions", "-p", self.vhost, BROKER_USER,
@@ -223,9 +223,9 @@ class Environment(object):
         return self
 
     def server(self, server_id, **groups):
-        from tests.functional import serverctl
-        server = serverctl.ServerProcess(self.dir, self.url, server_id,
-                                         self.nova.endpoint, **groups)
+        from guestha.testing import server_harness
+        server = server_harness.ServerProcess(self.dir, self.url, server_id,
+                                              self.nova.endpoint, **groups)
         self.servers.append(server)
         return server.start()
 
@@ -234,10 +234,11 @@ class Environment(object):
         config groups for a controller."""
         from guestha.db import api as db_api
         from guestha.db import migration
-        from tests.functional import sharedctl
+        from guestha.testing import shared_controllers
         if self.mariadb is None:
-            self.mariadb = sharedctl.MariaDB(self.dir).install().start()
-            self.redis = sharedctl.Redis(self.dir).start()
+            self.mariadb = shared_controllers.MariaDB(
+                self.dir).install().start()
+            self.redis = shared_controllers.Redis(self.dir).start()
         self.mariadb.execute("CREATE DATABASE %s CHARACTER SET utf8mb4"
                              % name)
         url = self.mariadb.url(name)
@@ -622,7 +623,7 @@ def start_hosts(env, members):
              if m.host == host])
         config = os.path.join(env.dir, "%s.conf" % host)
         with open(config, "w") as f:
-            f.write(env.agentctl.agent_conf(
+            f.write(env.agent_harness.agent_conf(
                 env.url, host, os.path.join(env.dir, "state-" + host),
                 os.path.join(env.dir, "hotplug-" + host),
                 os.path.join(env.dir, host + ".sock"), uri=uri,

@@ -15,19 +15,19 @@ virtualenv (``--masakari-venv``, default ``.venv-masakari``)::
     .venv-masakari/bin/pip install masakari-monitors==22.0.0 \\
         libvirt-python==12.8.0
 
-**guestha** (``--only guestha``).  One tiny VM (tools/vm.py, QEMU TCG)
-runs this checkout's guest daemon; a real ``guestha-agent`` watches it on
-``qemu:///system`` (``[agent] min_interval_ms = 100``, ``miss_threshold``
-and everything else that bears on detection at the defaults) and reports
-over RabbitMQ (a vhost of its own) to a real ``guestha-server`` with the
-``log`` sink and no Nova (tests/functional/novaless.py).  For every
-interval of ``--intervals`` the guest daemon is restarted with that interval
-(configuration rewritten, ``daemon_stop`` + ``daemon_start`` through the
-test control channel), then ``--samples`` times: wait until the last
-fault has recovered and the instance is MONITORED and answering healthy,
-wait a uniformly random time in [0, interval), freeze the daemon
-(SIGSTOP through the control channel), wait for the ``missed`` fault in
-the sink, thaw it (SIGCONT) and wait for the recovery.
+**guestha** (``--only guestha``).  One tiny VM (guestha/testing/guest_vms.py,
+QEMU TCG) runs this checkout's guest daemon; a real ``guestha-agent`` watches
+it on ``qemu:///system`` (``[agent] min_interval_ms = 100``, ``miss_threshold``
+and everything else that bears on detection at the defaults) and reports over
+RabbitMQ (a vhost of its own) to a real ``guestha-server`` with the ``log``
+sink and no Nova (guestha/testing/novaless_servers.py).  For every interval of
+``--intervals`` the guest daemon is restarted with that interval (configuration
+rewritten, ``daemon_stop`` + ``daemon_start`` through the test control
+channel), then ``--samples`` times: wait until the last fault has recovered and
+the instance is MONITORED and answering healthy, wait a uniformly random time
+in [0, interval), freeze the daemon (SIGSTOP through the control channel), wait
+for the ``missed`` fault in the sink, thaw it (SIGCONT) and wait for the
+recovery.
 
 **Masakari** (``--only masakari``).  ``--masakari-vms`` tiny VMs with the
 qemu guest agent channel (the guest runs the host's ``qemu-ga``), each
@@ -111,9 +111,9 @@ from benchmarks.support import percentile  # noqa: E402
 from benchmarks.support import rabbitmqctl  # noqa: E402
 from benchmarks.support import wait_until  # noqa: E402
 from guestha.agent import status as agent_status  # noqa: E402
-from tests.functional import novaless  # noqa: E402
-from tools import proc as procs  # noqa: E402
-from tools import vm as vmlib  # noqa: E402
+from guestha.testing import guest_vms as vmlib  # noqa: E402
+from guestha.testing import novaless_servers  # noqa: E402
+from guestha.testing import processes as procs  # noqa: E402
 
 URI = vmlib.URI
 BROKER = "127.0.0.1:5672"
@@ -244,7 +244,8 @@ class GuesthaRig(object):
 
         self.vm = vm = vmlib.GuestVM("lat", interval_ms=interval_ms)
         self.cleanups.append(vm.close)
-        self.server = novaless.ServerProcess(self.workdir, url, "ghlat-ctl")
+        self.server = novaless_servers.ServerProcess(
+            self.workdir, url, "ghlat-ctl")
         self.cleanups.append(self._stop_server)
         self.server.start()
         self.sink = SinkTail(self.server.sink_log)
@@ -264,8 +265,8 @@ class GuesthaRig(object):
             f.write(AGENT_CONF.format(url=url, dir=self.workdir, uri=URI))
         env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1")
         with open(os.path.join(self.workdir, "agent.stderr"), "ab") as err:
-            # tools/proc.py: a process group of its own (the shell and
-            # the agent it runs), killed with the benchmark
+            # guestha/testing/processes.py: a process group of its own (the
+            # shell and the agent it runs), killed with the benchmark
             self.agent = procs.spawn(
                 ["unshare", "-m", "--propagation", "private", "sh", "-c",
                  AGENT_SHELL, "sh", vm.workdir, self.hidden, REPO,

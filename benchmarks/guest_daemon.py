@@ -82,13 +82,13 @@ from benchmarks import support  # noqa: E402
 from benchmarks.support import cpu_seconds  # noqa: E402
 from benchmarks.support import log  # noqa: E402
 from benchmarks.support import percentile  # noqa: E402
+from guestha.testing import processes as procs  # noqa: E402
 from guestha_guest.client import GuestHAClient  # noqa: E402
 from guestha_guest.client import GuestHAError  # noqa: E402
 from guestha_guest import protocol as p  # noqa: E402
 from guestha_guest.protocol import heartbeat as hb  # noqa: E402
 from guestha_guest.protocol.session import Send  # noqa: E402
 from guestha_guest.testing.simhost import SimHost  # noqa: E402
-from tools import proc as procs  # noqa: E402
 
 MIB = 1024.0 * 1024.0
 #: The brief's targets for the guest daemon (at a 1 s interval).
@@ -254,9 +254,9 @@ class Bench(object):
             [REPO] + [x for x in [env.get("PYTHONPATH")] if x])
         self.log_path = os.path.join(self.dir, "daemon.log")
         self.log_file = open(self.log_path, "wb")
-        # tools/proc.py: our own session, so that a Ctrl-C reaches the
-        # benchmark only and it stops the daemon itself (SIGTERM); and the
-        # daemon dies with the benchmark however that ends
+        # guestha/testing/processes.py: our own session, so that a Ctrl-C
+        # reaches the benchmark only and it stops the daemon itself (SIGTERM);
+        # and the daemon dies with the benchmark however that ends
         self.proc = procs.spawn(
             [self.args.python, "-m", "guestha_guest", "--config",
              self.config, "--port", "unix-listen:" + self.port],

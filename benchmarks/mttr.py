@@ -7,7 +7,7 @@ instance is healthy again, through guestha's reboot and through Masakari.
 
 A benchmark, not a test: it prints a table, then one line of JSON.  Runs
 on the cloud of tools/cloud.sh (brought up if it is not) with the real
-guestha-agent and guestha-server of tests/cloud/rig.py.
+guestha-agent and guestha-server of guestha/testing/cloud_rig.py.
 
 Per sample: the instance is MONITORED and answering healthy; its guest
 daemon is frozen (SIGSTOP through qemu-ga's guest-exec: the daemon hangs,
@@ -41,8 +41,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks.support import percentile  # noqa: E402
-from tests.cloud import conftest  # noqa: E402
-from tests.cloud import rig as riglib  # noqa: E402
+from guestha.testing import cloud_rig as riglib  # noqa: E402
 
 
 def sample(gha, server, timeout):
@@ -122,11 +121,11 @@ def main(argv=None):
     def say(msg):
         print(msg, flush=True)
 
-    was_up = conftest.cloud_status()["services"]["nova-compute"]["running"]
+    was_up = riglib.cloud_status()["services"]["nova-compute"]["running"]
     if not was_up:
         say("bringing the cloud up (tools/cloud.sh up) ...")
-        conftest.cloud_sh("up")
-    cloud = conftest.Cloud(True)
+        riglib.cloud_sh("up")
+    cloud = riglib.Cloud(True)
     gha = riglib.GuestHA(cloud).start()
     report = {"machine": "%d cores, %s" % (os.cpu_count(),
                                            os.uname().release)}
@@ -139,7 +138,7 @@ def main(argv=None):
     finally:
         gha.close()
         if not was_up and not args.keep_cloud:
-            conftest.cloud_sh("down", check=False)
+            riglib.cloud_sh("down", check=False)
     say("")
     say("%-9s %7s %9s %9s %10s" % ("path", "samples", "MTTR p50",
                                    "MTTR p99", "fault p50"))

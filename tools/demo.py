@@ -17,8 +17,8 @@
    corrective actions are limited to ``log``;
 4. ``guestha-agent`` on ``qemu:///system`` (no hot-plug: the demo's
    domains have the channel in their XML);
-5. one or two tiny VMs (tools/vm.py: a Debian kernel, a busybox
-   initramfs, the host's root shared read-only) running the real guest
+5. one or two tiny VMs (guestha/testing/guest_vms.py: a Debian kernel, a
+   busybox initramfs, the host's root shared read-only) running the real guest
    daemon of this checkout.
 
 Then it refreshes, every second: the agent's view (``guestha-agent
@@ -44,9 +44,9 @@ SIGKILL after 10 s), RabbitMQ stopped if the demo started it; nothing is
 left behind but ``<dir>`` with the logs (``--dir``, default
 ``/tmp/guestha-demo``).  An error tears down the same way.  Should the
 demo itself be killed (SIGKILL), the agent and the server die with it and
-its watchdog destroys the VMs (``tools/proc.py``); RabbitMQ, a system
-service, is then left running.  The checkout may be anywhere (``/tmp``, a
-path with spaces): the VMs get it over a 9p share of its own.
+its watchdog destroys the VMs (``guestha/testing/processes.py``); RabbitMQ, a
+system service, is then left running.  The checkout may be anywhere (``/tmp``,
+a path with spaces): the VMs get it over a 9p share of its own.
 """
 
 import argparse
@@ -64,8 +64,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from guestha.agent import status as agent_status  # noqa: E402
-from tools import proc  # noqa: E402
-from tools import vm as vmlib  # noqa: E402
+from guestha.testing import guest_vms as vmlib  # noqa: E402
+from guestha.testing import processes as proc  # noqa: E402
 
 DEFAULT_DIR = os.environ.get("GUESTHA_DEMO_DIR", "/tmp/guestha-demo")
 BROKER = ("127.0.0.1", 5672)
@@ -178,7 +178,8 @@ class Service(object):
         env = dict(os.environ, PYTHONPATH=ROOT)
         with open(stderr_path, "ab") as err:
             # a session of its own (a Ctrl-C is the demo's to handle), and
-            # killed with the demo however it ends (tools/proc.py)
+            # killed with the demo however it ends
+            # (guestha/testing/processes.py)
             self.proc = proc.spawn(
                 [sys.executable, "-W", "ignore", "-m", self.module,
                  "--config-file", self.conf],

@@ -3,7 +3,7 @@
 
 Brings up the cloud of tools/cloud.sh (unless it runs; then it is left
 running), a real guestha-agent and guestha-server configured as a
-deployment would be (tests/cloud/rig.py: the agent with no Nova
+deployment would be (guestha/testing/cloud_rig.py: the agent with no Nova
 credentials, the controller with the cloud's, ``[actions] allowed_max =
 reboot``), and boots ``--vms`` Nova servers of the ``guestha.heartbeat``
 flavor from the ``guestha-guest`` image.  Then it prints, every
@@ -19,8 +19,7 @@ taken down if the demo brought it up.
 
 import time
 
-from tests.cloud import conftest
-from tests.cloud import rig as riglib
+from guestha.testing import cloud_rig as riglib
 
 CLOUD_ACTIONS = ("freeze", "thaw", "pause", "resume")
 
@@ -61,13 +60,13 @@ def _screen(gha, servers, names, since, say):
 
 def run(args, say, script):
     """``script``: [(seconds, action, vm label or None)]."""
-    was_up = conftest.cloud_status()["services"]["nova-compute"]["running"]
+    was_up = riglib.cloud_status()["services"]["nova-compute"]["running"]
     if not was_up:
         say("bringing the cloud up (tools/cloud.sh up, 1-2 min) ...")
-        conftest.cloud_sh("up")
+        riglib.cloud_sh("up")
     gha = None
     try:
-        gha = riglib.GuestHA(conftest.Cloud(True))
+        gha = riglib.GuestHA(riglib.Cloud(True))
         gha.start_server(max_actions=3)
         gha.agent.start()
         say("guestha-server and guestha-agent running (logs in %s)",
@@ -102,5 +101,5 @@ def run(args, say, script):
             gha.close()
         if not was_up:
             say("taking the cloud down")
-            conftest.cloud_sh("down", check=False)
+            riglib.cloud_sh("down", check=False)
     return 0

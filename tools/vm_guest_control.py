@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """Guest launcher and test control server of guestha's test VM.
 
-Runs INSIDE the test guest (tools/vm.py, tools/build-vm-assets.sh), in
-the chroot onto the host's root file system, with the host's python3.
-Python standard library only, Python 3.8 and newer.
+Runs INSIDE the test guest (guestha/testing/guest_vms.py,
+tools/build-vm-assets.sh), in the chroot onto the host's root file system, with
+the host's python3. Python standard library only, Python 3.8 and newer.
 
 It does two things:
 
@@ -46,8 +46,9 @@ Commands:
     Stop the daemon with SIGTERM (it says exit) and keep it stopped; start
     it again.
 ``unhealthy`` [``reason``] / ``healthy``
-    Make the test health hook (``/run/vm/hooks``, written by tools/vm.py)
-    fail with that reason, or pass: it tests ``/run/ghtest/unhealthy``.
+    Make the test health hook (``/run/vm/hooks``, written by
+    guestha/testing/guest_vms.py) fail with that reason, or pass: it tests
+    ``/run/ghtest/unhealthy``.
 ``reboot`` [``force``]
     Reboot the guest.  Clean (default): busybox init's reboot, which stops
     the daemon with SIGTERM first.  ``force``: at once, through
@@ -551,7 +552,8 @@ def _signum(name):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vm-dir", default="/run/vm")
-    # the checkout's 9p share (tools/vm.py GUEST_REPO), not a host path
+    # the checkout's 9p share (guestha/testing/guest_vms.py GUEST_REPO), not a
+    # host path
     parser.add_argument("--repo", default="/run/guestha-src")
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--no-daemon", action="store_true",

@@ -14,44 +14,16 @@ first time on a machine, and the machine's libvirtd for the server tests).
 when libvirtd is someone else's): the tests that boot a server skip.
 """
 
-import json
 import os
-import subprocess
 
 import pytest
 
-from tools.cloud import harness
+from guestha.testing.cloud_rig import Cloud
+from guestha.testing.cloud_rig import cloud_sh
+from guestha.testing.cloud_rig import cloud_status
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
-CLOUD_SH = os.path.join(ROOT, "tools", "cloud.sh")
 ENABLED = os.environ.get("GUESTHA_CLOUD_TESTS") == "1"
 COMPUTE = os.environ.get("GUESTHA_CLOUD_COMPUTE", "1") != "0"
-
-
-def cloud_sh(*args, timeout=900, check=True):
-    return subprocess.run(["bash", CLOUD_SH, *args], capture_output=True,
-                          text=True, timeout=timeout, check=check)
-
-
-def cloud_status():
-    proc = cloud_sh("status", "--json", check=False)
-    return json.loads(proc.stdout)
-
-
-class Cloud:
-    def __init__(self, compute):
-        import openstack  # in .venv (pinned in upper-constraints.txt)
-        self.compute_enabled = compute
-        self.conn = openstack.connect(
-            auth_url=harness.AUTH_URL, username="admin",
-            password=harness.PASSWORD, project_name="admin",
-            user_domain_name="Default", project_domain_name="Default",
-            region_name=harness.REGION, identity_api_version="3",
-            load_yaml_config=False, load_envvars=False)
-
-    def status(self):
-        return cloud_status()
 
 
 def pytest_collection_modifyitems(config, items):

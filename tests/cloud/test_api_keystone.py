@@ -32,9 +32,9 @@ import pytest
 from guestha import records
 from guestha.server import actions as actions_mod
 from guestha.server.ledger import Ledger
-from tests.functional.child_processes import file_tail
+from guestha.testing.child_processes import file_tail
+from guestha.testing.ports import free_port
 from tests.support.http import wait_answering
-from tests.support.ports import free_port
 from tools.cloud import harness
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(

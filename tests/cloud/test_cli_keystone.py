@@ -27,12 +27,12 @@ import uuid
 
 import pytest
 
-from tests.functional.child_processes import file_tail
+from guestha.testing.child_processes import file_tail
+from guestha.testing.ports import free_port
+from guestha.testing import processes as proc
 from tests.support.http import wait_answering
-from tests.support.ports import free_port
 from tests.unit.osc import world
 from tools.cloud import harness
-from tools import proc
 
 BIN = os.path.dirname(sys.executable)
 OPENSTACK = os.path.join(BIN, "openstack")

@@ -12,8 +12,8 @@ import uuid
 
 import pytest
 
+from guestha.testing.wait import wait_until
 from tests.cloud import conftest
-from tests.support.wait import wait_until
 from tools.cloud import harness
 
 BOOT_TIMEOUT_S = 120

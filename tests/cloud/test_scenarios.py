@@ -1,16 +1,15 @@
 # SPDX-License-Identifier: Apache-2.0
 """guestha's scenarios against the real cloud (issue 9), marker openstack.
 
-A real guestha-agent and guestha-server (tests/cloud/rig.py) on the cloud
-of tools/cloud.sh; servers booted through Nova's API with one openstacksdk
-session; inside the guests, qemu-ga's guest-exec.  The numbers are the
-issue's scenarios (1-9); 10 and 11 cover what the functional tests did
-with a Nova stand-in before (doc/source/testing.rst says which went
-where).  The servers are shared where a scenario leaves them as it found
-them: ``hb`` (flavor guestha.heartbeat) serves 1, 4, 2, 6, 10, 11, 5 (as
-a server in no group) and 9 in that order (2 spends its recovery cap,
-which 4 and 6 do not need; 10 runs a controller with a ledger of its
-own).
+A real guestha-agent and guestha-server (guestha/testing/cloud_rig.py) on the
+cloud of tools/cloud.sh; servers booted through Nova's API with one
+openstacksdk session; inside the guests, qemu-ga's guest-exec.  The numbers are
+the issue's scenarios (1-9); 10 and 11 cover what the functional tests did with
+a Nova stand-in before (doc/source/testing.rst says which went where).  The
+servers are shared where a scenario leaves them as it found them: ``hb``
+(flavor guestha.heartbeat) serves 1, 4, 2, 6, 10, 11, 5 (as a server in no
+group) and 9 in that order (2 spends its recovery cap, which 4 and 6 do not
+need; 10 runs a controller with a ledger of its own).
 
 Runs with GUESTHA_CLOUD_TESTS=1; the scenarios that boot servers need
 nova-compute (not GUESTHA_CLOUD_COMPUTE=0).
@@ -26,7 +25,7 @@ import uuid as uuidlib
 
 import pytest
 
-from tests.cloud import rig as riglib
+from guestha.testing import cloud_rig as riglib
 
 INTERVAL = riglib.INTERVAL
 #: Polling and delivery slack on a loaded 2-core machine under TCG.

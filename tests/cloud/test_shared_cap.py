@@ -7,10 +7,9 @@ in the MariaDB of the machine (127.0.0.1:3306, a database of the test's
 own, migrated by ``guestha-manage db sync`` and dropped at the end) with
 tooz on the machine's Redis (127.0.0.1:6379, a key namespace of the
 test's own), ``[actions] max_actions = 1``, the cloud's Nova; the real
-agent of tests/cloud/rig.py, whose calls RabbitMQ hands to the three in
-turn.  A server of flavor guestha.heartbeat is hung twice inside the
-cap's window (``kill -STOP`` of its daemon, ``kill -CONT`` after the
-first recovery):
+agent of guestha/testing/cloud_rig.py, whose calls RabbitMQ hands to the three
+in turn.  A server of flavor guestha.heartbeat is hung twice inside the cap's
+window (``kill -STOP`` of its daemon, ``kill -CONT`` after the first recovery):
 
 * the first fault: one controller accepts it (and hands it over to the
   controller that owes earlier events of the instance, if one does);
@@ -35,10 +34,10 @@ import uuid as uuidlib
 import pytest
 
 from guestha.db import migration
-from tests.cloud import rig as riglib
-from tests.functional import serverctl
-from tests.functional.serverctl import read_jsonl
-from tools import proc as procs
+from guestha.testing import cloud_rig as riglib
+from guestha.testing import processes as procs
+from guestha.testing import server_harness
+from guestha.testing.server_harness import read_jsonl
 
 MARIADB = ("127.0.0.1", 3306)
 REDIS = ("127.0.0.1", 6379)
@@ -75,7 +74,7 @@ class SharedStore(object):
 
     def create(self):
         _mariadb("CREATE DATABASE %s CHARACTER SET utf8mb4" % self.database)
-        out = serverctl.manage(self.url, self.workdir, "db", "sync")
+        out = server_harness.manage(self.url, self.workdir, "db", "sync")
         assert "at revision %s" % migration.head() in out
         return self
 
@@ -163,7 +162,7 @@ def controllers(gha, store):
         (name, SharedController(gha.workdir, gha.url, name, store))
         for name in CONTROLLERS)
     # stopped all at once at the end (an idle one takes up to 5 s)
-    every = serverctl.Servers(gha.workdir, gha.url, None)
+    every = server_harness.Servers(gha.workdir, gha.url, None)
     every.all = list(made.values())
     try:
         for server in made.values():

@@ -17,9 +17,10 @@ Leftovers
 ---------
 ``_no_leftovers`` (session, automatic) first removes what an earlier run
 that was killed left behind: harness processes whose owner is gone
-(``tools/proc.py``) and the test VMs and work directories of processes
-that are gone (``tools/vm.py``), so that they cannot hold QEMU's one
-client slot of a channel or the shared libvirt state in this run.
+(``guestha/testing/processes.py``) and the test VMs and work directories of
+processes that are gone (``guestha/testing/guest_vms.py``), so that they cannot
+hold QEMU's one client slot of a channel or the shared libvirt state in this
+run.
 """
 
 import os
@@ -30,7 +31,7 @@ import uuid
 
 import pytest
 
-from tools import proc
+from guestha.testing import processes as proc
 
 BROKER_HOST = "127.0.0.1:5672"
 BROKER_USER = "guest"
@@ -113,7 +114,7 @@ def _remove_leftovers():
     removed = ["process %s" % line for line in proc.reap_orphans()]
     if os.geteuid() == 0 and os.path.exists(LIBVIRT_SOCKET):
         try:
-            from tools import vm
+            from guestha.testing import guest_vms as vm
             removed += vm.cleanup_leftovers()
         except Exception as exc:  # noqa: BLE001 - libvirtError, ImportError
             # libvirtd down or no libvirt-python: the VM tests say so

@@ -16,11 +16,11 @@ import sys
 import textwrap
 import time
 
+from guestha.testing.child_processes import PYTHON
+from guestha.testing.child_processes import terminate
+from guestha.testing.wait import wait_until
 from guestha_guest import protocol as p
 from guestha_guest.protocol import messages
-from tests.functional.child_processes import PYTHON
-from tests.functional.child_processes import terminate
-from tests.support.wait import wait_until
 
 
 def junk_chunk(rng):

@@ -9,7 +9,7 @@ and guests: real guest daemons serving the channel sockets as QEMU would
 (``test+unix:///default``: one shared state, events across connections),
 so the tests drive them with plain libvirt calls, as Nova would, and the
 agent learns of it from libvirt's events.  The helpers are in
-:mod:`tests.functional.agentctl`.
+:mod:`guestha.testing.agent_harness`.
 
 An agent monitors every domain of its libvirt, so these tests need the
 shared test driver to themselves: another agent on it (a concurrent run,
@@ -31,12 +31,12 @@ import time
 
 import pytest
 
-from tests.functional import agentctl
-from tests.functional import child_processes
+from guestha.testing import agent_harness
+from guestha.testing import child_processes
+from guestha.testing import libvirt_domains
+from guestha.testing.wait import wait_until
 from tests.functional import guest_farm
 from tests.functional import hostile_guest
-from tests.functional import libvirt_domains
-from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.functional, pytest.mark.libvirt]
 
@@ -132,7 +132,7 @@ def domains(exclusive_test_driver):
 
 @pytest.fixture
 def controller(procs, rabbit_vhost, tmp_path):
-    stub = agentctl.ControllerStub(procs, rabbit_vhost, str(tmp_path))
+    stub = agent_harness.ControllerStub(procs, rabbit_vhost, str(tmp_path))
     stub.start()
     yield stub
     stub.stop()
@@ -141,8 +141,8 @@ def controller(procs, rabbit_vhost, tmp_path):
 @pytest.fixture
 def agent(procs, rabbit_vhost, tmp_path, sockdir, controller):
     """An agent for this test, not yet started (``agent.start()``)."""
-    agent = agentctl.AgentProcess(procs, str(tmp_path), sockdir,
-                                  rabbit_vhost)
+    agent = agent_harness.AgentProcess(procs, str(tmp_path), sockdir,
+                                       rabbit_vhost)
     yield agent
     # the agent and the controller at once: each takes seconds to stop
     child_processes.terminate_all([p for p in (agent.proc, controller.proc)
@@ -164,8 +164,8 @@ def guests(procs, tmp_path, sockdir):
 
     def make(name, **kwargs):
         kwargs.setdefault("interval_ms", INTERVAL_MS)
-        guest = agentctl.GuestProcess(procs, str(tmp_path), sockdir, name,
-                                      **kwargs)
+        guest = agent_harness.GuestProcess(procs, str(tmp_path), sockdir, name,
+                                           **kwargs)
         made.append(guest)
         return guest
 

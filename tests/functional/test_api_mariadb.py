@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The REST API's tables on a real MariaDB (a mariadbd of the test's own,
-tests/functional/sharedctl.py): migration 003 from a database at 002 with
-events in it, the ledger keeping the tables as events arrive, the API
+guestha/testing/shared_controllers.py): migration 003 from a database at 002
+with events in it, the ledger keeping the tables as events arrive, the API
 reading them through ``[database] connection``, and pruning."""
 
 import json
@@ -21,7 +21,7 @@ from guestha.db import models
 from guestha import records
 from guestha.server import actions as actions_mod
 from guestha.server.ledger import Ledger
-from tests.functional import sharedctl
+from guestha.testing import shared_controllers
 
 pytestmark = pytest.mark.functional
 
@@ -32,9 +32,9 @@ MEMBER2 = {"X-Project-Id": P2, "X-Roles": "member"}
 
 @pytest.fixture
 def mariadb(tmp_path):
-    if not sharedctl.MariaDB.available():
+    if not shared_controllers.MariaDB.available():
         pytest.skip("MariaDB is not installed (mariadb-server)")
-    db = sharedctl.MariaDB(str(tmp_path)).install().start()
+    db = shared_controllers.MariaDB(str(tmp_path)).install().start()
     db.execute("CREATE DATABASE ghapi CHARACTER SET utf8mb4")
     try:
         yield db

@@ -29,14 +29,14 @@ import uuid as uuidlib
 
 import pytest
 
+from guestha.testing import agent_harness
+from guestha.testing import child_processes
+from guestha.testing import novaless_servers
+from guestha.testing.ports import free_port
+from guestha.testing.wait import wait_until
 from guestha_guest import protocol as p
-from tests.functional import agentctl
-from tests.functional import child_processes
-from tests.functional import novaless
 from tests.functional.test_end_to_end import Guest
 from tests.functional.test_end_to_end import require_libvirtd
-from tests.support.ports import free_port
-from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.functional, pytest.mark.libvirt]
 
@@ -133,9 +133,9 @@ def pipeline(rabbitmq):
         projects = {"g1": P1, "g2": P2, "g3": P1, "g4": P1}
         # no Nova: the projects come from the domains' metadata, and the
         # operator's "log" needs nothing of Nova (tests/functional/
-        # novaless.py)
-        server = novaless.ServerProcess(workdir, url, "ghapi-ctl",
-                                        actions={"allowed_max": "log"})
+        # novaless_servers.py)
+        server = novaless_servers.ServerProcess(workdir, url, "ghapi-ctl",
+                                                actions={"allowed_max": "log"})
         server.start()
         for name in ("g1", "g2"):
             guests[name].start()
@@ -150,7 +150,7 @@ def pipeline(rabbitmq):
                     nova_name="vm-%s" % name, project=projects[name],
                     devices=devices))
             f.write("</node>\n")
-        agent = agentctl.AgentProcess(
+        agent = agent_harness.AgentProcess(
             procs, workdir, workdir, url, host=HOST,
             uri="test+unix://" + node, name=HOST, debug=None).start()
         api = APIProcess(procs, workdir, server.ledger_path)

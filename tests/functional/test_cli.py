@@ -12,10 +12,10 @@ import sys
 
 import pytest
 
+from guestha.testing.ports import free_port
+from guestha.testing import processes as proc
 from tests.support.http import wait_answering
-from tests.support.ports import free_port
 from tests.unit.osc import world
-from tools import proc
 
 pytestmark = pytest.mark.functional
 

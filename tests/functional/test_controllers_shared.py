@@ -29,7 +29,7 @@ restarts.  Then:
 * the corrective-action cap holds cloud-wide: faults of one instance
   spread over the three controllers reboot it ``max_actions`` times.
 
-See sharedctl.py for what runs where.  The run takes about a minute.
+See shared_controllers.py for what runs where.  The run takes about a minute.
 """
 
 import collections
@@ -48,13 +48,13 @@ from guestha import records
 from guestha import rpc
 from guestha.rpc import api
 from guestha.sinks.log import LogSink
-from tests.fakes.nova import FakeNova
-from tests.functional import serverctl
-from tests.functional.serverctl import FakeAgents
-from tests.functional.serverctl import NovaNotifier
-from tests.functional.serverctl import read_jsonl
-from tests.functional import sharedctl
-from tests.support.wait import wait_until as wait_for
+from guestha.testing.fake_nova import FakeNova
+from guestha.testing import server_harness
+from guestha.testing.server_harness import FakeAgents
+from guestha.testing.server_harness import NovaNotifier
+from guestha.testing.server_harness import read_jsonl
+from guestha.testing import shared_controllers
+from guestha.testing.wait import wait_until as wait_for
 
 pytestmark = pytest.mark.functional
 
@@ -89,13 +89,13 @@ class Store(object):
         self.db = self.redis = None
         self.database = "guestha_test_%s" % uuid.uuid4().hex[:10]
         if kind == "mariadb":
-            for part in (sharedctl.MariaDB, sharedctl.Redis):
+            for part in (shared_controllers.MariaDB, shared_controllers.Redis):
                 if not part.available():
                     pytest.skip("%s is not installed" % part.__name__)
-            self.db = sharedctl.MariaDB(workdir).install().start()
+            self.db = shared_controllers.MariaDB(workdir).install().start()
             self.db.execute("CREATE DATABASE %s CHARACTER SET utf8mb4"
                             % self.database)
-            self.redis = sharedctl.Redis(workdir).start()
+            self.redis = shared_controllers.Redis(workdir).start()
             self.url = self.db.url(self.database)
             self.sync()
         else:
@@ -114,7 +114,7 @@ class Store(object):
     def sync(self):
         """``guestha-manage db sync``, as an operator runs it before the
         controllers start."""
-        out = serverctl.manage(self.url, self.workdir, "db", "sync")
+        out = server_harness.manage(self.url, self.workdir, "db", "sync")
         assert "at revision %s" % migration.head() in out
 
     def engine(self):
@@ -139,7 +139,8 @@ def store(request, tmp_path):
 
 @pytest.fixture
 def controllers(store, rabbit_vhost, tmp_path, nova):
-    hostnames = sharedctl.can_unshare_uts() and store.kind == "mariadb"
+    hostnames = (shared_controllers.can_unshare_uts()
+                 and store.kind == "mariadb")
     made = {}
     for server_id in CONTROLLERS:
         groups = store.groups()
@@ -154,7 +155,7 @@ def controllers(store, rabbit_vhost, tmp_path, nova):
                              "soft_reboot_timeout": "600",
                              "max_actions": str(MAX_ACTIONS),
                              "window": "600"}
-        made[server_id] = sharedctl.HostServer(
+        made[server_id] = shared_controllers.HostServer(
             str(tmp_path), rabbit_vhost, server_id, nova.endpoint,
             hostname=("%s.example.org" % server_id) if hostnames else None,
             **groups)
@@ -280,8 +281,8 @@ def test_a_storm_through_a_killed_relay_and_a_database_restart(
     peers = FakeAgents(rabbit_vhost, PEERS)
     notifier = NovaNotifier(rabbit_vhost, host="peer-2")
     transport = rpc.get_transport(cfg.CONF, url=rabbit_vhost)
-    storm = sharedctl.Storm(transport, agents=4, instances=8, cycles=45,
-                            batch=4, pause=0.04)
+    storm = shared_controllers.Storm(transport, agents=4, instances=8,
+                                     cycles=45, batch=4, pause=0.04)
     try:
         # -- one relay: a state change is told once ------------------------
         notifier.instance_event("instance.power_off.end", B, "stopped",
@@ -466,8 +467,8 @@ def test_a_single_hosts_ledger_moves_into_mariadb(tmp_path):
         old = str(tmp_path / "server-ledger.sqlite")
         events = v1.faults(4)
         v1.write_v1(old, events, done={events[0]["id"]})
-        out = serverctl.manage(store.url, store.workdir, "db",
-                               "import-ledger", old)
+        out = server_harness.manage(store.url, store.workdir, "db",
+                                    "import-ledger", old)
         assert "4 events, 8 deliveries" in out
         ledger = Ledger(store.url, "ctl-new", sinks=("log",))
         try:

@@ -14,9 +14,9 @@ import threading
 
 import pytest
 
-from tests.support.wait import wait_until
-from tools import proc as procs
-from tools import vm as vmlib
+from guestha.testing import guest_vms as vmlib
+from guestha.testing import processes as procs
+from guestha.testing.wait import wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -87,8 +87,8 @@ def test_inject_without_a_running_demo_says_so(tmp_path):
 
 
 def _start_demo(workdir):
-    """The demo in a child process (tools/proc.py: it and what it started
-    go with this test process, however it ends) and its output."""
+    """The demo in a child process (guestha/testing/processes.py: it and what
+    it started go with this test process, however it ends) and its output."""
     if os.geteuid() != 0:
         pytest.skip("the demo needs root")
     vmlib.build_assets()

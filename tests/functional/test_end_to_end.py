@@ -17,9 +17,9 @@ What runs where
 * **Guests**: real guest daemons (``python -m guestha_guest --port
   unix-listen:PATH``, playing QEMU's side of each channel): A on host A;
   B and C on host B.
-* **The controller**: one ``guestha-server`` (tests/functional/serverctl.py)
-  with the log sink and no Nova (tests/functional/novaless.py): a fault
-  and its recovery need none.
+* **The controller**: one ``guestha-server``
+  (guestha/testing/server_harness.py) with the log sink and no Nova
+  (guestha/testing/novaless_servers.py): a fault and its recovery need none.
 
 Server-group messaging between guests (broadcast, status with Nova's
 states, Nova's notifications of a member's change) needs Nova's server
@@ -41,11 +41,11 @@ import uuid as uuidlib
 
 import pytest
 
-from tests.functional import agentctl
-from tests.functional import child_processes
-from tests.functional import libvirt_domains
-from tests.functional import novaless
-from tests.support.wait import wait_until
+from guestha.testing import agent_harness
+from guestha.testing import child_processes
+from guestha.testing import libvirt_domains
+from guestha.testing import novaless_servers
+from guestha.testing.wait import wait_until
 
 pytestmark = [pytest.mark.functional, pytest.mark.libvirt]
 
@@ -173,8 +173,8 @@ class World(object):
             "b": Guest(self.procs, self.workdir, self.sockdir, "b", HOST_B),
             "c": Guest(self.procs, self.workdir, self.sockdir, "c", HOST_B),
         }
-        self.server = novaless.ServerProcess(self.workdir, self.url,
-                                             "ghcb-ctl")
+        self.server = novaless_servers.ServerProcess(self.workdir, self.url,
+                                                     "ghcb-ctl")
         self.server.start()
         for guest in self.guests.values():
             guest.start()
@@ -183,7 +183,7 @@ class World(object):
             uri = libvirt_domains.write_node(
                 node, [g.domain for g in self.guests.values()
                        if g.host == host])
-            self.agents[host] = agentctl.AgentProcess(
+            self.agents[host] = agent_harness.AgentProcess(
                 self.procs, self.workdir, self.sockdir, self.url, host=host,
                 uri=uri, name=host, debug=None).start()
         wait_until(

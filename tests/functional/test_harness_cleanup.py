@@ -8,8 +8,9 @@ agent: one failing test made the following ones fail.
 
 * A harness process (this test's child) that is SIGKILLed takes its
   agent-side processes with it: a real guest daemon, a real
-  guestha-server and a shell with a child of its own (tools/proc.py:
-  PR_SET_PDEATHSIG for the children, the watchdog for the grandchild).
+  guestha-server and a shell with a child of its own
+  (guestha/testing/processes.py: PR_SET_PDEATHSIG for the children, the
+  watchdog for the grandchild).
 * A pytest run whose real-VM rig fails, in a test and in its set-up ("did
   not boot within 120 s"), has no guestha process and no domain of it
   left when its next test starts (the fixtures' teardown).
@@ -30,8 +31,8 @@ import textwrap
 
 import pytest
 
-from tests.support.wait import wait_until
-from tools import proc as procs
+from guestha.testing import processes as procs
+from guestha.testing.wait import wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -41,13 +42,14 @@ pytestmark = [pytest.mark.functional]
 HARNESS = textwrap.dedent("""\
     # a harness: the functional tests' process helpers, as a test uses them
     import json, os, sys, time
-    from tests.functional import agentctl, child_processes, serverctl
-    from tools import proc
+    from guestha.testing import agent_harness, child_processes, server_harness
+    from guestha.testing import processes as proc
 
     workdir, url = sys.argv[1], sys.argv[2]
     processes = child_processes.Processes()
-    guest = agentctl.GuestProcess(processes, workdir, workdir, "g1").start()
-    server = serverctl.ServerProcess(workdir, url, "ghhc-ctl",
+    guest = agent_harness.GuestProcess(processes, workdir, workdir,
+                                       "g1").start()
+    server = server_harness.ServerProcess(workdir, url, "ghhc-ctl",
                                      "http://127.0.0.1:9/nova").start()
     # a child of its own, and a daemon (a session of its own, as
     # rabbitmq-server -detached or libvirtd -d make): not ours to kill
@@ -124,7 +126,7 @@ def _watchdogs_of(token):
     found = []
     for pid in procs._pids():
         argv = procs.cmdline(pid)
-        if "tools.proc watch %s" % token in argv:
+        if "guestha.testing.processes watch %s" % token in argv:
             found.append(pid)
     return found
 
@@ -161,7 +163,7 @@ FAILS_IN_SETUP = textwrap.dedent("""\
 
 CHECK = textwrap.dedent("""\
     import json, os
-    from tools import proc, vm
+    from guestha.testing import guest_vms as vm, processes as proc
 
 
     def rig_processes():

@@ -17,8 +17,8 @@ import pytest
 
 from guestha.conf import server as server_conf
 from guestha.server import notifications
-from tests.functional.serverctl import NovaNotifier
-from tests.support.wait import wait_until
+from guestha.testing.server_harness import NovaNotifier
+from guestha.testing.wait import wait_until
 
 pytestmark = pytest.mark.functional
 

@@ -3,16 +3,15 @@
 (issue 12).
 
 What runs: RabbitMQ (the ``rabbit_vhost`` fixture), a real
-``guestha-server`` (tests/functional/serverctl.py, without Nova:
-tests/functional/novaless.py) and a real ``guestha-agent`` with ``[metrics]``
-enabled on loopback ports; the agent watches libvirt's in-process test
-driver (``test:///<node file>``: no libvirtd) whose one running domain's
-guestha channel is served by a real guest daemon.  Debian's
-``prometheus`` (scraping both every second, evaluating
-``etc/prometheus/guestha-rules.yml`` every second) and
-``prometheus-alertmanager`` run on loopback ports with temporary
-configurations and data directories, all through ``tools/proc.py`` so
-they end with the test.
+``guestha-server`` (guestha/testing/server_harness.py, without Nova:
+guestha/testing/novaless_servers.py) and a real ``guestha-agent`` with
+``[metrics]`` enabled on loopback ports; the agent watches libvirt's in-process
+test driver (``test:///<node file>``: no libvirtd) whose one running domain's
+guestha channel is served by a real guest daemon.  Debian's ``prometheus``
+(scraping both every second, evaluating ``etc/prometheus/guestha-rules.yml``
+every second) and ``prometheus-alertmanager`` run on loopback ports with
+temporary configurations and data directories, all through
+``guestha/testing/processes.py`` so they end with the test.
 
 The guest is hung (SIGSTOP): GuesthaInstanceFaultOpen must reach
 Alertmanager within the detection bound + scrape interval + evaluation
@@ -31,12 +30,12 @@ import uuid as uuidlib
 
 import pytest
 
-from tests.functional import agentctl
-from tests.functional import child_processes
-from tests.functional import libvirt_domains
-from tests.functional import novaless
-from tests.support.ports import free_port
-from tests.support.wait import wait_until
+from guestha.testing import agent_harness
+from guestha.testing import child_processes
+from guestha.testing import libvirt_domains
+from guestha.testing import novaless_servers
+from guestha.testing.ports import free_port
+from guestha.testing.wait import wait_until
 
 PROMETHEUS = shutil.which("prometheus")
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which(
@@ -111,14 +110,14 @@ def rig(rabbit_vhost, tmp_path):
     try:
         ports = {"agent_port": free_port(), "server_port": free_port(),
                  "am_port": free_port(), "prom_port": free_port()}
-        server = novaless.ServerProcess(
+        server = novaless_servers.ServerProcess(
             workdir, rabbit_vhost, "ghprom-ctl",
             metrics={"enabled": "true", "host": "127.0.0.1",
                      "port": ports["server_port"]})
         server.start()
 
-        guest = agentctl.GuestProcess(processes, workdir, sockdir, "g1",
-                                      interval_ms=INTERVAL_MS).start()
+        guest = agent_harness.GuestProcess(processes, workdir, sockdir, "g1",
+                                           interval_ms=INTERVAL_MS).start()
         uuid = str(uuidlib.uuid4())
         node = os.path.join(workdir, "node.xml")
         # the in-process test driver: the domains of the node file, no
@@ -126,10 +125,10 @@ def rig(rabbit_vhost, tmp_path):
         uri = libvirt_domains.write_node(
             node, [("ghprom-g1", uuid, guest.channel)]).replace(
                 "test+unix://", "test://")
-        agent = agentctl.AgentProcess(processes, workdir, sockdir,
-                                      rabbit_vhost, host="ghprom-host")
+        agent = agent_harness.AgentProcess(processes, workdir, sockdir,
+                                           rabbit_vhost, host="ghprom-host")
         with open(agent.config, "w") as f:
-            f.write(agentctl.agent_conf(
+            f.write(agent_harness.agent_conf(
                 rabbit_vhost, agent.host, agent.state_dir,
                 os.path.join(sockdir, "channels"), agent.status_socket,
                 uri=uri, log_file=agent.log,

@@ -4,7 +4,7 @@ RabbitMQ -> guestha-server -> log sink.
 
 What runs where
 ---------------
-* **The VM**: one tiny Linux guest (tools/vm.py, assets from
+* **The VM**: one tiny Linux guest (guestha/testing/guest_vms.py, assets from
   tools/build-vm-assets.sh) on ``qemu:///system`` under TCG, booted once
   for the module.  It runs the host's python3 and this checkout's guest
   daemon (over a read-only 9p share of the host's root), with a guestha
@@ -15,11 +15,12 @@ What runs where
   = qemu:///system`` and no hot-plug (the domain has its channel).  It
   sees every domain of libvirtd, also other people's; it monitors only
   those with a guestha channel.
-* **The controller**: one ``guestha-server`` (tests/functional/serverctl.py)
-  with the log sink, on a RabbitMQ vhost of its own, and no Nova
-  (tests/functional/novaless.py): none of these tests is about Nova.  The
-  same guest daemon in a server that Nova booted, with Nova's reboots,
-  server groups and notifications, is tests/cloud/test_scenarios.py.
+* **The controller**: one ``guestha-server``
+  (guestha/testing/server_harness.py) with the log sink, on a RabbitMQ vhost of
+  its own, and no Nova (guestha/testing/novaless_servers.py): none of these
+  tests is about Nova. The same guest daemon in a server that Nova booted, with
+  Nova's reboots, server groups and notifications, is
+  tests/cloud/test_scenarios.py.
 
 Assertions are on what reached the log sink (faults, recoveries) and on
 the agent's status.  Each test leaves the rig as it found it: the VM
@@ -37,12 +38,12 @@ import time
 
 import pytest
 
-from tests.functional import agentctl
-from tests.functional import child_processes
-from tests.functional import novaless
-from tests.support.wait import wait_until
-from tools import proc as procs
-from tools import vm as vmlib
+from guestha.testing import agent_harness
+from guestha.testing import child_processes
+from guestha.testing import guest_vms as vmlib
+from guestha.testing import novaless_servers
+from guestha.testing import processes as procs
+from guestha.testing.wait import wait_until
 
 pytestmark = [pytest.mark.functional, pytest.mark.libvirt, pytest.mark.vm]
 
@@ -108,7 +109,7 @@ class Rig(object):
 
     def __init__(self, rabbitmq, instance_uuid=None, **server_groups):
         """``server_groups``: configuration of the controller on top of
-        serverctl's (e.g. ``sinks={"enabled": "log,vitrage"}``)."""
+        server_harness's (e.g. ``sinks={"enabled": "log,vitrage"}``)."""
         self.rabbitmq = rabbitmq
         self.instance_uuid = instance_uuid
         self.server_groups = server_groups
@@ -132,10 +133,10 @@ class Rig(object):
         self.uuid = self.vm.uuid
         started = time.monotonic()
         self.vm.start()
-        self.server = novaless.ServerProcess(
+        self.server = novaless_servers.ServerProcess(
             self.workdir, self.url, "ghrv-ctl", **self.server_groups)
         self.server.start()
-        self.agent = agentctl.AgentProcess(
+        self.agent = agent_harness.AgentProcess(
             self.procs, self.workdir, self.workdir, self.url,
             host="ghrv-host", uri=URI, debug=None)
         self.agent.start()
@@ -209,8 +210,8 @@ class Rig(object):
         return "\n".join(parts)
 
     def close(self):
-        """Every step, even after one failed (tools/proc.py teardown): no
-        process, domain or vhost of this rig is left."""
+        """Every step, even after one failed (guestha/testing/processes.py
+        teardown): no process, domain or vhost of this rig is left."""
         procs.teardown(
             self.vm and self.vm.close,
             self.agent and self.agent.proc and (

@@ -5,18 +5,17 @@ already waiting, registers without a reboot.
 
 What runs where
 ---------------
-* **One VM** ``hp`` (tools/vm.py: a tiny Linux guest under QEMU TCG on
-  ``qemu:///system``, the checkout's guest daemon, a test control
-  channel), defined WITHOUT the guestha channel, with Nova's domain
-  metadata carrying its flavor's ``guestha:heartbeat=true`` in
-  ``<nova:extraSpecs>``, as Nova writes it.  It boots BEFORE the agent
-  starts, so the hot-plug reaches a guest daemon that is up and waiting
-  for its port.
+* **One VM** ``hp`` (guestha/testing/guest_vms.py: a tiny Linux guest under
+  QEMU TCG on ``qemu:///system``, the checkout's guest daemon, a test control
+  channel), defined WITHOUT the guestha channel, with Nova's domain metadata
+  carrying its flavor's ``guestha:heartbeat=true`` in ``<nova:extraSpecs>``, as
+  Nova writes it.  It boots BEFORE the agent starts, so the hot-plug reaches a
+  guest daemon that is up and waiting for its port.
 * **The agent**: one real ``guestha-agent``, ``[agent] hotplug = true``,
   no ``[nova]``: it reads the extra spec from the domain XML, as on a
   compute host of a real cloud, where it needs no Nova credentials.
 * **The controller**: one ``guestha-server`` with the log sink and no
-  Nova (tests/functional/novaless.py).
+  Nova (guestha/testing/novaless_servers.py).
 
 What this module did with a Nova stand-in before issue 9 is tested
 against the real Nova of the cloud harness (tests/cloud/test_scenarios.py):
@@ -34,13 +33,13 @@ import time
 
 import pytest
 
-from tests.functional import agentctl
-from tests.functional import child_processes
-from tests.functional import novaless
+from guestha.testing import agent_harness
+from guestha.testing import child_processes
+from guestha.testing import guest_vms as vmlib
+from guestha.testing import novaless_servers
+from guestha.testing import processes as procs
+from guestha.testing.wait import wait_until
 from tests.functional import test_real_vm as real
-from tests.support.wait import wait_until
-from tools import proc as procs
-from tools import vm as vmlib
 
 pytestmark = [pytest.mark.functional, pytest.mark.libvirt, pytest.mark.vm]
 
@@ -65,8 +64,8 @@ EXTRA_SPECS = """
 
 
 class NovaFlavorVM(vmlib.GuestVM):
-    """tools/vm.py's guest, its Nova metadata with the flavor's extra
-    specs, as Nova 34 writes them (namespace version 1.1)."""
+    """guestha/testing/guest_vms.py's guest, its Nova metadata with the
+    flavor's extra specs, as Nova 34 writes them (namespace version 1.1)."""
 
     def domain_xml(self):
         xml = super().domain_xml()
@@ -75,7 +74,7 @@ class NovaFlavorVM(vmlib.GuestVM):
                            EXTRA_SPECS.strip("\n") + "\n      </nova:flavor>")
 
 
-class CloudAgent(agentctl.AgentProcess):
+class CloudAgent(agent_harness.AgentProcess):
     """test_real_vm's agent, with hot-plug on (and no Nova)."""
 
     def __init__(self, procs, workdir, url, host):
@@ -138,8 +137,8 @@ class Cloud(object):
                           ".*", ".*", ".*")
         self.url = "rabbit://guest:guest@127.0.0.1:5672/%s" % self.vhost
 
-        self.server = novaless.ServerProcess(self.workdir, self.url,
-                                             "ghrc-ctl")
+        self.server = novaless_servers.ServerProcess(self.workdir, self.url,
+                                                     "ghrc-ctl")
         self.server.start()
 
         for label, guest in self.vms.items():
@@ -224,8 +223,8 @@ class Cloud(object):
         return "\n".join(parts)
 
     def close(self):
-        """Every step, even after one failed (tools/proc.py teardown): no
-        process, domain or vhost of this cloud is left."""
+        """Every step, even after one failed (guestha/testing/processes.py
+        teardown): no process, domain or vhost of this cloud is left."""
         procs.teardown(
             *[guest.close for guest in self.vms.values()],
             self.agent and self.agent.proc and (

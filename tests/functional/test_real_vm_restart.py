@@ -32,10 +32,10 @@ import time
 
 import pytest
 
-from tests.functional import agentctl
+from guestha.testing import agent_harness
+from guestha.testing import guest_vms as vmlib
+from guestha.testing import processes as procs
 from tests.functional import test_real_vm as rv
-from tools import proc as procs
-from tools import vm as vmlib
 
 pytestmark = [pytest.mark.functional, pytest.mark.libvirt, pytest.mark.vm]
 
@@ -43,9 +43,9 @@ pytestmark = [pytest.mark.functional, pytest.mark.libvirt, pytest.mark.vm]
 rig = rv.rig
 ready = rv.ready
 
-#: The rig's agent runs with agentctl.agent_conf's default.
+#: The rig's agent runs with agent_harness.agent_conf's default.
 CHANNEL_LOST_GRACE = inspect.signature(
-    agentctl.agent_conf).parameters["channel_lost_grace"].default
+    agent_harness.agent_conf).parameters["channel_lost_grace"].default
 #: From the agent's start to the fault in the sink, at most.
 BOUND = 2 * rv.INTERVAL + CHANNEL_LOST_GRACE + rv.DELIVERY_MARGIN
 RESYNC_REASON = "no answer to the resync after the agent started"

@@ -20,15 +20,14 @@ from guestha.agent.reporter import Reporter
 from guestha import records
 from guestha import rpc
 from guestha.rpc import api
-from tests.support.wait import wait_until
-from tools import proc as procs
+from guestha.testing import processes as procs
+from guestha.testing.wait import wait_until
 
 pytestmark = pytest.mark.functional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
-STUB = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                    "controller_stub.py")
+STUB = "guestha.testing.controller_stub"
 HOST = "compute-func"
 # What a call that waits for the broker takes at the least: the rabbit
 # driver's reconnect interval (see guestha/agent/reporter.py).
@@ -36,7 +35,7 @@ BROKER_WAIT = 2.0
 
 
 class StubController(object):
-    """tests/functional/controller_stub.py in a child process."""
+    """guestha/testing/controller_stub.py in a child process."""
 
     def __init__(self, url, workdir):
         self.url = url
@@ -49,7 +48,7 @@ class StubController(object):
         env = dict(os.environ, PYTHONPATH=ROOT)
         with open(self.log, "a") as log:
             self.proc = procs.spawn(
-                [sys.executable, "-W", "ignore", STUB, "--url", self.url,
+                [sys.executable, "-W", "ignore", "-m", STUB, "--url", self.url,
                  "--out", self.out, "--casts", self.casts],
                 stdout=subprocess.PIPE, stderr=log, cwd=ROOT, env=env)
         sel = selectors.DefaultSelector()

@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """guestha-server processes against the real RabbitMQ: faults delivered
 once by two controllers, nothing lost when one is killed, a dead one's work
-taken over, one process per server id.  See serverctl.py for what runs
-where; the controllers have no ``[nova]`` (tests/functional/novaless.py):
-nothing here is about Nova.
+taken over, one process per server id.  See server_harness.py for what runs
+where; the controllers have no ``[nova]``
+(guestha/testing/novaless_servers.py): nothing here is about Nova.
 
 What the controller does with Nova is tested against the real Nova of the
 cloud harness (tests/cloud/test_scenarios.py): server-group broadcasts,
@@ -21,10 +21,10 @@ import uuid
 import pytest
 
 from guestha import records
-from tests.functional.novaless import Servers
-from tests.functional.serverctl import FakeAgents
-from tests.functional.serverctl import read_jsonl
-from tests.support.wait import wait_until
+from guestha.testing.novaless_servers import Servers
+from guestha.testing.server_harness import FakeAgents
+from guestha.testing.server_harness import read_jsonl
+from guestha.testing.wait import wait_until
 
 pytestmark = pytest.mark.functional
 

@@ -17,7 +17,7 @@ from guestha.conf import opts
 from guestha import records
 from guestha.sinks import base
 from guestha.sinks import notifications as notif
-from tests.support.wait import wait_until
+from guestha.testing.wait import wait_until
 
 INSTANCE = "7d1f0a5e-2b3c-4d4e-8f60-718293a4b5c6"
 

@@ -22,9 +22,9 @@ import pytest
 from guestha.conf import sinks as sinks_conf
 from guestha import records
 from guestha.sinks import base
+from guestha.testing.wait import wait_until
 from tests.functional import conftest
 from tests.functional import vitrage_standalone as standalone
-from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.functional, pytest.mark.vitrage]
 

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
+from guestha.testing.ports import free_port
 from tests.support.http import serving
 from tests.support.http import wait_answering
-from tests.support.ports import free_port
 
 pytestmark = pytest.mark.functional
 

@@ -48,8 +48,8 @@ import tarfile
 import tempfile
 import time
 
-from tests.support.ports import free_port
-from tools import proc as procs
+from guestha.testing.ports import free_port
+from guestha.testing import processes as procs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -324,7 +324,7 @@ class VitrageStandalone(object):
             with log:
                 # A session of its own: stop() signals the whole group
                 # (vitrage-graph forks workers), and nothing else; killed
-                # with this process (tools/proc.py).
+                # with this process (guestha/testing/processes.py).
                 self.procs[service] = procs.spawn(
                     [self._bin("vitrage-%s" % service), "--config-file",
                      self.conf], stdout=log,

@@ -11,7 +11,7 @@ import threading
 import urllib.error
 import urllib.request
 
-from tests.support.wait import wait_until
+from guestha.testing.wait import wait_until
 
 
 @contextlib.contextmanager

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""tests/functional/agentctl.py's AgentProcess without an agent: the
+"""guestha/testing/agent_harness.py's AgentProcess without an agent: the
 configuration it writes (the real-VM and cloud rigs start their agents
 through it) and what it reads from the agent's log and process."""
 
@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from tests.functional import agentctl
-from tests.functional import child_processes
+from guestha.testing import agent_harness
+from guestha.testing import child_processes
 
 UUID = "5b0e7d9e-3c1a-4b6f-8e2d-1f0a9c8b7d6e"
 OTHER = "0f9e8d7c-6b5a-4e3d-9c2b-1a0f9e8d7c6b"
@@ -32,7 +32,7 @@ guest 'g' registered, interval 1000 ms
 def agent(tmp_path):
     processes = child_processes.Processes()
     try:
-        yield agentctl.AgentProcess(
+        yield agent_harness.AgentProcess(
             processes, str(tmp_path), str(tmp_path),
             "rabbit://guest:guest@127.0.0.1:5672/x", host="h1",
             uri="qemu:///system", debug=None, agent={"hotplug": "true"})

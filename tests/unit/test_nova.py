@@ -12,9 +12,9 @@ from novaclient import exceptions as nova_exc
 import pytest
 
 from guestha import nova
-from tests.fakes.nova import DEFAULT_PROJECT
-from tests.fakes.nova import FakeNova
-from tests.fakes.nova import nova_conf
+from guestha.testing.fake_nova import DEFAULT_PROJECT
+from guestha.testing.fake_nova import FakeNova
+from guestha.testing.fake_nova import nova_conf
 from tests.support.clock import ManualClock
 
 UUID = "0c7e3f9a-5b2d-4e61-8f3a-9d4c2b1a0e5f"
@@ -507,7 +507,7 @@ def test_an_instance_in_no_group_or_unknown(fake):
 
 
 def test_a_nova_older_than_2_71_cannot_tell_one_instances_group(fake):
-    import tests.fakes.nova as fake_mod
+    import guestha.testing.fake_nova as fake_mod
 
     fake.add_server(UUID)
     client = client_for(fake)

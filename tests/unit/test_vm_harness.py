@@ -1,12 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
-"""tools/vm.py's libvirt connection handling: a connection that libvirtd
-has dropped is replaced on the first call that fails on it, and only then.
+"""guestha/testing/guest_vms.py's libvirt connection handling: a connection
+that libvirtd has dropped is replaced on the first call that fails on it, and
+only then.
 """
 
 import libvirt
 import pytest
 
-from tools import vm as vmlib
+from guestha.testing import guest_vms as vmlib
 
 
 def _error(code, message):

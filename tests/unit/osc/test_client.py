@@ -10,7 +10,7 @@ from osc_lib import exceptions
 import pytest
 
 from guestha.osc import client as osc_client
-from tests.support.ports import free_port
+from guestha.testing.ports import free_port
 from tests.unit.osc import conftest
 
 

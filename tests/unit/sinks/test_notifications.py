@@ -14,7 +14,7 @@ from guestha import nova as nova_mod
 from guestha import records
 from guestha.sinks import base
 from guestha.sinks import notifications as notif
-from tests.fakes import nova as fake_nova
+from guestha.testing import fake_nova
 
 INSTANCE = "7d1f0a5e-2b3c-4d4e-8f60-718293a4b5c6"
 PROJECT = "0a1b2c3d4e5f40718293a4b5c6d7e8f9"

@@ -4,8 +4,8 @@
 Every child process is registered with a :class:`Processes`, whose
 :meth:`~Processes.kill_all` (a fixture's teardown) kills whatever is left,
 stopped processes too, even after a failure.  They are started by
-``tools/proc.py``: each in a process group of its own (a stop reaches
-what it started) and killed with the test process, however that ends.
+``guestha/testing/processes.py``: each in a process group of its own (a stop
+reaches what it started) and killed with the test process, however that ends.
 """
 
 import os
@@ -13,7 +13,7 @@ import signal
 import sys
 import tempfile
 
-from tools import proc as procs
+from guestha.testing import processes as procs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))

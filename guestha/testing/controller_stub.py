@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """A stand-in controller for functional tests, run as a child process.
 
-    python controller_stub.py --url rabbit://... --out events.jsonl
+    python -m guestha.testing.controller_stub --url URL --out events.jsonl
 
 Serves the controller side of the RPC API (:mod:`guestha.rpc.api`) on the
 real broker.  ``report_events`` appends one line per received event to

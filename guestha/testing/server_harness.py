@@ -10,11 +10,11 @@ What runs where
   the ``log`` fault sink writing to a file of its own per controller, and
   ``[nova]`` pointing at the Nova stand-in through keystoneauth's ``none``
   plugin.  Ready when its log says it runs.
-* **Nova**: :class:`tests.fakes.nova.FakeNova`, an HTTP server in a thread
-  of the test process; the controllers talk to it over real HTTP.
-  Notifications Nova would send are published by :class:`NovaNotifier`
-  with oslo.messaging's Notifier (driver messagingv2, topic
-  versioned_notifications, exchange nova) from the samples.
+* **Nova**: :class:`guestha.testing.fake_nova.FakeNova`, an HTTP server in a
+  thread of the test process; the controllers talk to it over real HTTP.
+  Notifications Nova would send are published by :class:`NovaNotifier` with
+  oslo.messaging's Notifier (driver messagingv2, topic versioned_notifications,
+  exchange nova) from the samples.
 * **Agents**: :class:`FakeAgents`, RPC servers in the test process built on
   :class:`guestha.rpc.api.AgentEndpoint` (the agent's own endpoint), one
   per compute host name, recording what the controllers deliver; and
@@ -35,8 +35,8 @@ import oslo_messaging
 
 from guestha import rpc
 from guestha.rpc import api
-from tests.support.wait import wait_until
-from tools import proc as procs
+from guestha.testing import processes as procs
+from guestha.testing.wait import wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))

@@ -9,7 +9,7 @@ What runs where
   (tools/cloud/image.py: the guest daemon installed, recommending a reboot,
   and Debian's qemu-ga), Masakari with a segment holding the compute host.
 * **The agent**: ``guestha-agent`` as a compute host runs it
-  (:class:`tests.functional.agentctl.AgentProcess`): on
+  (:class:`guestha.testing.agent_harness.AgentProcess`): on
   ``qemu:///system``, ``[agent] host`` = the nova-compute host, hot-plug on,
   NO Nova credentials (it reads ``guestha:*`` extra specs from the domain
   XML Nova writes), the cloud's RabbitMQ vhost.
@@ -22,8 +22,14 @@ What runs where
   (:func:`guest_sh`), as an operator's tooling reaches a guest without a
   network: ``guestha-daemon-pid``, ``kill -STOP``, ``guestha-app``.
 
-Both guestha processes are started with tools/proc.py (their own process
-groups, killed with the test process however it ends).
+Both guestha processes are started with guestha/testing/processes.py
+(their own process groups, killed with the test process however it ends).
+
+The cloud itself is the harness of the checkout (``tools/cloud.sh``,
+``tools/cloud/harness.py``, which runs in a virtualenv of its own):
+:func:`cloud_sh` runs it, :class:`Cloud` connects to it; the ``cloud``
+fixture of ``tests/cloud/conftest.py``, the MTTR benchmark and the demo's
+``--cloud`` use them.
 """
 
 import base64
@@ -34,12 +40,12 @@ import shutil
 import subprocess
 import time
 
-from tests.functional import agentctl
-from tests.functional import child_processes
-from tests.functional import serverctl
-from tests.support.wait import wait_until
+from guestha.testing import agent_harness
+from guestha.testing import child_processes
+from guestha.testing import processes as procs
+from guestha.testing import server_harness
+from guestha.testing.wait import wait_until
 from tools.cloud import harness
-from tools import proc as procs
 
 URI = "qemu:///system"
 #: The installed guest daemon's heartbeat interval (etc/guestha-guest.ini's
@@ -52,10 +58,46 @@ REGISTER_TIMEOUT = 90.0
 #: The nova.conf drop-in and the controller's soft-reboot follow-up.
 SOFT_REBOOT_TIMEOUT = 30.0
 IMAGE = "guestha-guest"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+CLOUD_SH = os.path.join(ROOT, "tools", "cloud.sh")
+
+
+# -- the cloud ----------------------------------------------------------------
+
+def cloud_sh(*args, timeout=900, check=True):
+    """``bash tools/cloud.sh ARGS``: its completed process."""
+    return subprocess.run(["bash", CLOUD_SH, *args], capture_output=True,
+                          text=True, timeout=timeout, check=check)
+
+
+def cloud_status():
+    """``tools/cloud.sh status --json``, parsed."""
+    proc = cloud_sh("status", "--json", check=False)
+    return json.loads(proc.stdout)
+
+
+class Cloud:
+    """The cloud of tools/cloud.sh as its tests and benchmarks see it: one
+    openstacksdk connection (one keystoneauth session, one token) as its
+    admin, and its status."""
+
+    def __init__(self, compute):
+        import openstack  # in .venv (pinned in upper-constraints.txt)
+        self.compute_enabled = compute
+        self.conn = openstack.connect(
+            auth_url=harness.AUTH_URL, username="admin",
+            password=harness.PASSWORD, project_name="admin",
+            user_domain_name="Default", project_domain_name="Default",
+            region_name=harness.REGION, identity_api_version="3",
+            load_yaml_config=False, load_envvars=False)
+
+    def status(self):
+        return cloud_status()
 
 
 def wait_for(predicate, what, timeout=60.0, interval=0.2, diag=None):
-    """:func:`tests.support.wait.wait_until` with the cloud's pace (a
+    """:func:`guestha.testing.wait.wait_until` with the cloud's pace (a
     poll of Nova's API every 0.2 s) and ``diag``, a callable returning the
     rig's diagnostics (:meth:`GuestHA.diagnostics`), on failure."""
     return wait_until(predicate, timeout, what, interval=interval,
@@ -153,9 +195,9 @@ def os_auth(**extra):
     return auth
 
 
-class Controller(serverctl.ServerProcess):
+class Controller(server_harness.ServerProcess):
     """``guestha-server`` with the cloud's Nova (and Masakari): real
-    credentials, not serverctl's stand-in endpoint."""
+    credentials, not server_harness's stand-in endpoint."""
 
     def __init__(self, workdir, url, name, masakari=False, max_actions=1,
                  ledger="ledger.sqlite",
@@ -174,7 +216,7 @@ class Controller(serverctl.ServerProcess):
                          name=name, **groups)
         with open(self.conf_path) as f:
             text = f.read()
-        # serverctl points [nova] at a stand-in; this one is the catalog's
+        # server_harness points [nova] at a stand-in; this one is the catalog's
         text = re.sub(r"\[nova\]\n(.*\n)*?\n",
                       self._section("nova", os_auth()), text)
         if masakari:
@@ -201,7 +243,7 @@ class GuestHA(object):
         assert services, "no nova-compute in the cloud"
         self.host = services[0].host
         #: ``guestha-agent`` on qemu:///system for the compute host
-        self.agent = agentctl.AgentProcess(
+        self.agent = agent_harness.AgentProcess(
             self.procs, self.workdir, self.workdir, self.url,
             host=self.host, uri=URI, agent={"hotplug": "true"})
         self.server = None
@@ -270,7 +312,7 @@ class GuestHA(object):
     # -- what guestha saw -----------------------------------------------------
 
     def sink(self, uuid, type_=None, since=0.0):
-        return [r for r in serverctl.read_jsonl(self.server.sink_log)
+        return [r for r in server_harness.read_jsonl(self.server.sink_log)
                 if r.get("instance") == uuid
                 and (type_ is None or r.get("type") == type_)
                 and (r.get("detected_at_ts") or r.get("at_ts") or 0)

@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """guestha-server processes with no Nova, for the functional tests that
-are not about Nova (issue 9: tests/fakes/nova.py backs unit tests only).
+are not about Nova (issue 9: guestha/testing/fake_nova.py backs unit tests
+only).
 
-:class:`tests.functional.serverctl.ServerProcess` writes a ``[nova]``
+:class:`guestha.testing.server_harness.ServerProcess` writes a ``[nova]``
 section for a Nova endpoint; these classes write none.  The controller
 then asks no Nova: every call fails at once ("an auth plugin is
 required"), which a test of fault delivery, the ledger, the sinks or the
@@ -13,7 +14,7 @@ Nova of the cloud harness, in tests/cloud/test_scenarios.py.
 
 import re
 
-from tests.functional import serverctl
+from guestha.testing import server_harness
 
 
 def drop_nova_section(conf_path):
@@ -25,7 +26,7 @@ def drop_nova_section(conf_path):
         f.write(text)
 
 
-class ServerProcess(serverctl.ServerProcess):
+class ServerProcess(server_harness.ServerProcess):
     """One guestha-server without ``[nova]``."""
 
     def __init__(self, workdir, url, server_id, **kwargs):
@@ -33,7 +34,7 @@ class ServerProcess(serverctl.ServerProcess):
         drop_nova_section(self.conf_path)
 
 
-class Servers(serverctl.Servers):
+class Servers(server_harness.Servers):
     """Every controller of a test (none with ``[nova]``)."""
 
     def __init__(self, workdir, url):

@@ -13,7 +13,7 @@ What runs where
   socket in the test's directories.  Its status is read as
   ``guestha-agent --status --json`` reads it
   (:func:`guestha.agent.status.fetch`).
-* **The controller**: ``tests/functional/controller_stub.py`` in a child
+* **The controller**: ``guestha/testing/controller_stub.py`` in a child
   process (:class:`ControllerStub`); it appends every ``report_events``
   event to a JSON-lines file, which :meth:`ControllerStub.events` reads.
 * **Guests**: real guest daemons (:class:`GuestProcess`,
@@ -36,15 +36,15 @@ import subprocess
 import time
 import uuid as uuidlib
 
-from tests.functional.child_processes import file_tail
-from tests.functional.child_processes import PYTHON
-from tests.functional.child_processes import ROOT
-from tests.functional.child_processes import terminate
-from tests.functional.libvirt_domains import URI
-from tests.support.wait import wait_until
-from tools import proc as procs
+from guestha.testing.child_processes import file_tail
+from guestha.testing.child_processes import PYTHON
+from guestha.testing.child_processes import terminate
+from guestha.testing.libvirt_domains import URI
+from guestha.testing import processes as procs
+from guestha.testing.wait import wait_until
 
-STUB = os.path.join(ROOT, "tests", "functional", "controller_stub.py")
+#: The controller stub, run as ``python -m STUB``.
+STUB = "guestha.testing.controller_stub"
 
 
 # -- the controller stub ------------------------------------------------------
@@ -63,7 +63,7 @@ class ControllerStub(object):
 
     def start(self, timeout=60.0):
         self.proc = self.procs.spawn(
-            [PYTHON, "-W", "ignore", STUB, "--url", self.url, "--out",
+            [PYTHON, "-W", "ignore", "-m", STUB, "--url", self.url, "--out",
              self.out, "--casts", self.casts_path], self.log,
             stdout=subprocess.PIPE)
         sel = selectors.DefaultSelector()
@@ -179,8 +179,8 @@ class AgentProcess(object):
     """``guestha-agent`` in a child process, configured for one test.
 
     :param uri: the libvirt URI it watches (default: the shared test
-        driver, :data:`tests.functional.libvirt_domains.URI`), e.g. a
-        node file of :func:`tests.functional.libvirt_domains.write_node`.
+        driver, :data:`guestha.testing.libvirt_domains.URI`), e.g. a
+        node file of :func:`guestha.testing.libvirt_domains.write_node`.
     :param name: names its files in ``workdir`` and ``sockdir``, for
         several agents (one per simulated host) in one directory.
     :param debug: its debug logs (None: :func:`agent_conf`'s default).

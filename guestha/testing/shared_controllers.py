@@ -14,7 +14,7 @@ What runs where
 * **Redis**: a ``redis-server`` of its own (:class:`Redis`), the tooz
   backend, on a free port, no persistence.
 * **Controllers**: ``guestha-server`` processes (:class:`HostServer`,
-  built on :class:`tests.functional.serverctl.ServerProcess`), each in a
+  built on :class:`guestha.testing.server_harness.ServerProcess`), each in a
   UTS namespace of its own with its own host name (``unshare --uts``), as
   on three controller hosts: a controller's death is noticed by its
   lease running out, not by a pid on the same host.
@@ -24,7 +24,8 @@ What runs where
   at a time, resending a batch until it is answered, as the agent's
   reporter does.
 
-Every process goes through :mod:`tools.proc`, so it dies with the test.
+Every process goes through :mod:`guestha.testing.processes`, so it dies with
+the test.
 """
 
 import os
@@ -38,10 +39,10 @@ import uuid
 
 from guestha import records
 from guestha.rpc import api
-from tests.functional import serverctl
-from tests.support.ports import free_port
-from tests.support.wait import wait_until
-from tools import proc as procs
+from guestha.testing.ports import free_port
+from guestha.testing import processes as procs
+from guestha.testing import server_harness
+from guestha.testing.wait import wait_until
 
 
 def _port_open(port):
@@ -169,7 +170,7 @@ def can_unshare_uts():
         return False
 
 
-class HostServer(serverctl.ServerProcess):
+class HostServer(server_harness.ServerProcess):
     """A guestha-server as if alone on controller host ``hostname``."""
 
     def __init__(self, *args, hostname=None, **kwargs):

@@ -2,10 +2,10 @@
 """Child processes of the test harnesses, the demo and the benchmarks that
 end with their parent, whatever way the parent ends (issue 8).
 
-Every long-running process the real-VM harness (``tools/vm.py``,
-``tests/functional``), the demo (``tools/demo.py``) or a benchmark starts
-goes through :func:`spawn`, which gives it four guarantees, one per way
-its parent can end:
+Every long-running process the real-VM harness
+(``guestha/testing/guest_vms.py``, ``tests/functional``), the demo
+(``tools/demo.py``) or a benchmark starts goes through :func:`spawn`, which
+gives it four guarantees, one per way its parent can end:
 
 * **the parent stops it** (a fixture's teardown, the demo's ``stop``):
   :func:`stop` and :func:`kill` signal its whole *process group*
@@ -18,7 +18,7 @@ its parent can end:
   that forked ends), and a :func:`watchdog`, a small process of its own
   that notices the parent's end as the end of a pipe, kills what is left
   of the parent's descendants and removes the libvirt domains it was told
-  about (:func:`guard_domains`, used by ``tools/vm.py``);
+  about (:func:`guard_domains`, used by ``guestha/testing/guest_vms.py``);
 * **a run was interrupted before all this existed, or the watchdog
   itself was killed**: each child carries its owner in its environment
   (:data:`OWNER_ENV`: the owner's pid and start time, so that a reused
@@ -44,7 +44,8 @@ import sys
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 #: Environment variable naming the process that spawned a harness process
 #: and the session it gave it: ``<pid>:<start time in clock ticks>/<sid>``.
 OWNER_ENV = "GUESTHA_HARNESS_OWNER"
@@ -368,7 +369,7 @@ def ensure_watchdog():
         env["PYTHONPATH"] = ROOT
         try:
             child = subprocess.Popen(
-                [sys.executable, "-m", "tools.proc", "watch",
+                [sys.executable, "-m", "guestha.testing.processes", "watch",
                  owner_token()] + _guarded_prefixes,
                 stdin=read_end, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, cwd=ROOT, env=env,
@@ -456,7 +457,8 @@ def main(argv=None):
         for line in reap_orphans():
             print("killed %s" % line)
         return 0
-    print("usage: python -m tools.proc reap | watch TOKEN [PREFIX...]",
+    print("usage: python -m guestha.testing.processes reap | watch TOKEN "
+          "[PREFIX...]",
           file=sys.stderr)
     return 2
 

@@ -40,13 +40,13 @@ needed) that boots in about ten seconds with no disk image at all:
 Domain names start with :data:`PREFIX` and carry the pid of the process
 that made them.  What removes them (issue 8): :meth:`GuestVM.close` (a
 fixture's teardown, ``with``); at exit, every GuestVM not closed yet; when
-the process is killed, its watchdog (``tools/proc.py``); and
+the process is killed, its watchdog (``guestha/testing/processes.py``); and
 :func:`cleanup_leftovers` (at the start of a session) the domains and work
 directories of processes that are gone.
 
 Typical use::
 
-    from tools import vm
+    from guestha.testing import guest_vms as vm
 
     vm.build_assets()
     with vm.GuestVM("demo", interval_ms=1000) as guest:
@@ -73,9 +73,10 @@ import weakref
 from xml.sax.saxutils import escape
 from xml.sax.saxutils import quoteattr
 
-from tools import proc
+from guestha.testing import processes as proc
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 URI = "qemu:///system"
 #: Every domain and work directory made here starts with this.
 PREFIX = "ghtest-"
@@ -235,7 +236,7 @@ def _remove_domain(libvirt, dom):
 # -- the VM -------------------------------------------------------------------
 
 GUEST_INI = """\
-# written by tools/vm.py
+# written by guestha/testing/guest_vms.py
 [guestha]
 name = {name}
 interval_ms = {interval_ms}
@@ -254,7 +255,8 @@ socket = /run/guestha/app.sock
 #: ``unhealthy`` in tools/vm_guest_control.py), its first line the reason.
 HEALTH_HOOK = """\
 #!/bin/sh
-# written by tools/vm.py: the switch of vm_guest_control.py's unhealthy
+# written by guestha/testing/guest_vms.py: the switch of vm_guest_control.py's
+# unhealthy
 if [ -e /run/ghtest/unhealthy ]; then
     head -n 1 /run/ghtest/unhealthy
     exit 1
