@@ -14,7 +14,8 @@ against real RabbitMQ and libvirtd and measures it.
    connection), each with a guestha channel whose socket is in a temporary
    directory.  The test driver runs no guest: it only keeps the XML and the
    state, which is all the agent reads.
-3. ``--farms`` simulated-guest processes (``benchmarks/guest_farm.py``)
+3. ``--farms`` simulated-guest processes
+   (``python -m guestha_guest.testing.guestfarm``)
    listening on those sockets, as QEMU would, each guest running the real
    guest-side protocol and answering every challenge at once, healthy.
    They serve this benchmark's agent only: the test driver's state is
@@ -374,8 +375,8 @@ class Bench(object):
             paths_file = os.path.join(self.dir, "farm-%d.paths" % k)
             with open(paths_file, "w") as f:
                 f.write("\n".join(chunk) + "\n")
-            proc = spawn([sys.executable,
-                          os.path.join(REPO, "benchmarks", "guest_farm.py"),
+            proc = spawn([sys.executable, "-m",
+                          "guestha_guest.testing.guestfarm",
                           "--paths-file", paths_file,
                           "--interval-ms", str(args.interval_ms),
                           "--owner", conf_path],

@@ -76,9 +76,9 @@ with two server groups, all members with a flavor that has
 
 The senders and receivers are real guest daemons (``python -m
 guestha_guest --port unix-listen:PATH``) with their application API; the
-18 others are simulated guests (benchmarks/guest_farm.py, one process,
-real protocol, heartbeat only: they take their share of the fan-out and
-ignore it).  The applications are
+18 others are simulated guests (guestha_guest/testing/guestfarm.py, one
+process, real protocol, heartbeat only: they take their share of the
+fan-out and ignore it).  The applications are
 :class:`guestha_guest.client.GuestHAClient` connections to the daemons'
 app sockets: on the sender's guest, one broadcasting ``--broadcasts``
 payloads of ``--payload`` bytes, each carrying its sequence number and
@@ -606,7 +606,7 @@ def start_hosts(env, members):
         with open(paths, "w") as f:
             f.write("".join(m.channel + "\n" for m in farmed))
         farm = env.procs.spawn(
-            [PYTHON, os.path.join(REPO, "benchmarks", "guest_farm.py"),
+            [PYTHON, "-m", "guestha_guest.testing.guestfarm",
              "--paths-file", paths, "--interval-ms", "1000"],
             os.path.join(env.dir, "farm.log"), stdout=subprocess.PIPE)
         if _read_line(farm, 30, "ready").strip() != "ready":

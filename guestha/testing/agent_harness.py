@@ -22,9 +22,10 @@ What runs where
 
 Next to this module: ``child_processes.py`` (child processes, and their
 end in a teardown), ``libvirt_domains.py`` (libvirtd's test driver:
-domains, node files, other agents on it), ``guest_farm.py`` (many
-protocol-level guests in one thread, for scale) and ``hostile_guest.py``
-(junk on a channel).
+domains, node files, other agents on it).  Elsewhere:
+:mod:`guestha_guest.testing.guestfarm` (many protocol-level guests in one
+loop, for scale) and ``tests/functional/hostile_guest.py`` (junk on a
+channel).
 """
 
 import json

@@ -35,7 +35,7 @@ from guestha.testing import agent_harness
 from guestha.testing import child_processes
 from guestha.testing import libvirt_domains
 from guestha.testing.wait import wait_until
-from tests.functional import guest_farm
+from guestha_guest.testing.guestfarm import Farm
 from tests.functional import hostile_guest
 
 pytestmark = [pytest.mark.functional, pytest.mark.libvirt]
@@ -485,7 +485,7 @@ def test_a_hostile_guest_disturbs_no_other(
         guest.start(wait=False)
     for guest in daemons:
         guest.wait_listening()
-    farm = guest_farm.GuestFarm(
+    farm = Farm(
         [os.path.join(sockdir, "farm-%02d.sock" % i) for i in range(40)],
         interval_ms=INTERVAL_MS).start()
     hostile = hostile_guest.HostileGuest(procs, str(tmp_path), sockdir).start()

@@ -1,9 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
-"""A farm of simulated guests for benchmarks: one process, many channels.
+"""A farm of simulated guests: one loop, many channels, for tests and
+benchmarks at a scale where a guest daemon process per instance would be
+too heavy.
 
-    python benchmarks/guest_farm.py --paths-file PATHS [--interval-ms 1000]
+    python -m guestha_guest.testing.guestfarm --paths-file PATHS \
+        [--interval-ms 1000] [--owner TEXT]
 
-For every path in ``PATHS`` (one a line) the farm listens on a UNIX socket,
+For every path (one a line in ``PATHS``) the farm listens on a UNIX socket,
 as QEMU does for a ``<channel type='unix'><source mode='bind'/>``, and plays
 the guest daemon behind it: the real :class:`guestha_guest.protocol.
 session.GuestSession`, always healthy, answering each challenge as soon as
@@ -14,16 +17,26 @@ can share the load.
 Like QEMU, a listener serves one host client at a time (a second one is
 refused), and a guest starts afresh (new connection, unregistered) whenever
 the host connects.  Unlike QEMU, a guest sees the host go away (QEMU keeps
-the guest side of the port open); that only matters to a benchmark that
+the guest side of the port open); that only matters to a run that
 restarts the agent, and then the new agent's sync is answered either way.
 
-With ``--owner`` a farm serves only the agent whose command line contains
-that string and holds every other client unanswered (see
+With ``--owner`` (``owner=``) a farm serves only the agent whose command
+line contains that string and holds every other client unanswered (see
 :meth:`Farm.park`): on libvirt's shared test driver, agents of concurrent
-functional tests see the benchmark's domains too.
+functional tests see a benchmark's domains too.
 
-Prints ``ready`` on stdout once every socket listens.  On SIGTERM or SIGINT
-it prints one line of JSON with its counters and exits.
+Two ways to run it:
+
+* a process of its own (the benchmarks): ``main`` prints ``ready`` on
+  stdout once every socket listens; on SIGTERM or SIGINT it prints one
+  line of JSON with its counters (:meth:`Farm.report`) and exits;
+* a thread of the caller (the functional tests)::
+
+      farm = Farm(paths, interval_ms=200).start()
+      ... farm.guests[i].path, farm.report(), farm.error ...
+      farm.stop()
+
+Standard library only, Python 3.8+, like the rest of the guest package.
 """
 
 import argparse
@@ -35,17 +48,14 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 
-# run from a checkout without installing it
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
-
-from guestha_guest import protocol as p  # noqa: E402
-from guestha_guest.protocol import heartbeat as hb  # noqa: E402
-from guestha_guest.protocol.session import BadLine  # noqa: E402
-from guestha_guest.protocol.session import GuestSession  # noqa: E402
-from guestha_guest.protocol.session import Send  # noqa: E402
+from guestha_guest import protocol as p
+from guestha_guest.protocol import heartbeat as hb
+from guestha_guest.protocol.session import BadLine
+from guestha_guest.protocol.session import GuestSession
+from guestha_guest.protocol.session import Send
 
 # how often guests' own timers (init retry, host silence, sync retry) are
 # looked at; they are all seconds long, so a sweep beats a heap here
@@ -198,8 +208,8 @@ class Farm(object):
         is served; see :meth:`park`.
     """
 
-    def __init__(self, paths, interval_ms, name, owner=None,
-                 clock=time.monotonic):
+    def __init__(self, paths, interval_ms=1000, name="guestfarm",
+                 owner=None, clock=time.monotonic):
         self.sel = selectors.DefaultSelector()
         self.clock = clock
         self.owner = owner
@@ -213,6 +223,9 @@ class Farm(object):
                       corrective_action="none")
         self.guests = [Guest(self, path, init) for path in paths]
         self.running = True
+        #: what ended the loop of :meth:`start`'s thread, if it failed
+        self.error = None
+        self._thread = None
 
     def owns(self, sock):
         """Whether the client on ``sock`` is the agent we serve."""
@@ -278,6 +291,28 @@ class Farm(object):
                 for guest in self.guests:
                     guest.tick(now)
 
+    def start(self):
+        """Listen, then run the loop in a daemon thread; returns self."""
+        self.listen()
+        self._thread = threading.Thread(target=self._run_in_thread,
+                                        daemon=True, name="guest-farm")
+        self._thread.start()
+        return self
+
+    def _run_in_thread(self):
+        try:
+            self.run()
+        except Exception as exc:  # noqa: BLE001 - reported to the caller
+            self.error = exc
+            raise
+
+    def stop(self, timeout=5.0):
+        """End :meth:`start`'s loop and :meth:`close` the farm."""
+        self.running = False
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.close()
+
     def close(self):
         for sock in self.parked:
             sock.close()
@@ -300,7 +335,7 @@ class Farm(object):
 def _raise_fd_limit(needed):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < needed:
-        sys.exit("guest_farm: %d file descriptors needed, the hard limit "
+        sys.exit("guestfarm: %d file descriptors needed, the hard limit "
                  "is %d (ulimit -Hn)" % (needed, hard))
     # all we may: foreign clients (see Farm.park) take descriptors too
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
