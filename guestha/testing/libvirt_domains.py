@@ -85,22 +85,39 @@ DOMAIN_XML = """\
   <memory unit='MiB'>64</memory>
   <vcpu>1</vcpu>
   <os><type>hvm</type></os>
-  <devices>
+{metadata}  <devices>
+{devices}  </devices>
+</domain>
+"""
+
+#: The ``<metadata>`` element of :data:`DOMAIN_XML`, around ``{content}``.
+METADATA_XML = """\
+  <metadata>
+{content}
+  </metadata>
+"""
+
+#: A virtio-serial controller and the guestha channel, served at ``{path}``.
+CHANNEL_XML = """\
     <controller type='virtio-serial'/>
     <channel type='unix'>
       <source mode='bind' path='{path}'/>
       <target type='virtio' name='{port}'/>
     </channel>
-  </devices>
-</domain>
 """
 
 
-def domain_xml(name, uuid, channel_path):
+def domain_xml(name, uuid, channel_path, metadata=None):
     """A test-driver domain whose guestha channel is served at
-    ``channel_path``."""
-    return DOMAIN_XML.format(name=name, uuid=uuid, path=channel_path,
-                             port=p.PORT_NAME)
+    ``channel_path``; with ``channel_path`` None, a domain with no
+    virtio-serial controller and no channel.  ``metadata``: the XML of
+    its ``<metadata>`` (Nova's ``<nova:instance>``, say), if any."""
+    devices = "" if channel_path is None else CHANNEL_XML.format(
+        path=channel_path, port=p.PORT_NAME)
+    return DOMAIN_XML.format(
+        name=name, uuid=uuid, devices=devices,
+        metadata="" if metadata is None else METADATA_XML.format(
+            content=metadata))
 
 
 def write_node(path, domains):

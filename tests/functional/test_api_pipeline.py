@@ -31,10 +31,10 @@ import pytest
 
 from guestha.testing import agent_harness
 from guestha.testing import child_processes
+from guestha.testing import libvirt_domains
 from guestha.testing import novaless_servers
 from guestha.testing.ports import free_port
 from guestha.testing.wait import wait_until
-from guestha_guest import protocol as p
 from tests.functional.test_end_to_end import Guest
 from tests.functional.test_end_to_end import require_libvirtd
 
@@ -45,14 +45,7 @@ P1 = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1"
 P2 = "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2"
 ARRIVAL = 30.0
 
-NOVA_DOMAIN = """\
-<domain type='test'>
-  <name>{name}</name>
-  <uuid>{uuid}</uuid>
-  <memory unit='MiB'>64</memory>
-  <vcpu>1</vcpu>
-  <os><type>hvm</type></os>
-  <metadata>
+NOVA_METADATA = """\
     <nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.1">
       <nova:name>{nova_name}</nova:name>
       <nova:flavor name="m1.guestha">
@@ -64,20 +57,7 @@ NOVA_DOMAIN = """\
         <nova:user uuid="c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3">demo</nova:user>
         <nova:project uuid="{project}">demo</nova:project>
       </nova:owner>
-    </nova:instance>
-  </metadata>
-  <devices>
-{devices}
-  </devices>
-</domain>
-"""
-
-CHANNEL = """\
-    <controller type='virtio-serial'/>
-    <channel type='unix'>
-      <source mode='bind' path='{path}'/>
-      <target type='virtio' name='{port}'/>
-    </channel>"""
+    </nova:instance>"""
 
 
 class APIProcess(object):
@@ -143,12 +123,11 @@ def pipeline(rabbitmq):
         with open(node, "w") as f:
             f.write("<node>\n")
             for name, guest in guests.items():
-                devices = "" if name == "g4" else CHANNEL.format(
-                    path=guest.channel, port=p.PORT_NAME)
-                f.write(NOVA_DOMAIN.format(
-                    name="ghapi-%s" % name, uuid=guest.uuid,
-                    nova_name="vm-%s" % name, project=projects[name],
-                    devices=devices))
+                f.write(libvirt_domains.domain_xml(
+                    "ghapi-%s" % name, guest.uuid,
+                    None if name == "g4" else guest.channel,
+                    metadata=NOVA_METADATA.format(
+                        nova_name="vm-%s" % name, project=projects[name])))
             f.write("</node>\n")
         agent = agent_harness.AgentProcess(
             procs, workdir, workdir, url, host=HOST,
