@@ -116,7 +116,7 @@ sys.path.insert(0, REPO)
 from benchmarks import support  # noqa: E402
 from benchmarks.support import cpu_seconds  # noqa: E402
 from benchmarks.support import percentile  # noqa: E402
-from benchmarks.support import wait_until  # noqa: E402
+from guestha.testing.wait import wait_until  # noqa: E402
 
 # oslo.service, imported with oslo.messaging, announces eventlet's end
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
@@ -613,7 +613,7 @@ def start_hosts(env, members):
             raise RuntimeError("the guest farm did not start")
     wait_until(lambda: all(os.path.exists(m.channel) and os.path.exists(
         m.app_socket) for m in members if m.real), 30,
-        "the guest daemons to listen")
+        "the guest daemons to listen", interval=0.05)
 
     agents = {}
     for host in (HOST_A, HOST_B):

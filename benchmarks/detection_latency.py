@@ -109,11 +109,11 @@ sys.path.insert(0, REPO)
 from benchmarks import support  # noqa: E402
 from benchmarks.support import percentile  # noqa: E402
 from benchmarks.support import rabbitmqctl  # noqa: E402
-from benchmarks.support import wait_until  # noqa: E402
 from guestha.agent import status as agent_status  # noqa: E402
 from guestha.testing import guest_vms as vmlib  # noqa: E402
 from guestha.testing import novaless_servers  # noqa: E402
 from guestha.testing import processes as procs  # noqa: E402
+from guestha.testing.wait import wait_until  # noqa: E402
 
 URI = vmlib.URI
 BROKER = "127.0.0.1:5672"
@@ -255,7 +255,7 @@ class GuesthaRig(object):
         vm.define()
         vm.domain().createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
         wait_until(lambda: os.path.exists(vm.channel_path), 30,
-                   "QEMU to create the channel socket")
+                   "QEMU to create the channel socket", interval=0.05)
         os.rename(vm.channel_path, os.path.join(self.hidden,
                                                 "guestha.sock"))
         vm.resume()

@@ -51,6 +51,7 @@ from benchmarks.support import percentile  # noqa: E402
 from guestha.agent.outbox import Outbox  # noqa: E402
 from guestha.agent.reporter import Reporter  # noqa: E402
 from guestha import records  # noqa: E402
+from guestha.testing.wait import wait_until  # noqa: E402
 import oslo_messaging  # noqa: E402
 
 P99_TARGET_MS = 5.0
@@ -119,12 +120,9 @@ def summary(took):
             "max_ms": round(1e3 * max(took), 3)}
 
 
-def wait_until(predicate, timeout=300.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit("benchmark: timed out")
-        time.sleep(0.01)
+def settled(predicate, what):
+    """Wait (five minutes at most) for the reporter to get to ``what``."""
+    wait_until(predicate, 300.0, what, interval=0.01)
 
 
 def run(directory, n):
@@ -137,24 +135,26 @@ def run(directory, n):
     try:
         results["bus up"] = submit_all(reporter, [next(events)
                                                   for _ in range(n)])
-        wait_until(lambda: reporter.stats()["pending"] == 0)
+        settled(lambda: reporter.stats()["pending"] == 0, "nothing pending")
 
         api.released.clear()
         api.hang.set()
         reporter.submit(next(events))
-        wait_until(lambda: reporter.stats()["in_flight_s"] is not None)
+        settled(lambda: reporter.stats()["in_flight_s"] is not None,
+                "a call in flight")
         results["call hanging"] = submit_all(
             reporter, [next(events) for _ in range(n)])
         api.hang.clear()
         api.released.set()
-        wait_until(lambda: reporter.stats()["pending"] == 0)
+        settled(lambda: reporter.stats()["pending"] == 0, "nothing pending")
 
         box.full = True
         results["disk full"] = submit_all(reporter, [next(events)
                                                      for _ in range(n)])
-        wait_until(lambda: reporter.stats()["pending"] == 0)
+        settled(lambda: reporter.stats()["pending"] == 0, "nothing pending")
         box.full = False
-        wait_until(lambda: reporter.stats()["disk_error"] is None)
+        settled(lambda: reporter.stats()["disk_error"] is None,
+                "the disk error cleared")
 
         # hold --events (at most the reporter's bound), the bus down so
         # they stay held, then free the disk and submit meanwhile

@@ -1,12 +1,15 @@
 # SPDX-License-Identifier: Apache-2.0
 """What every benchmark in ``benchmarks/`` needs and none should write
-again: percentiles, progress lines, waiting, the machine's description,
+again: percentiles, progress lines, the machine's description,
 a process's CPU time and memory from ``/proc``, ``rabbitmqctl``, an
 argument parser that shows the module's documentation, and the two ways a
 benchmark reports (a table of labelled rows, one line of JSON).
 
 Standard library only, Python 3.8+: ``guest_daemon.py`` runs under the
-guest's interpreter.  Linux only (``/proc``).
+guest's interpreter.  Linux only (``/proc``).  Waiting for what another
+process does is :func:`guestha.testing.wait.wait_until`, shared with the
+tests; the real processes a benchmark starts come from
+:mod:`guestha.testing`.
 """
 
 import argparse
@@ -33,7 +36,7 @@ def percentile(values, pct):
     return ordered[rank - 1]
 
 
-# -- progress and waiting -----------------------------------------------------
+# -- progress -----------------------------------------------------------------
 
 def log(fmt, *args, stream=None, stamp=False):
     """One progress line: ``fmt % args``, on ``stream`` (stderr unless
@@ -42,23 +45,6 @@ def log(fmt, *args, stream=None, stamp=False):
     if stamp:
         text = "%s %s" % (time.strftime("%H:%M:%S"), text)
     print(text, file=stream or sys.stderr, flush=True)
-
-
-def wait_until(predicate, timeout, what, interval=0.05):
-    """Call ``predicate`` every ``interval`` seconds until it returns
-    something true, and return that.
-
-    :raises RuntimeError: when ``timeout`` seconds pass first.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError("timed out after %.0f s waiting for %s"
-                               % (timeout, what))
-        time.sleep(interval)
 
 
 # -- the machine and its processes --------------------------------------------
