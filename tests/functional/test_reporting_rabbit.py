@@ -3,12 +3,9 @@
 process: order, exactly-once arrival, and nothing lost while the
 controller or the broker is down or the agent restarts."""
 
-import json
 import os
-import selectors
 import statistics
 import subprocess
-import sys
 import time
 import uuid
 
@@ -20,74 +17,31 @@ from guestha.agent.reporter import Reporter
 from guestha import records
 from guestha import rpc
 from guestha.rpc import api
-from guestha.testing import processes as procs
+from guestha.testing import agent_harness
+from guestha.testing import child_processes
 from guestha.testing.wait import wait_until
 
 pytestmark = pytest.mark.functional
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
-STUB = "guestha.testing.controller_stub"
 HOST = "compute-func"
 # What a call that waits for the broker takes at the least: the rabbit
 # driver's reconnect interval (see guestha/agent/reporter.py).
 BROKER_WAIT = 2.0
 
 
-class StubController(object):
-    """guestha/testing/controller_stub.py in a child process."""
-
-    def __init__(self, url, workdir):
-        self.url = url
-        self.out = os.path.join(workdir, "controller-events.jsonl")
-        self.casts = os.path.join(workdir, "controller-casts.jsonl")
-        self.log = os.path.join(workdir, "controller.log")
-        self.proc = None
-
-    def start(self, timeout=60.0):
-        env = dict(os.environ, PYTHONPATH=ROOT)
-        with open(self.log, "a") as log:
-            self.proc = procs.spawn(
-                [sys.executable, "-W", "ignore", "-m", STUB, "--url", self.url,
-                 "--out", self.out, "--casts", self.casts],
-                stdout=subprocess.PIPE, stderr=log, cwd=ROOT, env=env)
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
-        seen = b""
-        deadline = time.monotonic() + timeout
-        while b"ready\n" not in seen:
-            left = deadline - time.monotonic()
-            if left <= 0 or self.proc.poll() is not None:
-                self.stop()
-                with open(self.log) as f:
-                    raise AssertionError("controller stub did not start:\n"
-                                         + f.read()[-3000:])
-            if sel.select(min(left, 0.5)):
-                seen += os.read(self.proc.stdout.fileno(), 4096)
-        sel.close()
-
-    def stop(self):
-        if self.proc is None:
-            return
-        # SIGTERM: the stub's clean stop (background jobs ignore SIGINT)
-        procs.stop(self.proc, 15)
-        self.proc = None
+class StubController(agent_harness.ControllerStub):
+    """The controller stub (:mod:`guestha.testing.controller_stub`), read
+    as these tests read it."""
 
     def received(self):
         """Every event received, in order: ``[(dup, event)]``."""
-        if not os.path.exists(self.out):
-            return []
-        with open(self.out) as f:
-            return [(r["dup"], r["event"]) for r in map(json.loads, f)]
+        return [(r["dup"], r["event"]) for r in self.records()]
 
     def accepted_ids(self):
         return [e["id"] for dup, e in self.received() if not dup]
 
     def cast_lines(self):
-        if not os.path.exists(self.casts):
-            return []
-        with open(self.casts) as f:
-            return [json.loads(line) for line in f]
+        return self.casts()
 
 
 class Agent(object):
@@ -119,9 +73,11 @@ class Agent(object):
 
 @pytest.fixture
 def controller(rabbit_vhost, tmp_path):
-    stub = StubController(rabbit_vhost, str(tmp_path))
+    processes = child_processes.Processes()
+    stub = StubController(processes, rabbit_vhost, str(tmp_path))
     yield stub
     stub.stop()
+    processes.kill_all()
 
 
 @pytest.fixture
