@@ -13,7 +13,8 @@ caps at 65535 bytes, and nobody reads the source inside a zipapp.  Only
 the text goes: the code, and so its line numbers in tracebacks, differ
 from the repository's, but the builder checks that each stripped module
 parses to the same syntax tree as the original without its docstrings.
---keep-source builds the bundle from the sources as they are.
+--keep-source builds the bundle from the sources as they are.  What has
+no use in a guest stays out (NOT_BUNDLED).
 """
 
 import argparse
@@ -28,6 +29,10 @@ import zipapp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LICENCE_PREFIX = "# SPDX-License-Identifier:"
+#: Modules of guestha_guest (paths relative to it) that have no use in a
+#: guest, left out of the bundle: the guest farm simulates many guests for
+#: the agent's tests and benchmarks on a host.
+NOT_BUNDLED = ("testing/guestfarm.py",)
 
 
 def _docstrings(tree):
@@ -114,13 +119,19 @@ def strip_source(source, filename="<source>"):
     return stripped
 
 
+def _not_bundled(src_dir, dirpath, name):
+    path = os.path.relpath(os.path.join(dirpath, name), src_dir)
+    return path.replace(os.sep, "/") in NOT_BUNDLED
+
+
 def _copy_stripped(src_dir, dst_dir):
     for dirpath, dirnames, filenames in os.walk(src_dir):
         dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
         target = os.path.join(dst_dir, os.path.relpath(dirpath, src_dir))
         os.makedirs(target, exist_ok=True)
         for name in sorted(filenames):
-            if not name.endswith(".py"):
+            if not name.endswith(".py") or _not_bundled(src_dir, dirpath,
+                                                        name):
                 continue
             src = os.path.join(dirpath, name)
             dst = os.path.join(target, name)
@@ -148,8 +159,11 @@ def build(output, interpreter="/usr/bin/env python3", strip=True):
         if strip:
             _copy_stripped(source, target)
         else:
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns(
-                "__pycache__", "*.pyc"))
+            def ignore(directory, names):
+                return {n for n in names if n == "__pycache__"
+                        or n.endswith(".pyc")
+                        or _not_bundled(source, directory, n)}
+            shutil.copytree(source, target, ignore=ignore)
         with open(os.path.join(staging, "__main__.py"), "w") as f:
             f.write("import guestha_guest.cmd\n"
                     "guestha_guest.cmd.main()\n")
