@@ -73,6 +73,7 @@ import weakref
 from xml.sax.saxutils import escape
 from xml.sax.saxutils import quoteattr
 
+from guestha.testing.libvirt_domains import remove_domain
 from guestha.testing import processes as proc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -208,7 +209,7 @@ def cleanup_leftovers(uri=URI, everything=False, tmpdir="/tmp"):
             if not name.startswith(PREFIX) or (
                     not everything and pid is not None and _pid_alive(pid)):
                 continue
-            _remove_domain(libvirt, dom)
+            remove_domain(dom)
             removed.append(name)
     finally:
         conn.close()
@@ -219,18 +220,6 @@ def cleanup_leftovers(uri=URI, everything=False, tmpdir="/tmp"):
         shutil.rmtree(os.path.join(tmpdir, entry), ignore_errors=True)
         removed.append(os.path.join(tmpdir, entry))
     return removed
-
-
-def _remove_domain(libvirt, dom):
-    try:
-        if dom.isActive():
-            dom.destroy()
-    except libvirt.libvirtError:
-        pass
-    try:
-        dom.undefine()
-    except libvirt.libvirtError:
-        pass
 
 
 # -- the VM -------------------------------------------------------------------

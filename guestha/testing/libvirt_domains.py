@@ -120,6 +120,21 @@ def domain_xml(name, uuid, channel_path, metadata=None):
             content=metadata))
 
 
+def remove_domain(dom):
+    """Destroy ``dom`` if it runs, then undefine it; what is already gone
+    is no error."""
+    import libvirt
+    try:
+        if dom.isActive():
+            dom.destroy()
+    except libvirt.libvirtError:
+        pass
+    try:
+        dom.undefine()
+    except libvirt.libvirtError:
+        pass
+
+
 def write_node(path, domains):
     """A test-driver node file with running domains ``[(name, uuid,
     channel socket path)]``; returns the libvirtd URI that loads it: each
@@ -178,16 +193,7 @@ class Domains(object):
         return len([d for d in doms if d.UUIDString() not in self._mine])
 
     def remove(self, uuid):
-        dom = self._mine.pop(uuid)
-        try:
-            if dom.isActive():
-                dom.destroy()
-        except self._libvirt.libvirtError:
-            pass
-        try:
-            dom.undefine()
-        except self._libvirt.libvirtError:
-            pass
+        remove_domain(self._mine.pop(uuid))
 
     def close(self):
         """Destroy and undefine every domain of this test."""

@@ -28,6 +28,7 @@ import pytest
 
 from guestha.agent import events as ev
 from guestha.agent import virt
+from guestha.testing.libvirt_domains import remove_domain
 from tests.fakes.loop import RecordingLoop
 
 pytestmark = pytest.mark.libvirt
@@ -58,19 +59,7 @@ def _open():
 def _cleanup_leftovers(conn):
     for dom in conn.listAllDomains(0):
         if dom.name().startswith(PREFIX):
-            _remove(dom)
-
-
-def _remove(dom):
-    try:
-        if dom.isActive():
-            dom.destroy()
-    except libvirt.libvirtError:
-        pass
-    try:
-        dom.undefine()
-    except libvirt.libvirtError:
-        pass
+            remove_domain(dom)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +101,7 @@ def define(qemu):
     yield define
     for name in names:
         try:
-            _remove(_open().lookupByName(name))
+            remove_domain(_open().lookupByName(name))
         except libvirt.libvirtError:
             pass  # already gone
 
