@@ -4,7 +4,8 @@ libvirt test-driver domains, test VMs, simulated guests) in the tests, the
 benchmarks and the demo; never imported by the services.
 
 Nothing here runs at import: each module starts processes, servers or
-domains only when called.  The modules:
+domains only when called (``processes`` and ``guest_vms`` register exit
+hooks that end what they started, nothing else).  The modules:
 
 * :mod:`~guestha.testing.processes`: child processes that end with their
   parent however it ends (process groups, a death signal, a watchdog,
