@@ -122,8 +122,11 @@ PROFILED_AGENT = """
 import cProfile, runpy, sys, time
 out = sys.argv[1]
 sys.argv = ["guestha-agent"] + sys.argv[2:]
+import signal
 profile = cProfile.Profile(time.thread_time)
-profile.enable()
+# the benchmark sends SIGUSR1 when its measurement starts: only that
+# window is profiled (the handler runs in the main thread, the I/O loop)
+signal.signal(signal.SIGUSR1, lambda signo, frame: profile.enable())
 try:
     runpy.run_module("guestha.cmd.agent", run_name="__main__")
 except SystemExit:
@@ -486,6 +489,8 @@ class Bench(object):
         sampler.sample()
         sampler.start()
         log("measuring for %.0f s", args.duration)
+        if args.profile:
+            self.agent.send_signal(signal.SIGUSR1)
 
         rtts, fetches = [], [fetch0]
         deadline = t0 + args.duration

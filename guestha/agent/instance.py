@@ -762,6 +762,10 @@ class Instance(object):
         outputs = self.faults.answered(now, healthy, out.reason, out.action)
         if outputs:
             self._carry(outputs, now)
+        # the next challenge is due one interval after this one was due,
+        # which is before this one's deadline (our timer) when it went out
+        # late
+        self._reschedule(now)
 
     def _missed(self, out, now):
         self.counters["missed"] += 1

@@ -25,9 +25,12 @@ Python) costs about as much as the work it finds.  So after a wake-up that
 found work, the loop sleeps until ``batch_delay`` after that wake-up and
 then takes everything at once: the answers that arrived, the challenges
 that fell due, the posted records.  A timer fires, and an answer is read,
-at most about ``batch_delay`` late (a few milliseconds against deadlines
-of at least 100 ms; an answer that arrived before its deadline's timer
-fires is read before it, as without the delay).  A wake-up that found
+at most about ``batch_delay`` late (the agent keeps it within 2% of the
+shortest interval it monitors, :data:`guestha.agent.loop.BATCH_SHARE`;
+an answer that arrived before its deadline's timer fires is read before
+it, as without the delay).  A late timer does not stretch a guest's
+period: its next challenge is due one interval after the previous one
+was due, not after it went out (the protocol's cadence).  A wake-up that found
 nothing to do (an idle agent) is followed by the ordinary wait, until the
 earliest timer or the first ready socket.
 """
@@ -231,12 +234,11 @@ class IOLoop(object):
                 continue  # stale entry
             owner.wake_at = None
             # A fresh reading for each owner: an instance's challenge goes
-            # out now, and the next one is due an interval after that.
-            # With one reading for the whole batch, every instance fired in
-            # it got the same next time, so instances fired together (after
-            # any stall) stayed together for good and the batches only
-            # grew, until working through one showed in the round trips
-            # (p50 20-160 ms at 5,000 instances).
+            # out now, and its round trip is measured from then.  (When the
+            # cadence still counted from the sending, one reading for the
+            # whole batch gave every instance in it the same next time, so
+            # instances fired together stayed together and the batches
+            # grew: p50 20-160 ms at 5,000 instances.)
             last = clock()
             owner.tick(last)
         return last

@@ -187,7 +187,7 @@ HOST_TRANSITIONS = {
     (EXITED, "exit"): ("_ignore", EXITED),
 
     (UNREGISTERED, "timer"): ("_ignore", UNREGISTERED),
-    (IDLE, "timer"): ("_challenge", CHALLENGED),
+    (IDLE, "timer"): ("_challenge_due", CHALLENGED),
     (CHALLENGED, "timer"): ("_miss", RESYNCING),
     (RESYNCING, "timer"): ("_miss", RESYNCING),
     (EXITED, "timer"): ("_ignore", EXITED),
@@ -257,7 +257,8 @@ class HostHeartbeat(_Machine):
         self._timer = None
         self._outstanding = None  # the challenge, as first sent
         self._copy = None  # its latest re-send (after a re-registration)
-        self._challenged_at = None
+        self._challenged_at = None  # when the outstanding one was sent
+        self._cadence_from = None   # when it was due
 
     @property
     def interval(self):
@@ -335,6 +336,16 @@ class HostHeartbeat(_Machine):
         self._outstanding = self._copy = None
         return [Exited(msg.reason)]
 
+    def _challenge_due(self, msg, now):
+        # the timer of the next challenge fired: the cadence counts from
+        # when it was due, not from now, so that a loop that fires its
+        # timers a little late (batched wake-ups) keeps every guest's
+        # period and phase
+        due = self._timer
+        outputs = self._challenge(msg, now)
+        self._cadence_from = due
+        return outputs
+
     def _challenge(self, msg, now):
         token = "%032x" % self._rng.getrandbits(128)
         if type(self.interval_ms) is int:  # granted, so within bounds
@@ -343,7 +354,7 @@ class HostHeartbeat(_Machine):
             self._outstanding = m.Challenge(challenge=token,
                                             deadline_ms=self.interval_ms)
         self._copy = None
-        self._challenged_at = now
+        self._challenged_at = self._cadence_from = now
         self._timer = now + self.interval_ms / 1000.0  # self.interval
         return [self._outstanding]
 
@@ -356,10 +367,10 @@ class HostHeartbeat(_Machine):
                 Rejected("wrong_echo")]
 
     def _answered(self, resp, now):
-        # the next challenge keeps the cadence of the previous one (at once
-        # if a re-registration shortened the interval so much that its time
-        # has passed)
-        self._timer = max(self._challenged_at + self.interval_ms / 1000.0,
+        # the next challenge keeps the cadence of the previous one: one
+        # interval after that one was due (at once if that time has passed:
+        # after a re-registration shortened the interval, or a stall)
+        self._timer = max(self._cadence_from + self.interval_ms / 1000.0,
                           now)
         self._outstanding = self._copy = None
         return [Answered(resp.healthy, resp.reason, resp.action,

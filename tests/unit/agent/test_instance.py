@@ -27,6 +27,23 @@ def test_registration_and_healthy_heartbeats_raise_nothing():
     assert h.inst.status(h.now)["last_answer"]["healthy"] is True
 
 
+def test_timers_fired_late_do_not_stretch_the_challenge_period():
+    # the loop fires timers up to a batch delay late (here 15 ms): each
+    # challenge is still due one interval after the previous one was due,
+    # so the lateness does not add up from round to round
+    h = monitored(interval_ms=1000)
+    sent, count = [], h.inst.counters["challenges"]
+    for _ in range(4000):  # 60 s
+        h.advance(0.015, step=0.015)
+        if h.inst.counters["challenges"] != count:
+            count = h.inst.counters["challenges"]
+            sent.append(h.now)
+    assert len(sent) >= 59
+    drift = [t - sent[0] - k for k, t in enumerate(sent)]
+    assert max(abs(d) for d in drift) <= 0.015 + 1e-9
+    assert h.inst.counters["missed"] == 0
+
+
 def test_interval_is_clamped_to_the_operator_bounds():
     h = Harness(policy=im.Policy(min_interval_ms=400), interval_ms=100)
     h.advance(1)

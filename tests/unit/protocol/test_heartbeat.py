@@ -471,6 +471,41 @@ def test_challenge_cadence_ignores_answer_time(answer_after):
     assert times == pytest.approx([start + k for k in range(10)])
 
 
+@pytest.mark.parametrize("late", [0.0, 0.004, 0.02, 0.3])
+def test_challenge_cadence_counts_from_when_it_was_due(late):
+    # a loop that fires its timers ``late`` (batched wake-ups) keeps the
+    # guest's period: each challenge is due one interval after the
+    # previous one was due, not after it went out
+    rig = HostRig()
+    rig.init()
+    due = rig.hb.next_timer()
+    sent = []
+    for _ in range(10):
+        rig.tick(at=due + late)
+        sent.append(rig.now)
+        [answered] = rig.at(rig.now + 0.001).answer()
+        assert answered.rtt == pytest.approx(0.001)  # from the sending
+        assert rig.hb.next_timer() == pytest.approx(due + 1.0)
+        due = rig.hb.next_timer()
+    first = sent[0] - late
+    assert sent == pytest.approx([first + k + late for k in range(10)])
+
+
+def test_challenge_cadence_after_a_stall_starts_again_from_the_answer():
+    # timers fired 3.5 s late (a stalled host): the next challenge goes at
+    # once, one only, and the cadence starts again from there
+    rig = HostRig()
+    rig.init()
+    due = rig.hb.next_timer()
+    rig.tick(at=due + 3.5)
+    rig.at(rig.now + 0.01).answer()
+    restart = rig.now
+    assert rig.hb.next_timer() == restart  # at once, not in the past
+    rig.tick()
+    rig.at(rig.now + 0.01).answer()
+    assert rig.hb.next_timer() == pytest.approx(restart + 1.0)
+
+
 def test_healthy_and_unhealthy_answers():
     rig = HostRig()
     rig.init()
