@@ -141,3 +141,25 @@ def test_no_delay_means_no_sleep(world):
     # each fired on its own wake-up, at its time
     assert sleeps == []
     assert ms(fired) == [("i0", 0), ("i1", 1), ("i2", 2)]
+
+
+def test_the_delay_is_at_most_two_percent_of_the_shortest_interval(world):
+    loop, clock, sleeps, fired, timed = world
+    loop.batch_delay = 0.020
+    slow = timed("slow", T0 + 10)
+    fast = timed("fast", T0 + 10)
+    slow.monitored = {"interval_ms": 1000, "action": "none"}
+    fast.monitored = None
+    loop.monitoring_changed()
+    loop.run_once(max_wait=0)
+    assert loop.io.batch_delay == pytest.approx(0.020)  # 2% of 1 s
+    fast.monitored = {"interval_ms": 100, "action": "none"}
+    loop.monitoring_changed()
+    loop.run_once(max_wait=0)
+    assert loop.io.batch_delay == pytest.approx(0.002)  # 2% of 100 ms
+    fast.monitored = None  # the guest said exit
+    loop.monitoring_changed()
+    loop.run_once(max_wait=0)
+    assert loop.io.batch_delay == pytest.approx(0.020)
+    loop.batch_delay = 0.005  # asked for less than 2% of every interval
+    assert loop.io.batch_delay == pytest.approx(0.005)
