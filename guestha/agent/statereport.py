@@ -132,13 +132,25 @@ def view(instance):
                 nova.get("name"))
 
 
+def _inputs(instance):
+    """What :func:`view` reads of ``instance``: while it is the same, so
+    is the view (the domain info and the features are replaced, never
+    changed in place)."""
+    return (instance.state, instance.info, instance.note,
+            getattr(instance, "features", None), instance.monitored,
+            instance.fault, instance.interval_ms,
+            bool(getattr(instance, "answered_since_init", 1)))
+
+
 class _Seen(object):
-    __slots__ = ("reported", "candidate", "since")
+    __slots__ = ("reported", "candidate", "since", "inputs")
 
     def __init__(self):
         self.reported = None   # the View last reported, or None
         self.candidate = None  # a View waiting to settle
         self.since = None
+        # the inputs of the reported view, while no other is waiting
+        self.inputs = None
 
 
 class StateReporter(object):
@@ -184,13 +196,16 @@ class StateReporter(object):
         for uuid, instance in instances.items():
             if budget <= 0:
                 break
+            seen = self._seen.get(uuid)
             try:
+                inputs = _inputs(instance)
+                if seen is not None and seen.inputs == inputs:
+                    continue  # as reported, and nothing it shows changed
                 current = view(instance)
             except (AttributeError, TypeError, KeyError) as exc:
                 LOG.warning("instance %s: cannot read its state for the "
                             "controllers: %s", uuid, exc)
                 continue
-            seen = self._seen.get(uuid)
             if seen is None:
                 if current is None:
                     continue
@@ -206,7 +221,9 @@ class StateReporter(object):
             if seen.reported is not None and (
                     current.key() == seen.reported.key()):
                 seen.candidate = seen.since = None
+                seen.inputs = inputs
                 continue
+            seen.inputs = None
             if seen.candidate is None or (
                     current.key() != seen.candidate.key()):
                 seen.candidate, seen.since = current, now
@@ -215,6 +232,7 @@ class StateReporter(object):
             if self._send(uuid, current):
                 seen.reported = current
                 seen.candidate = seen.since = None
+                seen.inputs = inputs
                 if current.state == "unmonitored":
                     del self._seen[uuid]
                 sent += 1

@@ -200,3 +200,26 @@ def test_a_first_look_at_many_instances_is_spread_over_passes():
     sent = [reporter.tick(float(t), instances) for t in range(4)]
     assert sent == [4, 4, 2, 0]
     assert sorted(r["instance"] for r in records) == uuids
+
+
+def test_an_instance_as_reported_is_not_looked_at_again(monkeypatch):
+    # a look costs a view per instance every second; one whose inputs did
+    # not change since its view was reported is skipped (issue 10)
+    h = Harness()
+    nova_domain(h)
+    reports = Reports()
+    run(h, reports, 3.5)
+    assert reports.states() == ["monitored"]
+    views = []
+    real_view = statereport.view
+
+    def counting_view(instance):
+        views.append(instance.state)
+        return real_view(instance)
+    monkeypatch.setattr(statereport, "view", counting_view)
+    run(h, reports, 5)
+    assert views == []  # answering all along: nothing it shows changed
+    h.inst.note = "a note the status shows"
+    run(h, reports, 1)
+    assert len(views) == 1  # looked at again, once, and the same report
+    assert reports.states() == ["monitored"]
