@@ -6,8 +6,8 @@ import pytest
 from guestha.agent import events as ev
 from guestha.agent import hotplug
 from guestha import nova
-from tests.fakes.nova import FakeNova
-from tests.fakes.nova import nova_conf
+from guestha.testing.fake_nova import FakeNova
+from guestha.testing.fake_nova import nova_conf
 
 UUID = "5d2e8f1a-9c3b-4a7e-8d6f-0b1c2d3e4f5a"
 SOCKET_DIR = "/var/lib/guestha/channels"

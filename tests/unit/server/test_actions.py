@@ -13,8 +13,8 @@ from guestha.nova import NovaUnavailable
 from guestha import records
 from guestha.server import actions
 from guestha.server.ledger import ACTIONS as ACTION_TARGET
-from tests.fakes.nova import FakeNova
-from tests.fakes.nova import nova_conf
+from guestha.testing.fake_nova import FakeNova
+from guestha.testing.fake_nova import nova_conf
 
 INSTANCE = "0c7e3f9a-5b2d-4e61-8f3a-9d4c2b1a0e5f"
 OTHER = "7a1d9e2c-3b4f-4a5e-9c8d-1e2f3a4b5c6d"

@@ -7,8 +7,8 @@ import pytest
 
 from guestha import records
 from guestha.server import actions
-from tests.fakes.nova import FakeNova
-from tests.fakes.nova import nova_conf
+from guestha.testing.fake_nova import FakeNova
+from guestha.testing.fake_nova import nova_conf
 
 INSTANCE = "0c7e3f9a-5b2d-4e61-8f3a-9d4c2b1a0e5f"
 HOST = "compute-1"
