@@ -72,6 +72,11 @@ class DomainReader(object):
         self.next_reconcile = None
         #: ``(domains, seconds)`` of the last complete reconcile.
         self.last_reconcile = None
+        # uuid -> (what it was parsed from, the DomainInfo): a reconcile
+        # parses again only the domains whose XML or state changed (the
+        # parse is most of a reconcile's CPU; the same inputs give the
+        # same DomainInfo)
+        self._parsed = {}
 
     # -- domain events --------------------------------------------------------
 
@@ -190,15 +195,31 @@ class DomainReader(object):
             if xml is None:
                 continue  # stopped since the listing
             uuids.add(uuid)
-            info = parse(uuid, xml, state, reason)
+            info = self._parse_once(uuid, xml, state, reason)
             if info is not None:
                 self._post(ev.DomainUpdate(info, "reconcile", at))
+        for uuid in [u for u in self._parsed if u not in uuids]:
+            del self._parsed[uuid]
         self._post(ev.Reconciled(frozenset(uuids), self._clock()))
         elapsed = time.monotonic() - started
         self.last_reconcile = (len(uuids), elapsed)
         log = LOG.info if after_connect or elapsed > 1.0 else LOG.debug
         log("reconciled %d active domain(s) with libvirt in %.1f ms",
             len(uuids), elapsed * 1000)
+
+    def _parse_once(self, uuid, xml, state, reason):
+        """:func:`parse`, or the DomainInfo of the last reconcile if the
+        domain's XML and state are the same as then."""
+        key = (state, reason, len(xml), hash(xml))
+        last = self._parsed.get(uuid)
+        if last is not None and last[0] == key:
+            return last[1]
+        info = parse(uuid, xml, state, reason)
+        if info is None:
+            self._parsed.pop(uuid, None)
+        else:
+            self._parsed[uuid] = (key, info)
+        return info
 
     # -- the loop's state queries ---------------------------------------------
 

@@ -120,6 +120,32 @@ def test_reconcile_posts_each_active_domain_then_the_list():
     assert reader.reconcile_due(reader.next_reconcile)
 
 
+def test_a_reconcile_parses_again_only_what_changed(monkeypatch):
+    from guestha.agent import domainreader
+    parsed = []
+    real_parse = domainreader.parse
+
+    def counting_parse(uuid, xml, state, reason):
+        parsed.append(uuid)
+        return real_parse(uuid, xml, state, reason)
+    monkeypatch.setattr(domainreader, "parse", counting_parse)
+    doms = [FakeDomain(A), FakeDomain(B)]
+    reader, conn, posted, link = reader_for(*doms)
+
+    reader.reconcile(after_connect=True)
+    first = {r.info.uuid: r.info for r in posted[:2]}
+    assert sorted(parsed) == [A, B]
+    del posted[:]
+    doms[1].devices = libvirtfakes.CONTROLLER  # B's channel was removed
+    reader.reconcile(after_connect=False)
+
+    assert sorted(parsed) == [A, B, B]  # A's XML and state are the same
+    again = {r.info.uuid: r.info for r in posted[:2]}
+    assert again[A] is first[A]
+    assert again[B].channel_path is None
+    assert first[B].channel_path is not None
+
+
 def test_a_reconcile_cut_by_a_lost_connection_posts_no_list():
     doms = [FakeDomain(A), FakeDomain(B)]
     doms[1].fail["state"] = libvirtfakes.broken()
