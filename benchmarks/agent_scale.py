@@ -760,9 +760,14 @@ def parse_args(argv):
     parser.add_argument("--settle", type=float, default=5.0,
                         help="seconds between all MONITORED and the "
                              "measurement (default 5)")
-    parser.add_argument("--status-every", type=float, default=10.0,
+    parser.add_argument("--status-every", type=float, default=20.0,
                         help="seconds between status samples while "
-                             "measuring (default 10)")
+                             "measuring (default 20: each sample's round "
+                             "trips are the latest 20,000 answers, 20 s "
+                             "at 1,000 instances, so the samples cover "
+                             "the run; every fetch costs the agent the "
+                             "whole status document, about 20 ms of CPU "
+                             "at 1,000 instances)")
     parser.add_argument("--ready-timeout", type=float, default=0,
                         help="seconds to wait for all MONITORED (default "
                              "max(120, 0.05 x instances))")
