@@ -766,7 +766,7 @@ def parse_args(argv):
                              "trips are the latest 20,000 answers, 20 s "
                              "at 1,000 instances, so the samples cover "
                              "the run; every fetch costs the agent the "
-                             "whole status document, about 20 ms of CPU "
+                             "whole status document, about 10 ms of CPU "
                              "at 1,000 instances)")
     parser.add_argument("--ready-timeout", type=float, default=0,
                         help="seconds to wait for all MONITORED (default "
