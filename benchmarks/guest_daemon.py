@@ -421,10 +421,12 @@ class Bench(object):
             if self.proc.poll() is None:
                 self.proc.send_signal(signal.SIGTERM)
                 if self.host is not None and not self.host.is_closed():
+                    # until the exit comes, or the channel's end of
+                    # stream: not until the process is gone, which can be
+                    # before the host has read the exit it wrote last
                     try:
                         self.host.run(5.0, until=lambda: bool(
-                            self.host.of(hb.Exited)) or (
-                                self.proc.poll() is not None))
+                            self.host.of(hb.Exited)))
                     except OSError:
                         pass
                 try:
