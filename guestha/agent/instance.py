@@ -638,17 +638,23 @@ class Instance(object):
                              % self.policy.max_messages_per_second)
             return
         session = self.session
-        try:
-            session.receive_data(data, now)
-        except p.LocalProtocolError:
-            self.fire("misbehaved", now, "receive buffer overflow")
-            return
-        # line by line, as a reset for misbehaviour ends the channel
-        while self.session is session:
-            outputs = session.next_events(now)
-            if outputs is p.NEED_DATA:
-                break
+        # a read of one whole line (every answer of every round) need not
+        # pass through the connection's buffer
+        outputs = session.receive_line(data, now) if lines == 1 else None
+        if outputs is not None:
             self._apply(outputs, now)
+        else:
+            try:
+                session.receive_data(data, now)
+            except p.LocalProtocolError:
+                self.fire("misbehaved", now, "receive buffer overflow")
+                return
+            # line by line, as a reset for misbehaviour ends the channel
+            while self.session is session:
+                outputs = session.next_events(now)
+                if outputs is p.NEED_DATA:
+                    break
+                self._apply(outputs, now)
         discarded = session.conn.discarded - self._discarded_seen
         if discarded > 0 and self.session is session:
             self._discarded_seen = session.conn.discarded

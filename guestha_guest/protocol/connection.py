@@ -7,7 +7,10 @@ A :class:`Connection` turns the bytes of one side of a channel into
 messages and back, without doing any I/O itself (after h11): feed what the
 socket or port returned to :meth:`receive_data`, then call
 :meth:`next_event` until it returns :data:`NEED_DATA`; to send, call
-:meth:`send` and write the bytes it returns.
+:meth:`send` and write the bytes it returns.  A read of one whole line
+while nothing is buffered (every answer of every heartbeat round) may go
+to :meth:`receive_line` instead, which gives the same and skips the
+buffer.
 
 A virtio-serial stream outlives its peers: QEMU buffers what the host wrote
 before a guest opened the port, a guest daemon that restarts finds the
@@ -260,15 +263,7 @@ class Connection(object):
                     % m.MAX_LINE))
                 continue
             self._queued -= len(item)
-            line = item.strip()
-            if not line:
-                continue  # empty lines are allowed as keepalives
-            try:
-                msg = m.decode(line, self.peer)
-            except RemoteProtocolError as exc:
-                self._bad_line(exc)
-                continue
-            event = self._deliver(msg)
+            event = self._line_event(item)
             if event is not None:
                 return event
         if self._eof:
@@ -276,6 +271,38 @@ class Connection(object):
             if action == "closed":
                 return ConnectionClosed()
         return NEED_DATA
+
+    def receive_line(self, data):
+        """:meth:`receive_data` and :meth:`next_event` at once, for the
+        usual read: ``data`` is one whole line (it ends with its only
+        newline, and is not too long) and nothing is buffered, so the line
+        need not pass through the buffer.
+
+        :returns: what :meth:`next_event` would return after
+            ``receive_data(data)`` (the line's event, or :data:`NEED_DATA`
+            if it makes none), or None, having consumed nothing, if
+            ``data`` is not such a read: then feed it to
+            :meth:`receive_data`.
+        :raises RemoteProtocolError: as :meth:`next_event`.
+        """
+        if (self._lines or self._partial or self._eof or self._skipping
+                or len(data) > m.MAX_LINE or data[-1:] != b"\n"
+                or data.count(b"\n") != 1):
+            return None
+        event = self._line_event(data[:-1])
+        return NEED_DATA if event is None else event
+
+    def _line_event(self, line):
+        # one received line (without its newline): its event, or None
+        line = line.strip()
+        if not line:
+            return None  # empty lines are allowed as keepalives
+        try:
+            msg = m.decode(line, self.peer)
+        except RemoteProtocolError as exc:
+            self._bad_line(exc)
+            return None
+        return self._deliver(msg)
 
     def _bad_line(self, exc):
         self.state, action = _TRANSITIONS[(self.state, "bad_line")]

@@ -221,6 +221,10 @@ class _Session(object):
             return [BadLine(exc)]
         if event is NEED_DATA:
             return NEED_DATA
+        return self._route(event, now)
+
+    def _route(self, event, now):
+        # the outputs of one event of the connection
         kind = type(event)
         if kind in self.HEARTBEAT_TYPES or (
                 kind is m.Error and self.HEARTBEAT_ERRORS
@@ -230,7 +234,7 @@ class _Session(object):
             return self._heartbeat_outputs(
                 self.heartbeat.receive(event, now), now, event)
         if kind is m.Sync:
-            return [event, Send(conn.answer_sync(event), event)]
+            return [event, Send(self.conn.answer_sync(event), event)]
         if kind is c.Synced:
             return self._synced(event, now)
         return [event]
@@ -363,6 +367,28 @@ class HostSession(_Session):
 
     def stop_heartbeat(self):
         self.heartbeat = None
+
+    def receive_line(self, data, now):
+        """:meth:`receive_data` and :meth:`next_events` at once, for the
+        read of every heartbeat round: ``data`` is one whole line and
+        nothing is buffered (:meth:`Connection.receive_line
+        <guestha_guest.protocol.connection.Connection.receive_line>`).
+
+        :returns: the outputs of that line (a list, empty if it made
+            none), or None, having consumed nothing, if ``data`` is not
+            such a read: then :meth:`receive_data` and :meth:`next_events`
+            as usual.
+        """
+        conn = self.conn
+        if conn is None:
+            return None
+        try:
+            event = conn.receive_line(data)
+        except RemoteProtocolError as exc:
+            return [BadLine(exc)]
+        if event is None or event is NEED_DATA:
+            return None if event is None else []
+        return self._route(event, now)
 
 
 class GuestSession(_Session):

@@ -111,6 +111,37 @@ def test_sync_register_and_answer_every_interval():
     assert pair.host_saw(hb.Missed) == []
 
 
+def test_a_read_of_one_line_gives_the_outputs_receive_gives():
+    # HostSession.receive_line (every round's answer) against receive(),
+    # on two hosts in the same state: the same outputs, the same state
+    seen = []
+    for line_of in (lambda answer: answer, lambda answer: b"\n",
+                    lambda answer: b"{bad\n",
+                    lambda answer: answer.replace(b'"challenge":"',
+                                                  b'"challenge":"0')):
+        pair = registered()
+        twin = registered()
+        for p in (pair, twin):
+            p.advance(1.0)
+            challenge = p.host.tick(p.now + 1.0)
+            p.guest_events += p.deliver(p.guest.receive(sends(challenge),
+                                                        p.now), to_host=True)
+        data = line_of(pair.to_host)
+        assert data.count(b"\n") == 1
+        short = pair.host.receive_line(data, pair.now)
+        usual = twin.host.receive(data, twin.now)
+        assert short is not None
+        assert describe(short) == describe(usual)
+        assert pair.host.heartbeat.state == twin.host.heartbeat.state
+        seen.append(describe(short))
+    assert seen == [["ChallengeResponse", "Answered"], [],
+                    ["BadLine"],
+                    ["ChallengeResponse", "error", "Rejected"]]
+    # anything but one whole line is left to receive_data
+    assert pair.host.receive_line(b"{", pair.now) is None
+    assert pair.host.receive_line(b"\n\n", pair.now) is None
+
+
 def test_an_unhealthy_guest_says_so():
     pair = registered()
     pair.health = (False, "disk full", "reboot")
