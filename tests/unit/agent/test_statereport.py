@@ -223,3 +223,31 @@ def test_an_instance_as_reported_is_not_looked_at_again(monkeypatch):
     run(h, reports, 1)
     assert len(views) == 1  # looked at again, once, and the same report
     assert reports.states() == ["monitored"]
+
+
+class _Reads(object):
+    """An instance that notes which of its attributes are read."""
+
+    def __init__(self, instance):
+        object.__setattr__(self, "_instance", instance)
+        object.__setattr__(self, "read", set())
+
+    def __getattr__(self, name):
+        self.read.add(name)
+        return getattr(self._instance, name)
+
+
+def test_the_look_compares_everything_the_view_reads():
+    # the look skips an instance whose _inputs are as reported; so every
+    # attribute view() reads must be among them, in every state
+    h = Harness()
+    instances = [h.inst, fake(ev.RUNNING, channel=True),
+                 fake(ev.SHUTOFF), fake(ev.PAUSED, controller=False)]
+    h.advance(1.0)
+    for instance in instances:
+        viewed, compared = _Reads(instance), _Reads(instance)
+        statereport.view(viewed)
+        statereport._inputs(compared)
+        assert viewed.read, instance
+        assert viewed.read <= compared.read, (
+            viewed.read - compared.read)
