@@ -99,6 +99,7 @@ from guestha.db.models import events as events_t
 from guestha.db.models import servers
 from guestha.db.models import state_changes
 from guestha.db import views
+from guestha import pids
 from guestha import records
 
 LOG = logging.getLogger(__name__)
@@ -187,16 +188,6 @@ class _Request(object):
         self.handed = {}   # id -> the controller it was handed to
         self.error = None
         self.done = False
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
 
 
 def _rejected_key(index, event):
@@ -961,7 +952,7 @@ class Ledger(object):
     def _dead(self, row, now):
         if row.heartbeat < now - self.lease:
             return True
-        return row.hostname == self.hostname and not _pid_alive(row.pid)
+        return row.hostname == self.hostname and not pids.alive(row.pid)
 
     def _lease_row(self, now, started):
         return {"hostname": self.hostname, "pid": self.pid,

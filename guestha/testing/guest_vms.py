@@ -73,6 +73,7 @@ import weakref
 from xml.sax.saxutils import escape
 from xml.sax.saxutils import quoteattr
 
+from guestha import pids
 from guestha.testing.libvirt_domains import remove_domain
 from guestha.testing import processes as proc
 
@@ -178,16 +179,6 @@ def connect(uri=URI):
     return _libvirt().open(uri)
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _owner_pid(name):
     """The pid in ``ghtest-<pid>-...``, or None."""
     if not name.startswith(PREFIX):
@@ -207,7 +198,7 @@ def cleanup_leftovers(uri=URI, everything=False, tmpdir="/tmp"):
             name = dom.name()
             pid = _owner_pid(name)
             if not name.startswith(PREFIX) or (
-                    not everything and pid is not None and _pid_alive(pid)):
+                    not everything and pid is not None and pids.alive(pid)):
                 continue
             remove_domain(dom)
             removed.append(name)
@@ -215,7 +206,7 @@ def cleanup_leftovers(uri=URI, everything=False, tmpdir="/tmp"):
         conn.close()
     for entry in os.listdir(tmpdir):
         pid = _owner_pid(entry)
-        if pid is None or (not everything and _pid_alive(pid)):
+        if pid is None or (not everything and pids.alive(pid)):
             continue
         shutil.rmtree(os.path.join(tmpdir, entry), ignore_errors=True)
         removed.append(os.path.join(tmpdir, entry))
