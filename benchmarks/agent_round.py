@@ -171,6 +171,14 @@ def measure(env, rigs, rounds, interval_ms=1000):
     return samples
 
 
+def close(rigs):
+    """Close both ends of every channel."""
+    for instance, sock, _ in rigs:
+        if instance.sock is not None:
+            instance.sock.close()
+        sock.close()
+
+
 def main(argv=None):
     parser = support.argument_parser(__doc__)
     parser.add_argument("--instances", type=int, default=200,
@@ -184,8 +192,7 @@ def main(argv=None):
     env, rigs = monitored(args.instances)
     support.log("measuring %d rounds", args.rounds)
     samples = measure(env, rigs, args.rounds)
-    for _, sock, _ in rigs:
-        sock.close()
+    close(rigs)
     n = args.instances
     per_round = [(t + r) / n * 1e6 for t, r in samples]
     timer = statistics.median(t / n * 1e6 for t, _ in samples)
