@@ -171,11 +171,13 @@ def measure(env, rigs, rounds, interval_ms=1000):
     return samples
 
 
-def close(rigs):
+def close(env, rigs):
     """Close both ends of every channel."""
     for instance, sock, _ in rigs:
         if instance.sock is not None:
             instance.sock.close()
+        sock.close()
+    for sock in env.opened:
         sock.close()
 
 
@@ -192,7 +194,7 @@ def main(argv=None):
     env, rigs = monitored(args.instances)
     support.log("measuring %d rounds", args.rounds)
     samples = measure(env, rigs, args.rounds)
-    close(rigs)
+    close(env, rigs)
     n = args.instances
     per_round = [(t + r) / n * 1e6 for t, r in samples]
     timer = statistics.median(t / n * 1e6 for t, _ in samples)

@@ -25,7 +25,7 @@ def test_every_round_is_measured_and_answered():
     with pytest.raises((RuntimeError, AssertionError)):
         agent_round.measure(env, rigs, 2)
     other.close()
-    agent_round.close(rigs)
+    agent_round.close(env, rigs)
 
 
 def test_the_report(capsys):
