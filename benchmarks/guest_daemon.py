@@ -610,7 +610,8 @@ def main(argv=None):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         bench.teardown()
-    if status != 0 or bench.result.get("daemon_died"):
+    if status != 0 or bench.result.get("daemon_died") or (
+            bench.result and not bench.result.get("exit_received")):
         tail = bench.daemon_log_tail()
         if tail:
             log("the daemon's log ends with:\n%s", tail.rstrip())

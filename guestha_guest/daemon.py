@@ -206,11 +206,14 @@ class GuestDaemon(object):
         return min(timers) if timers else None
 
     def tick(self, now):
+        # read once: a signal handler (stop()) may set it at any point of
+        # this tick, and a stop begun in a later tick is still in time
+        stopping = self._stop_requested
         self.channel.poll(now)
         if self.hooks is not None:
             self.hooks.tick(now)
-        if self._stop_requested and self._stop_deadline is None:
+        if stopping and self._stop_deadline is None:
             self._begin_stop(now)  # the heartbeat stops ticking now
         self.channel.tick(now)
-        if self._stop_requested and self._stop_step(now):
+        if stopping and self._stop_step(now):
             self._running = False

@@ -296,6 +296,28 @@ def test_stop_sends_exit_when_synchronised(pty_port, bench):
     assert host.of(hb.Exited) and host.hb.state == hb.EXITED
 
 
+def test_a_stop_asked_in_the_middle_of_a_tick_begins_at_the_next(
+        pty_port, bench):
+    # SIGTERM's handler runs between any two lines of the loop: a stop
+    # asked after the tick looked for one (here, while the channel ticks)
+    # must neither break that tick nor be lost
+    master, path = pty_port
+    d = _daemon(bench, path)
+    host = _host(bench, master, seed=17)
+    bench.run_until(_answered(host, 1), 1.0)
+    channel_tick = d.channel.tick
+
+    def tick_then_stop(now):
+        channel_tick(now)
+        d.channel.tick = channel_tick
+        d.stop()
+    d.channel.tick = tick_then_stop
+    d.tick(bench.clock())
+    assert d.running
+    bench.run_until(lambda: not d.running, 0.01)
+    assert host.of(hb.Exited) and host.hb.state == hb.EXITED
+
+
 def test_stop_while_resynchronising_syncs_then_sends_exit(pty_port, bench):
     master, path = pty_port
     d = _daemon(bench, path)

@@ -35,7 +35,9 @@ def _run(*extra):
         % (proc.returncode, proc.stdout, proc.stderr))
     lines = proc.stdout.strip().splitlines()
     assert lines, "no output; stderr:\n%s" % proc.stderr
-    return json.loads(lines[-1])
+    report = json.loads(lines[-1])
+    report["stderr"] = proc.stderr  # (progress, and the daemon's log
+    return report                    # when it did not exit as it should)
 
 
 def test_benchmark_reports_a_healthy_daemon_and_its_footprint():
@@ -64,6 +66,6 @@ def test_benchmark_reports_a_healthy_daemon_and_its_footprint():
     # round trips were measured
     assert 0 < r["rtt_p50_ms"] <= r["rtt_p99_ms"] <= r["rtt_max_ms"]
     # and the daemon stopped cleanly on SIGTERM, telling the host
-    assert r["exit_received"]
+    assert r["exit_received"], r["stderr"]
     assert r["daemon_returncode"] == 0
     assert r["machine"]["daemon_python"] == "%d.%d.%d" % sys.version_info[:3]
