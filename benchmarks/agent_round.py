@@ -10,7 +10,8 @@ the instance reads the answer.  Only the instance's two calls are timed
 (``time.thread_time``: CPU time, the ``send`` and ``recv`` included), and
 the report gives the median over the rounds of the CPU per instance
 round: the figure ``benchmarks/agent_scale.py`` cannot show without its
-noise, for comparing two trees (run each with ``PYTHONPATH`` set to it).
+noise, for comparing two trees (the script imports the tree it lies in:
+copy it into the other tree and run each copy).
 
 It is the round with warm caches: the agent at 1,000 instances spends
 more per round, because each batched wake-up finds its caches cold (see
@@ -48,7 +49,7 @@ class _Env(im.Env):
         self.now = now
         self.opened = []  # the guest's end of each channel opened
 
-    def schedule(self, instance, when):
+    def schedule(self, instance, when, urgent=False):
         pass  # the benchmark fires each timer itself
 
     def open_channel(self, path):

@@ -223,7 +223,10 @@ class Env(object):
 
     host = None
 
-    def schedule(self, instance, when):
+    def schedule(self, instance, when, urgent=False):
+        """Call ``instance.tick`` at ``when`` if its ``wake_at`` is still
+        ``when`` then; ``urgent``: a deadline that decides a fault, which
+        the loop's batching must not make late."""
         raise NotImplementedError
 
     def open_channel(self, path):
@@ -847,8 +850,11 @@ class Instance(object):
 
     def _reschedule(self, now):
         # the earliest of the timers that apply (no lists: this runs after
-        # every event of every instance)
+        # every event of every instance), urgent while a deadline that
+        # decides a fault is pending (the loop's batching does not make
+        # it late; whichever timer comes first then fires on time too)
         when = None
+        urgent = False
         state = self.state
         if state == SYNCING:
             when = self._sync_at
@@ -856,30 +862,39 @@ class Instance(object):
             when = self._connect_at
         session = self.session
         if session is not None and session.heartbeat is not None:
-            # (the host session's only timer is its heartbeat's)
-            t = session.heartbeat.next_timer()
-            if t is not None and (when is None or t < when):
-                when = t
+            # (the host session's only timer is its heartbeat's: the next
+            # challenge while IDLE, else a deadline)
+            heartbeat = session.heartbeat
+            t = heartbeat.next_timer()
+            if t is not None:
+                urgent = heartbeat.state != hb.IDLE
+                if when is None or t < when:
+                    when = t
         # (the fault tracker's deadlines, as its next_timer() without
         # the call)
         faults = self.faults
         if faults.suspicion is not None:
+            urgent = True
             t = faults.suspicion.deadline
             if when is None or t < when:
                 when = t
         t = faults.lost_deadline
-        if t is not None and (when is None or t < when):
-            when = t
+        if t is not None:
+            urgent = True
+            if when is None or t < when:
+                when = t
         t = self._resync_deadline
-        if t is not None and (when is None or t < when):
-            when = t
+        if t is not None:
+            urgent = True
+            if when is None or t < when:
+                when = t
         t = faults.release_at
         if t is not None and (when is None or t < when):
             when = t
         if when != self.wake_at:
             self.wake_at = when
             if when is not None:
-                self.env.schedule(self, when)
+                self.env.schedule(self, when, urgent)
 
     # -- server group deliveries (from the controller) ------------------------
 

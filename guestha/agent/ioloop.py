@@ -24,15 +24,24 @@ second, and each wake-up (the context switch, ``epoll``, the loop's own
 Python) costs about as much as the work it finds.  So after a wake-up that
 found work, the loop sleeps until ``batch_delay`` after that wake-up and
 then takes everything at once: the answers that arrived, the challenges
-that fell due, the posted records.  A timer fires, and an answer is read,
-at most about ``batch_delay`` late (the agent keeps it within 2% of the
-shortest interval it monitors, :data:`guestha.agent.loop.BATCH_SHARE`;
-an answer that arrived before its deadline's timer fires is read before
-it, as without the delay).  A late timer does not stretch a guest's
-period: its next challenge is due one interval after the previous one
-was due, not after it went out (the protocol's cadence).  A wake-up that found
-nothing to do (an idle agent) is followed by the ordinary wait, until the
-earliest timer or the first ready socket.
+that fell due, the posted records.  An answer is read, and a timer that is
+not urgent fires, at most about ``batch_delay`` late (the agent keeps it
+within 4% of the shortest interval it monitors,
+:data:`guestha.agent.loop.BATCH_SHARE`).  A late timer does not stretch a
+guest's period: its next challenge is due one interval after the previous
+one was due, not after it went out (the protocol's cadence).  A wake-up
+that found nothing to do (an idle agent) is followed by the ordinary wait,
+until the earliest timer or the first ready socket.
+
+Deadlines are not made late: a timer scheduled ``urgent`` (an instance's
+answer deadline, a suspicion's confirmation: what decides a fault) ends
+the batching sleep when it falls due, and the wake-up polls the sockets
+before it fires, so an answer that arrived before its deadline is read
+before the deadline's timer, as without the delay.  In the steady state
+an answer comes long before its deadline, whose entry is then dropped
+unfired (:meth:`IOLoop._next_urgent`), so the deadlines cost no wake-up.
+A miss is noticed at most ``batch_delay`` late (its challenge went out
+late), not twice that.
 """
 
 import heapq
@@ -131,6 +140,10 @@ class IOLoop(object):
         self._sleep = sleep
         self.poller = Poller()
         self._heap = []
+        # the urgent timers' entries again: the batching sleeps no later
+        # than the earliest of them
+        self._urgent = []
+        self._fired_until = float("-inf")
         self._n = itertools.count()
         self._posted = queue.SimpleQueue()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -162,10 +175,16 @@ class IOLoop(object):
         self.poller.register(self._wake_r, self._woken)
         self.running = True
 
-    def schedule(self, owner, when):
+    def schedule(self, owner, when, urgent=False):
         """Call ``owner.tick`` at ``when`` if ``owner.wake_at`` is still
-        ``when`` then."""
-        heapq.heappush(self._heap, (when, next(self._n), owner))
+        ``when`` then.  ``urgent``: a deadline, which the batching does not
+        make late (see the module's doc)."""
+        n = next(self._n)
+        heapq.heappush(self._heap, (when, n, owner))
+        if urgent and self.batch_delay > 0:
+            # (without batching nothing sleeps past a timer, and nothing
+            # would drop these entries)
+            heapq.heappush(self._urgent, (when, n, owner))
 
     def run_once(self, max_wait=1.0):
         """Wait (at most ``max_wait``), then call back what is ready;
@@ -173,8 +192,13 @@ class IOLoop(object):
         busy_since = self._busy_since
         if busy_since is not None:
             # the last wake-up found work: let more gather, then take it
-            # all with one look (see the module's doc)
-            rest = busy_since + self.batch_delay - self._clock()
+            # all with one look (see the module's doc), but not past a
+            # deadline
+            wake = busy_since + self.batch_delay
+            urgent = self._next_urgent()
+            if urgent is not None and urgent < wake:
+                wake = urgent
+            rest = wake - self._clock()
             if rest > 0:
                 self._sleep(rest)
             wait = 0.0
@@ -191,7 +215,9 @@ class IOLoop(object):
         for callback, fileobj, mask in ready:
             callback(fileobj, mask)
         self._process_posted()
-        return self._fire_timers(self._clock())
+        now = self._clock()
+        self._fired_until = now
+        return self._fire_timers(now)
 
     def close(self):
         self.poller.close()
@@ -219,6 +245,22 @@ class IOLoop(object):
                 self.running = False
                 continue
             self._handle(record, self._clock())
+
+    def _next_urgent(self):
+        """The earliest urgent timer still to fire, or None.  Its entries
+        are dropped once their time has been fired (every timer due then
+        was), their owner's ``wake_at`` moved (the usual case: the answer
+        came, and the deadline is gone) or their owner is gone."""
+        urgent = self._urgent
+        fired_until = self._fired_until
+        is_current = self._is_current
+        while urgent:
+            when, _n, owner = urgent[0]
+            if when > fired_until and owner.wake_at == when and (
+                    is_current is None or is_current(owner)):
+                return when
+            heapq.heappop(urgent)
+        return None
 
     def _fire_timers(self, now):
         """Tick every owner whose timer is due at ``now``; returns the

@@ -121,7 +121,7 @@ OPTS = [
                     "it, and for challenges whenever something is queued, "
                     "whole lines are dropped and counted. Must hold the "
                     "largest server-group status answer (about 190 KB)."),
-    cfg.IntOpt("batch_delay_ms", default=20, min=0, max=100,
+    cfg.IntOpt("batch_delay_ms", default=40, min=0, max=100,
                help="After a wake-up that found work (an answer to read, a "
                     "challenge due), the agent's I/O loop sleeps until "
                     "this many milliseconds after it, then handles "
@@ -129,16 +129,17 @@ OPTS = [
                     "it wakes up at most about 1000 / batch_delay_ms "
                     "times a second however many instances it monitors. "
                     "While a guest with a short interval is monitored, "
-                    "the loop uses at most 2% of the shortest interval "
-                    "instead (20 ms at 1 s, 2 ms at 100 ms). Challenges "
+                    "the loop uses at most 4% of the shortest interval "
+                    "instead (40 ms at 1 s, 4 ms at 100 ms). Challenges "
                     "go out, and answers are read, up to about this "
                     "late: round trips look that much longer and a "
                     "missed answer is noticed up to that much later; "
                     "the period of the challenges does not change (each "
                     "is due one interval after the previous one was due). "
-                    "An answer that arrives before its deadline is still "
-                    "read before the deadline is checked. 0 wakes up for "
-                    "each thing as it comes."),
+                    "Deadlines are not delayed: the loop wakes up for an "
+                    "answer's deadline, and an answer that arrived before "
+                    "it is read before the deadline is checked. 0 wakes "
+                    "up for each thing as it comes."),
 ]
 
 

@@ -27,6 +27,7 @@ class FakeEnv(im.Env):
     def __init__(self):
         self.now = 1000.0
         self.timers = []
+        self.scheduled = []  # (when, urgent) of every schedule()
         self.reports = []
         self.relays = []
         self.confirms = []
@@ -39,8 +40,9 @@ class FakeEnv(im.Env):
         self.rtts = []
         self.monitoring_saves = 0
 
-    def schedule(self, instance, when):
+    def schedule(self, instance, when, urgent=False):
         self.timers.append(when)
+        self.scheduled.append((when, urgent))
 
     def open_channel(self, path):
         if self.refuse is not None:

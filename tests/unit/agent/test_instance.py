@@ -44,6 +44,32 @@ def test_timers_fired_late_do_not_stretch_the_challenge_period():
     assert h.inst.counters["missed"] == 0
 
 
+def test_deadlines_are_urgent_and_the_next_challenge_is_not():
+    # the loop's batching must not make a deadline late: the instance
+    # says which of its timers are deadlines
+    h = monitored(interval_ms=1000)
+    challenges = h.inst.counters["challenges"]
+    while h.inst.counters["challenges"] == challenges:
+        h.env.now += 0.01
+        if h.inst.wake_at is not None and h.inst.wake_at <= h.env.now:
+            h.inst.wake_at = None
+            h.inst.tick(h.env.now)
+    # the challenge is out: the timer is its deadline, urgent
+    assert h.env.scheduled[-1] == (h.now + 1.0, True)
+    h.pump()  # the answer
+    when, urgent = h.env.scheduled[-1]
+    assert not urgent and h.now < when <= h.now + 1.0
+    # a hung guest: after the deadline that fires, every timer is one
+    # (the resync's, the suspicion's confirmation)
+    h.guest.frozen = True
+    h.advance(1.0)
+    before = len(h.env.scheduled)
+    h.advance(1.2)
+    assert h.env.confirms and h.inst.faults.suspicion is not None
+    assert len(h.env.scheduled) > before
+    assert all(urgent for _, urgent in h.env.scheduled[before:])
+
+
 def test_interval_is_clamped_to_the_operator_bounds():
     h = Harness(policy=im.Policy(min_interval_ms=400), interval_ms=100)
     h.advance(1)

@@ -33,9 +33,9 @@ class Timed(object):
         self._loop = loop
         self._fired = fired
 
-    def at(self, when):
+    def at(self, when, urgent=False):
         self.wake_at = when
-        self._loop.schedule(self, when)
+        self._loop.schedule(self, when, urgent)
 
     def tick(self, now):
         self._fired.append((self.uuid, now))
@@ -54,10 +54,10 @@ def world(tmp_path):
                      batch_delay=0.005)
     fired = []
 
-    def timed(uuid, when):
+    def timed(uuid, when, urgent=False):
         t = Timed(uuid, loop, fired)
         loop.instances[uuid] = t
-        t.at(when)
+        t.at(when, urgent)
         return t
     yield loop, clock, sleeps, fired, timed
     loop.sel.close()
@@ -130,9 +130,64 @@ def test_answers_that_arrive_meanwhile_are_read_in_the_same_look(world):
             b.close()
 
 
+def test_a_deadline_ends_the_sleep_and_fires_on_time(world):
+    loop, clock, sleeps, fired, timed = world
+    timed("i0", T0)
+    timed("late", T0 + 0.004)           # a challenge due: batched
+    timed("deadline", T0 + 0.002, urgent=True)
+    loop.run_once(max_wait=0)
+    assert ms(fired) == [("i0", 0)]
+    loop.run_once(max_wait=0)
+    # the sleep ended at the deadline, not 5 ms after the wake-up
+    assert sleeps == [0.002] and ms(fired[1:]) == [("deadline", 2)]
+    loop.run_once(max_wait=0)
+    assert sleeps == [0.002, 0.005]
+    assert ms(fired[2:]) == [("late", 7)]
+
+
+def test_an_answer_in_before_its_deadline_is_read_before_it(world):
+    loop, clock, sleeps, fired, timed = world
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    order = []
+    loop.sel.register(ours, lambda sock, mask: order.append(
+        ("read", sock.recv(10))))
+    try:
+        timed("i0", T0)
+        loop.run_once(max_wait=0)
+        deadline = timed("deadline", T0 + 0.003, urgent=True)
+        deadline._fired = order
+        theirs.send(b"answer")  # in before the deadline, not yet read
+        loop.run_once(max_wait=0)
+        assert sleeps == [0.003]
+        assert [what for what, _ in order] == ["read", "deadline"]
+    finally:
+        loop.sel.unregister(ours)
+        ours.close()
+        theirs.close()
+
+
+def test_a_deadline_no_longer_due_costs_no_wake_up(world):
+    loop, clock, sleeps, fired, timed = world
+    timed("i0", T0)
+    answered = timed("answered", T0 + 0.002, urgent=True)
+    gone = timed("gone", T0 + 0.003, urgent=True)
+    loop.run_once(max_wait=0)
+    # the answer came: the instance's timer moved to its next challenge;
+    # the other instance is gone
+    answered.at(T0 + 1.0)
+    del loop.instances["gone"]
+    loop.run_once(max_wait=0)
+    assert sleeps == [0.005]  # the batch, not an early wake-up
+    assert ms(fired) == [("i0", 0)]
+    assert gone.wake_at is not None and loop.io._urgent == []
+
+
 def test_no_delay_means_no_sleep(world):
     loop, clock, sleeps, fired, timed = world
     loop.batch_delay = 0.0
+    timed("deadline", T0 + 0.5, urgent=True)
+    assert loop.io._urgent == []  # (nothing would ever drop it)
     for i, offset in enumerate([0.0, 0.001, 0.002]):
         timed("i%d" % i, T0 + offset)
     for step in range(3):
@@ -143,23 +198,23 @@ def test_no_delay_means_no_sleep(world):
     assert ms(fired) == [("i0", 0), ("i1", 1), ("i2", 2)]
 
 
-def test_the_delay_is_at_most_two_percent_of_the_shortest_interval(world):
+def test_the_delay_is_at_most_four_percent_of_the_shortest_interval(world):
     loop, clock, sleeps, fired, timed = world
-    loop.batch_delay = 0.020
+    loop.batch_delay = 0.050
     slow = timed("slow", T0 + 10)
     fast = timed("fast", T0 + 10)
     slow.monitored = {"interval_ms": 1000, "action": "none"}
     fast.monitored = None
     loop.monitoring_changed()
     loop.run_once(max_wait=0)
-    assert loop.io.batch_delay == pytest.approx(0.020)  # 2% of 1 s
+    assert loop.io.batch_delay == pytest.approx(0.040)  # 4% of 1 s
     fast.monitored = {"interval_ms": 100, "action": "none"}
     loop.monitoring_changed()
     loop.run_once(max_wait=0)
-    assert loop.io.batch_delay == pytest.approx(0.002)  # 2% of 100 ms
+    assert loop.io.batch_delay == pytest.approx(0.004)  # 4% of 100 ms
     fast.monitored = None  # the guest said exit
     loop.monitoring_changed()
     loop.run_once(max_wait=0)
-    assert loop.io.batch_delay == pytest.approx(0.020)
-    loop.batch_delay = 0.005  # asked for less than 2% of every interval
+    assert loop.io.batch_delay == pytest.approx(0.040)
+    loop.batch_delay = 0.005  # asked for less than 4% of every interval
     assert loop.io.batch_delay == pytest.approx(0.005)
