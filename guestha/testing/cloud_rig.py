@@ -260,13 +260,21 @@ class GuestHA(object):
         """(Re)start the controller; ``kwargs``: :class:`Controller`'s
         (``ledger``, another ledger file: a cap count of its own;
         ``soft_reboot_timeout``)."""
+        stop_failed = None
         if self.server is not None:
-            self.server.stop()
+            try:
+                self.server.stop()  # (killed if it does not stop)
+            except AssertionError as exc:
+                # the next controller still starts, so that the tests
+                # after this one find one running
+                stop_failed = exc
         self.server = Controller(self.workdir, self.url,
                                  "ctl-masakari" if masakari else "ctl",
                                  masakari=masakari, max_actions=max_actions,
                                  **kwargs)
         self.server.start()
+        if stop_failed is not None:
+            raise stop_failed
         return self.server
 
     # -- Nova -----------------------------------------------------------------

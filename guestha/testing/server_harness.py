@@ -131,8 +131,11 @@ class ServerProcess(object):
                 text += "\n--- stderr ---\n" + f.read()[-chars:]
         return text
 
-    def stop(self, timeout=30.0):
-        """SIGTERM: the clean stop; returns the exit code."""
+    def stop(self, timeout=60.0):
+        """SIGTERM: the clean stop; returns the exit code.  The server's
+        own bounded waits add up to about 25 s (an RPC consumer's poll, 5
+        s; the action worker, 10 s; the sinks' drain_timeout, 10 s), more
+        on a loaded machine: ``timeout`` leaves room for them."""
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode
         procs.signal_group(self.proc, signal.SIGTERM)
@@ -140,8 +143,10 @@ class ServerProcess(object):
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             procs.kill(self.proc)
-            raise AssertionError("guestha-server %s did not stop on SIGTERM"
-                                 % self.server_id)
+            raise AssertionError(
+                "guestha-server %s did not stop on SIGTERM within %.0f s; "
+                "its log ends with:\n%s"
+                % (self.server_id, timeout, self.tail()))
 
     def kill(self):
         """SIGKILL (to its group): no goodbye."""
