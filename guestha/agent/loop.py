@@ -127,8 +127,9 @@ class AgentLoop(inst_mod.Env):
         self.libvirt_connected = None
         self.started_at = None
         self.round_trips = roundtrips.RoundTrips()
-        # Env's two calls of every round (schedule, record_rtt), bound
-        # here: the instance calls the IOLoop's and the ring's directly
+        # Env's two calls of every round (schedule, record_rtt) are these
+        # bound methods, not methods of this class: the instance calls the
+        # IOLoop's and the ring's directly
         self.schedule = self.io.schedule
         self.record_rtt = self.round_trips.record
         # for the metrics: faults reported by kind, and the heartbeat
@@ -307,10 +308,6 @@ class AgentLoop(inst_mod.Env):
 
     # -- Env: what instances ask of us ----------------------------------------
 
-    def schedule(self, instance, when, urgent=False):
-        # (bound to the IOLoop's in __init__; here for the Env interface)
-        self.io.schedule(instance, when, urgent)
-
     def open_channel(self, path):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.setblocking(False)
@@ -378,9 +375,6 @@ class AgentLoop(inst_mod.Env):
 
     def wallclock(self):
         return self._wallclock()
-
-    def record_rtt(self, seconds):
-        self.round_trips.record(seconds)
 
     # -- status ---------------------------------------------------------------
 
