@@ -40,6 +40,10 @@ before it fires, so an answer that arrived before its deadline is read
 before the deadline's timer, as without the delay.  In the steady state
 an answer comes long before its deadline, whose entry is then dropped
 unfired (:meth:`IOLoop._next_urgent`), so the deadlines cost no wake-up.
+While batching, the urgent timers have a heap of their own (the batching
+looks at its first entry), the others are in the main heap, and the
+wake-up fires from both in time order: an answered deadline costs one
+push and one pop.
 A miss is noticed at most ``batch_delay`` late (its challenge went out
 late), not twice that.
 """
@@ -140,10 +144,10 @@ class IOLoop(object):
         self._sleep = sleep
         self.poller = Poller()
         self._heap = []
-        # the urgent timers' entries again: the batching sleeps no later
-        # than the earliest of them
+        # the urgent timers, while batching: the batching sleeps no later
+        # than the earliest of them, and each is in this heap only, so an
+        # answered deadline costs one push and one pop
         self._urgent = []
-        self._fired_until = float("-inf")
         self._n = itertools.count()
         self._posted = queue.SimpleQueue()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -179,12 +183,10 @@ class IOLoop(object):
         """Call ``owner.tick`` at ``when`` if ``owner.wake_at`` is still
         ``when`` then.  ``urgent``: a deadline, which the batching does not
         make late (see the module's doc)."""
-        n = next(self._n)
-        heapq.heappush(self._heap, (when, n, owner))
-        if urgent and self.batch_delay > 0:
-            # (without batching nothing sleeps past a timer, and nothing
-            # would drop these entries)
-            heapq.heappush(self._urgent, (when, n, owner))
+        # (without batching every timer is on time: one heap)
+        heapq.heappush(
+            self._urgent if urgent and self.batch_delay > 0 else self._heap,
+            (when, next(self._n), owner))
 
     def run_once(self, max_wait=1.0):
         """Wait (at most ``max_wait``), then call back what is ready;
@@ -204,20 +206,24 @@ class IOLoop(object):
             wait = 0.0
         else:
             wait = max_wait
-            if self._heap:
-                wait = max(0.0, min(wait, self._heap[0][0] - self._clock()))
+            first = self._heap[0][0] if self._heap else None
+            urgent = self._next_urgent()
+            if urgent is not None and (first is None or urgent < first):
+                first = urgent
+            if first is not None:
+                wait = max(0.0, min(wait, first - self._clock()))
         ready = self.poller.poll(wait)
         if self.batch_delay > 0:
             now = self._clock()
             heap = self._heap
+            urgent = self._urgent
             self._busy_since = now if ready or (
-                heap and heap[0][0] <= now) else None
+                heap and heap[0][0] <= now) or (
+                    urgent and urgent[0][0] <= now) else None
         for callback, fileobj, mask in ready:
             callback(fileobj, mask)
         self._process_posted()
-        now = self._clock()
-        self._fired_until = now
-        return self._fire_timers(now)
+        return self._fire_timers(self._clock())
 
     def close(self):
         self.poller.close()
@@ -247,16 +253,15 @@ class IOLoop(object):
             self._handle(record, self._clock())
 
     def _next_urgent(self):
-        """The earliest urgent timer still to fire, or None.  Its entries
-        are dropped once their time has been fired (every timer due then
-        was), their owner's ``wake_at`` moved (the usual case: the answer
-        came, and the deadline is gone) or their owner is gone."""
+        """The earliest urgent timer still to fire, or None.  Stale entries
+        at the top are dropped on the way: their owner's ``wake_at`` moved
+        (the usual case: the answer came, and the deadline is gone) or
+        their owner is gone."""
         urgent = self._urgent
-        fired_until = self._fired_until
         is_current = self._is_current
         while urgent:
             when, _n, owner = urgent[0]
-            if when > fired_until and owner.wake_at == when and (
+            if owner.wake_at == when and (
                     is_current is None or is_current(owner)):
                 return when
             heapq.heappop(urgent)
@@ -266,11 +271,23 @@ class IOLoop(object):
         """Tick every owner whose timer is due at ``now``; returns the
         latest clock reading."""
         heap = self._heap
+        urgent = self._urgent
         clock = self._clock
         is_current = self._is_current
+        heappop = heapq.heappop
         last = now
-        while heap and heap[0][0] <= now:
-            when, _n, owner = heapq.heappop(heap)
+        while True:
+            # the earlier of the two heaps' first entries, if due
+            if heap and heap[0][0] <= now:
+                if urgent and urgent[0] < heap[0]:
+                    entry = heappop(urgent)
+                else:
+                    entry = heappop(heap)
+            elif urgent and urgent[0][0] <= now:
+                entry = heappop(urgent)
+            else:
+                break
+            when, _n, owner = entry
             if owner.wake_at != when or (
                     is_current is not None and not is_current(owner)):
                 continue  # stale entry

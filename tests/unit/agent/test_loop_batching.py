@@ -218,3 +218,38 @@ def test_the_delay_is_at_most_four_percent_of_the_shortest_interval(world):
     assert loop.io.batch_delay == pytest.approx(0.040)
     loop.batch_delay = 0.005  # asked for less than 4% of every interval
     assert loop.io.batch_delay == pytest.approx(0.005)
+
+
+def test_urgent_timers_have_their_own_heap_and_fire_in_time_order(world):
+    loop, clock, sleeps, fired, timed = world
+    timed("a", T0 + 0.001)
+    timed("u1", T0 + 0.002, urgent=True)
+    timed("b", T0 + 0.003)
+    timed("u2", T0 + 0.003, urgent=True)
+    timed("c", T0 + 0.004)
+    # each entry is in one heap: an answered deadline is one push, one pop
+    assert len(loop.io._heap) == 3 and len(loop.io._urgent) == 2
+    clock.now = T0 + 0.004
+    loop.run_once(max_wait=0)
+    # both heaps, in time order (the earlier scheduled first at a tie)
+    assert [what for what, _ in fired] == ["a", "u1", "b", "u2", "c"]
+    assert loop.io._heap == [] and loop.io._urgent == []
+
+
+def test_an_idle_loop_waits_for_the_earliest_timer_of_either_heap(world):
+    loop, clock, sleeps, fired, timed = world
+    waits = []
+    poll = loop.io.poller.poll
+
+    def recording_poll(timeout):
+        waits.append(round(timeout, 6))
+        return poll(0)
+    loop.io.poller.poll = recording_poll
+    timed("next", T0 + 0.5)
+    deadline = timed("deadline", T0 + 0.3, urgent=True)
+    loop.run_once(max_wait=1.0)
+    assert waits == [0.3] and fired == []
+    # an answered deadline (its owner's timer moved) is not waited for
+    deadline.wake_at = None
+    loop.run_once(max_wait=1.0)
+    assert waits == [0.3, 0.5] and loop.io._urgent == []
