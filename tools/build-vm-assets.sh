@@ -4,10 +4,11 @@
 #
 #   bash tools/build-vm-assets.sh [--quiet]
 #
-# The test guest (tools/vm.py) is a tiny Linux VM booted directly from a
-# Debian kernel and a busybox initramfs, under QEMU/TCG.  It has no disk:
-# its /init mounts the HOST's root file system read-only over 9p and runs
-# the host's own python3 in a chroot, with this repository on PYTHONPATH.
+# The test guest (guestha/testing/guest_vms.py) is a tiny Linux VM booted
+# directly from a Debian kernel and a busybox initramfs, under QEMU/TCG.
+# It has no disk: its /init mounts the HOST's root file system read-only
+# over 9p and runs the host's own python3 in a chroot, with this
+# repository on PYTHONPATH.
 # So the guest always runs the guest daemon of the checkout under test.
 #
 # Output, in a cache outside the repository (so a fresh clone reuses it):
@@ -17,7 +18,7 @@
 #       <kernel version>/initramfs-<hash>.img    busybox, the modules, /init
 #       <kernel version>/initramfs-<hash>.stamp  what it was built from
 #       <kernel version>/initramfs.img -> the latest initramfs-<hash>.img
-#       current -> <kernel version>       what tools/vm.py boots
+#       current -> <kernel version>       what guest_vms.py boots
 #
 # Idempotent: with the kernel and an up-to-date initramfs in the cache it
 # only checks and prints (a second or two).  It installs, when missing and
@@ -49,11 +50,11 @@
 # Kernel command line parameters read by /init: guestha.python=PATH
 # (default /usr/bin/python3), guestha.hostname=NAME; guestha.repo=DIR (a
 # path on the host's root) only when the domain has no guestha_src share
-# (a tools/vm.py older than this initramfs).
+# (a test harness older than this initramfs).
 #
 # The initramfs is cached under a name with a hash of this script and
-# tools/guest/virtio-ports.sh, initramfs-<hash>.img (tools/vm.py looks
-# for the one of its checkout), so
+# tools/guest/virtio-ports.sh, initramfs-<hash>.img
+# (guestha/testing/guest_vms.py looks for the one of its checkout), so
 # checkouts at different versions sharing the cache do not rebuild it in
 # turn under each other's running tests.
 set -euo pipefail
@@ -226,8 +227,8 @@ fi
 
 # --- 4. initramfs ---------------------------------------------------------
 # One per version of this script and of the ports script, the same as the
-# cloud image's (tools/cloud/image.py); tools/vm.py computes the same
-# hash.  Rebuilt when busybox or the module set changes too.
+# cloud image's (tools/cloud/image.py); guestha/testing/guest_vms.py
+# computes the same hash.  Rebuilt when busybox or the module set changes too.
 PORTS_SCRIPT="$ROOT/tools/guest/virtio-ports.sh"
 tag="$(cat "${BASH_SOURCE[0]}" "$PORTS_SCRIPT" | sha256sum | cut -c1-16)"
 INITRD="$KDIR/initramfs-$tag.img"
@@ -350,7 +351,7 @@ INIT
     trap - EXIT
     say "initramfs built ($(du -k "$INITRD" | cut -f1) KiB)"
 fi
-# initramfs.img: the latest, for a tools/vm.py that knows no hash names;
+# initramfs.img: the latest, for an older harness that knows no hash names;
 # versions unused for 30 days go
 rm -f "$KDIR/initramfs.stamp"  # of the layout before the hash names
 ln -sfn "$(basename "$INITRD")" "$KDIR/initramfs.img.new"
