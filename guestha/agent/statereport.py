@@ -10,14 +10,13 @@ touched: every ``interval`` seconds (2 by default) the loop hands its
 instances to :meth:`StateReporter.tick`, which reads each one's view
 (:func:`view`: the reported state, why, the interval, the project and
 name from Nova's domain metadata) and compares it with what it reported
-last.  A view that
-changed is reported once it has held for ``settle`` seconds, so that an
-instance passing through a state on its way (a guest that registers a
-moment after its channel opened, an agent's restart resyncing every guest)
-costs no report; an instance that left the host is reported ``gone`` at
-once.  At most ``max_per_tick`` reports a pass, so that a first pass over
-thousands of instances spreads its outbox inserts over a few seconds
-rather than holding up the loop.
+last.  A view that changed is reported once it has held for ``settle``
+seconds, so that an instance passing through a state on its way (a guest
+that registers a moment after its channel opened, an agent's restart
+resyncing every guest) costs no report; an instance that left the host
+is reported ``gone`` at the next look.  At most ``max_per_tick`` reports
+a pass, so that a first pass over thousands of instances spreads its
+outbox inserts over a few seconds rather than holding up the loop.
 
 Only instances guestha has to do with are reported: the flavor asks for
 it (Nova's extra specs in the domain XML), the domain has the channel, or
