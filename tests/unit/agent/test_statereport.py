@@ -194,7 +194,7 @@ def test_looks_are_a_second_apart():
 
 def test_by_default_looks_are_two_seconds_apart():
     # (a look reads every instance: at 1,000 instances, looking every
-    # second was 5% of the agent's CPU)
+    # second was about 2% of the agent's CPU)
     inst = fake(im.NO_CHANNEL)
     records = []
     reporter = statereport.StateReporter("compute-1", records.append,
