@@ -187,7 +187,7 @@ def test_no_delay_means_no_sleep(world):
     loop, clock, sleeps, fired, timed = world
     loop.batch_delay = 0.0
     timed("deadline", T0 + 0.5, urgent=True)
-    assert loop.io._urgent == []  # (nothing would ever drop it)
+    assert loop.io._urgent == []  # (without batching, one heap)
     for i, offset in enumerate([0.0, 0.001, 0.002]):
         timed("i%d" % i, T0 + offset)
     for step in range(3):
