@@ -251,6 +251,11 @@ class HostHeartbeat(_Machine):
         # importing secrets: it imports hashlib, hmac and OpenSSL's
         # libcrypto, 3.7 MiB of the guest daemon's 20 MB)
         self._rng = rng or random.SystemRandom()
+        # a token's 16 random bytes: the rng's randbytes where it has one
+        # (Python 3.9+; SystemRandom's is one getrandom call, and its hex
+        # is cheaper than formatting getrandbits' integer), else
+        # getrandbits (the same 32 lowercase hex digits either way)
+        self._randbytes = getattr(self._rng, "randbytes", None)
         self.state = UNREGISTERED
         self.interval_ms = None
         self.init = None
@@ -347,7 +352,11 @@ class HostHeartbeat(_Machine):
         return outputs
 
     def _challenge(self, msg, now):
-        token = "%032x" % self._rng.getrandbits(128)
+        randbytes = self._randbytes
+        if randbytes is not None:
+            token = randbytes(16).hex()
+        else:
+            token = "%032x" % self._rng.getrandbits(128)
         if type(self.interval_ms) is int:  # granted, so within bounds
             self._outstanding = m.host_challenge(token, self.interval_ms)
         else:

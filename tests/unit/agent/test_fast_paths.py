@@ -1,12 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The agent's cheaper ways of doing the same thing: the shared, buffered
-random source, the epoll poller of the loop, the instance's timer
+"""The agent's cheaper ways of doing the same thing: the shared random
+source and its tokens, the epoll poller of the loop, the instance's timer
 bookkeeping and the lighter import of the reporter."""
 
 import os
+import random
 import select
 import socket
-import threading
 
 import pytest
 
@@ -28,65 +28,49 @@ def monitored():
 
 # -- the random source -------------------------------------------------------
 
-def test_buffered_random_bits_are_in_range_and_vary():
-    rng = randomness.BufferedSystemRandom()
-    for k in (1, 7, 8, 31, 64, 100, 128, 512):
-        values = {rng.getrandbits(k) for _ in range(200)}
-        assert all(0 <= v < 2 ** k for v in values)
-        if k >= 31:
-            assert len(values) == 200  # no repeats at this width
-    # the top bit is used too
-    assert any(rng.getrandbits(128) >> 127 for _ in range(200))
-    assert 0.0 <= rng.random() < 1.0
+class _BitsOnly(object):
+    """An rng with getrandbits and random only (as Python 3.8's Random)."""
+
+    def __init__(self, seed):
+        self._r = random.Random(seed)
+
+    def getrandbits(self, k):
+        return self._r.getrandbits(k)
+
+    def random(self):
+        return self._r.random()
 
 
-def test_buffered_random_bad_and_large_widths_as_system_random():
-    rng = randomness.BufferedSystemRandom()
-    with pytest.raises(ValueError):
-        rng.getrandbits(-1)
-    assert rng.getrandbits(0) == 0
-    assert 0 <= rng.getrandbits(4096) < 2 ** 4096  # beyond the buffer path
+def _tokens(rng, count):
+    beat = hb.HostHeartbeat(rng=rng)
+    beat.interval_ms = 1000
+    return [beat._challenge(None, float(i))[0].challenge
+            for i in range(count)]
 
 
-def test_buffered_random_refills_and_never_reuses_bytes():
-    rng = randomness.BufferedSystemRandom()
-    tokens = ["%032x" % rng.getrandbits(128)
-              for _ in range(3 * rng._CHUNK // 16 + 5)]
+def test_shared_source_tokens_are_32_hex_digits_and_vary():
+    tokens = _tokens(randomness.SHARED, 500)
+    assert all(len(t) == 32 and int(t, 16) >= 0 and t == t.lower()
+               for t in tokens)
     assert len(set(tokens)) == len(tokens)
+    # every digit position takes many values (the whole 128 bits are used)
+    for pos in (0, 15, 31):
+        assert len({t[pos] for t in tokens}) > 8
+    assert 0.0 <= randomness.SHARED.random() < 1.0
 
 
-def test_buffered_random_across_threads():
-    rng = randomness.BufferedSystemRandom()
-    out = []
-
-    def draw():
-        out.extend(rng.getrandbits(128) for _ in range(2000))
-
-    threads = [threading.Thread(target=draw) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(set(out)) == len(out) == 8000
+def test_tokens_from_an_rng_without_randbytes_are_the_same_format():
+    ref = _BitsOnly(7)
+    assert _tokens(_BitsOnly(7), 50) == [
+        "%032x" % ref.getrandbits(128) for _ in range(50)]
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_buffered_random_forked_child_does_not_reuse_the_buffer():
-    rng = randomness.SHARED
-    rng.getrandbits(128)  # a buffer is loaded
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report its buffer and its next draw
-        try:
-            os.write(w, ("%d %d" % (len(rng._buf), rng._pos)).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    data = os.read(r, 100).decode()
-    os.close(r)
-    os.waitpid(pid, 0)
-    assert data == "0 0"
-    assert len(rng._buf) > 0  # the parent keeps its own
+def test_a_seeded_rng_gives_repeatable_tokens():
+    ref = random.Random(3)
+    assert _tokens(random.Random(3), 5) == [
+        ref.randbytes(16).hex() for _ in range(5)]
+    assert _tokens(random.Random(3), 5) == _tokens(random.Random(3), 5)
+    assert _tokens(random.Random(3), 5) != _tokens(random.Random(4), 5)
 
 
 def test_instances_share_the_random_source():
