@@ -6,8 +6,8 @@ heartbeat rounds on this machine: the yardstick for
     .venv/bin/python benchmarks/agent_floor.py --instances 1000
 
 The agent's target (under 5% of one core at 1,000 instances, 1 s
-interval) is a figure of the machine as much as of the agent: the same
-tree ran 4.8% of a core on one benchmark machine and 12-15% on another.
+interval) is a figure of the machine as much as of the agent: the agent
+ran 4.8% of a core on one benchmark machine and 12-15% on another.
 This benchmark measures, on the machine at hand, a loop that does only
 what no agent can skip, so that the agent's figure can be read against it.
 
